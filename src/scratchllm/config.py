@@ -1,0 +1,109 @@
+"""Model configuration: the `GPTConfig` dataclass and its named presets.
+
+A config is plain data. Presets are dictionaries of overrides, not subclasses; `GPTConfig.from_dict`
+rejects keys it does not know so that a typo in a config file is an error, not a silent default.
+The GPT-2 sizes come from Radford et al. 2019 ("Language Models are Unsupervised Multitask
+Learners", table 2) as released by OpenAI; the small presets are for tests and CPU experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2 BPE: 256 bytes + 50,000 merges + <|endoftext|>
+    context_length: int = 1024  # longest sequence the position embedding covers
+    emb_dim: int = 768  # width of the residual stream
+    n_layers: int = 12
+    n_heads: int = 12
+    drop_rate: float = 0.0  # dropout on embeddings, attention weights and residual branches
+    qkv_bias: bool = True  # GPT-2 has biases on the query/key/value projection
+    tie_embeddings: bool = True  # LM head shares the token-embedding matrix (GPT-2 does)
+    mlp_ratio: int = 4  # feed-forward hidden width = mlp_ratio * emb_dim
+    layer_norm_eps: float = 1e-5
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (the readable reference)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ScratchLLMError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise ScratchLLMError(
+                f"config: emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= float(self.drop_rate) < 1.0:
+            raise ScratchLLMError(f"config field 'drop_rate' must be in [0, 1), got {self.drop_rate!r}")
+        if self.attn_impl not in ("sdpa", "manual"):
+            raise ScratchLLMError(f"config field 'attn_impl' must be 'sdpa' or 'manual', got {self.attn_impl!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "GPTConfig":
+        if not isinstance(data, dict):
+            raise ScratchLLMError(f"{source}: expected a JSON object of config fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScratchLLMError(
+                f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        if name not in PRESETS:
+            raise ScratchLLMError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides}, source=f"preset {name!r}")
+
+
+# Named presets: overrides of the GPTConfig defaults (which are GPT-2 small's).
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(emb_dim=768, n_layers=12, n_heads=12),  # 124M
+    "gpt2-medium": dict(emb_dim=1024, n_layers=24, n_heads=16),  # 355M
+    "gpt2-large": dict(emb_dim=1280, n_layers=36, n_heads=20),  # 774M
+    "gpt2-xl": dict(emb_dim=1600, n_layers=48, n_heads=25),  # 1558M
+    # Small models for tests and CPU experiments (vocab_size is replaced by the tokenizer's).
+    "gpt-tiny": dict(emb_dim=64, n_layers=2, n_heads=4, context_length=128),
+    "gpt-mini": dict(emb_dim=192, n_layers=4, n_heads=6, context_length=256),
+    "gpt-cpu": dict(emb_dim=384, n_layers=6, n_heads=6, context_length=256),  # nanoGPT's shakespeare size
+}
+
+
+def load_config(spec: str | Path | dict[str, Any], **overrides: Any) -> GPTConfig:
+    """Resolve a preset name, a path to a config.json (ours or a model directory's), or a dict."""
+    if isinstance(spec, dict):
+        return GPTConfig.from_dict({**spec, **overrides})
+    text = str(spec)
+    if text in PRESETS:
+        return GPTConfig.from_preset(text, **overrides)
+    path = Path(text)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ScratchLLMError(
+            f"{text!r} is neither a model preset ({', '.join(PRESETS)}) nor a config.json file"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScratchLLMError(f"{path}: cannot read JSON config ({exc})") from None
+    if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+        data = data["model"]  # a scratchllm model directory's config.json nests the model config
+    if not isinstance(data, dict):
+        raise ScratchLLMError(f"{path}: expected a JSON object of config fields")
+    return GPTConfig.from_dict({**data, **overrides}, source=str(path))

@@ -1,0 +1,335 @@
+"""The GPT model: embeddings -> causal self-attention blocks -> final norm -> LM head.
+
+This is GPT-2's architecture (Radford et al. 2019): token and learned position embeddings,
+pre-LayerNorm transformer blocks (causal multi-head self-attention and a GELU feed-forward network,
+each wrapped in a residual connection), a final LayerNorm and a linear head to vocabulary logits.
+Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), C = emb_dim,
+H = heads, D = head_dim, V = vocab_size.
+
+Also here: the key/value cache used for fast decoding, and a chunked "linear + cross-entropy" loss
+that never materialises the full (B, T, V) logits tensor during training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scratchllm.config import GPTConfig
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len`.
+
+    Writing a decode step is a slice assignment; no tensor grows or is re-allocated per token.
+    `length` is how many positions are filled (the same for every row of the batch).
+    """
+
+    keys: list[torch.Tensor]  # n_layers x (B, H, max_len, D)
+    values: list[torch.Tensor]  # n_layers x (B, H, max_len, D)
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> "KVCache":
+        shape = (batch_size, config.n_heads, max_len, config.head_dim)
+        return cls(
+            keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+            values=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D) at positions [length, length + T); return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]  # (B, H, S, D)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (used when some sequences of a batch are dropped)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+
+def manual_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0, causal: bool = False):
+    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1): the readable reference.
+
+    q: (B, H, T, D), k/v: (B, H, S, D); mask: bool (B or 1, 1, T, S), True = may attend.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, H, T, D)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.dropout = config.drop_rate
+        self.resid_drop = nn.Dropout(config.drop_rate)
+        self.impl = config.attn_impl
+        self.record_weights = False  # set by `inspect attention` to keep the weights of the last call
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, S, D)
+        # With no explicit mask, queries are the last T of S positions: causal when T == S, and
+        # a single decode query may see everything. Any other case comes with a mask.
+        causal = mask is None and T > 1
+        dropout_p = self.dropout if self.training else 0.0
+        if self.record_weights:
+            self.last_weights = _attention_weights(q, k, mask, causal)
+        if self.impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        else:
+            y = manual_attention(q, k, v, mask, dropout_p, causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+def _attention_weights(q, k, mask, causal) -> torch.Tensor:
+    with torch.no_grad():
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if causal:
+            T, S = scores.shape[-2:]
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).detach().cpu()  # (B, H, T, S)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: C -> 4C -> GELU (tanh approximation, as GPT-2) -> C."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.emb_dim, config.mlp_ratio * config.emb_dim)
+        self.proj = nn.Linear(config.mlp_ratio * config.emb_dim, config.emb_dim)
+        self.drop = nn.Dropout(config.drop_rate)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.norm1(x), mask, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layers),
+        # since each block adds two such branches and the residual variance grows with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ----------------------------------------------------------------------------------------------
+    # forward passes
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> final-normed hidden states (B, T, C).
+
+        cache: keys/values of earlier positions; the new ones are appended.
+        attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, covering the cached
+            positions and the new ones; positions then count real tokens only, as in Hugging Face.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        S = past + T
+        if S > self.config.context_length:
+            raise ValueError(f"sequence of {S} tokens exceeds the context length {self.config.context_length}")
+        mask = None
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(torch.bool)
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            # (B, 1, T, S): causal AND key is a real token; a query may always see itself so that
+            # padding rows never softmax over nothing (their outputs are ignored anyway).
+            causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)
+            mask = causal & attention_mask[:, None, None, :]
+            mask = mask | torch.eye(T, S, dtype=torch.bool, device=idx.device).roll(past, dims=1)
+        elif past > 0 and T > 1:  # a chunk after cached positions: causal with an offset
+            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[None, None]
+        if position_ids is None:
+            position_ids = torch.arange(past, S, device=idx.device)[None]  # (1, T)
+        x = self.tok_emb(idx) + self.pos_emb(position_ids)  # (B, T, C)
+        x = self.drop_emb(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cache, i)
+        if cache is not None:
+            cache.length = S
+        return self.final_norm(x)
+
+    def forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V). Keyword arguments as in `hidden_states`."""
+        return self.out_head(self.hidden_states(idx, **kwargs))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, **kwargs) -> torch.Tensor:
+        """Mean next-token cross-entropy of targets (B, T) given idx (B, T), without full logits."""
+        h = self.hidden_states(idx, **kwargs)  # (B, T, C)
+        return chunked_cross_entropy(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index)
+
+    # ----------------------------------------------------------------------------------------------
+    # accounting
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied head counts once); non_embedding drops the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.pos_emb.weight.numel() if non_embedding else n
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
+        for name, p in self.named_parameters():  # tied weights appear once, under tok_emb
+            if name.startswith(("tok_emb", "pos_emb")):
+                groups["embeddings"] += p.numel()
+            elif ".attn." in name:
+                groups["attention"] += p.numel()
+            elif ".mlp." in name:
+                groups["mlp"] += p.numel()
+            elif "norm" in name:
+                groups["norms"] += p.numel()
+            else:
+                groups["head"] += p.numel()
+        return groups
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per token (Kaplan et al. 2020 / PaLM appendix B): forward = 2 * weights used
+        in matmuls + 4 * n_layers * seq_len * emb_dim for attention scores and the weighted sum;
+        training (forward + backward) is three times the forward."""
+        return flops_per_token(self.config, seq_len, training)
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
+    C, L = config.emb_dim, config.n_layers
+    T = seq_len or config.context_length
+    per_block = 3 * C * C + C * C + 2 * config.mlp_ratio * C * C  # qkv, proj, fc, proj
+    matmul_weights = L * per_block + C * config.vocab_size  # + LM head
+    forward = 2 * matmul_weights + 4 * L * T * C
+    return 3.0 * forward if training else float(forward)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of softmax(h @ W^T) computed `chunk` rows at a time.
+
+    The (N, V) logits tensor is the largest temporary of a training step (N = B*T rows of V = 50,257
+    floats). Here each chunk's logits live only while its loss and its gradients with respect to h
+    and W are computed, in the forward pass; backward just scales those saved gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int):
+        N = h.shape[0]
+        valid = targets != ignore_index
+        n_valid = int(valid.sum())
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # Under autocast the matmuls run in the autocast dtype; softmax and the loss stay in float32.
+        amp = torch.is_autocast_enabled(h.device.type)
+        mm_dtype = torch.get_autocast_dtype(h.device.type) if amp else h.dtype
+        w = weight.to(mm_dtype)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, N, chunk):
+            hc = h[start : start + chunk].to(mm_dtype)  # (n, C)
+            tc = targets[start : start + chunk]
+            vc = valid[start : start + chunk]
+            logits = (hc @ w.t()).float()  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            safe_t = tc.clamp(min=0)
+            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
+            total += ((lse - target_logit) * vc).sum()
+            if need_grad:
+                # d loss / d logits = softmax - one_hot(target), zero for ignored rows.
+                probs = torch.exp_(logits.sub_(lse[:, None]))
+                probs[torch.arange(len(tc), device=h.device), safe_t] -= 1.0
+                probs *= vc[:, None]
+                g = probs.to(mm_dtype)
+                if grad_h is not None:
+                    grad_h[start : start + chunk] = (g @ w).to(h.dtype)
+                if grad_w is not None:
+                    grad_w += (g.t() @ hc).float()
+        scale = 1.0 / max(n_valid, 1)
+        if need_grad:
+            ctx.save_for_backward(
+                grad_h * scale if grad_h is not None else None,
+                (grad_w * scale).to(weight.dtype) if grad_w is not None else None,
+            )
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            grad_h * grad_out if grad_h is not None else None,
+            grad_w * grad_out if grad_w is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunked_cross_entropy(h, weight, targets, ignore_index: int = -100, chunk: int = 1024) -> torch.Tensor:
+    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T against targets (N,)."""
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk)

@@ -1,0 +1,16 @@
+"""Shared test fixtures: the read-only data folder beside the repo and small models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"test data folder {SHARED_DATA} is missing (expected ../shared/data beside the repo)"
+    return SHARED_DATA
