@@ -1,0 +1,164 @@
+"""The GPT model, its config and accounting: attention implementations agree, the chunked loss equals
+plain cross-entropy, the KV cache and padding masks change nothing, and parameter counts are GPT-2's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchllm.cli import main
+from scratchllm.config import GPTConfig, load_config
+from scratchllm.errors import ScratchLLMError
+from scratchllm.info import model_info, parameter_breakdown
+from scratchllm.model import GPT, KVCache, chunked_cross_entropy
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=211, **overrides))
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.1])
+def test_sdpa_and_manual_attention_agree_in_outputs_and_gradients(drop):
+    sdpa, manual = tiny(drop_rate=drop), tiny(drop_rate=drop, attn_impl="manual")
+    manual.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 211, (3, 37))
+    if drop:  # dropout masks differ between kernels, so compare in eval mode only
+        sdpa.eval(), manual.eval()
+    out_s, out_m = sdpa(idx), manual(idx)
+    torch.testing.assert_close(out_s, out_m, atol=2e-6, rtol=1e-5)
+    out_s.square().mean().backward()
+    out_m.square().mean().backward()
+    for (name, a), b in zip(sdpa.named_parameters(), manual.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_equals_cross_entropy_with_ignored_targets():
+    model = tiny()
+    idx = torch.randint(0, 211, (4, 50))
+    targets = torch.randint(0, 211, (4, 50))
+    targets[0, :10] = -100
+    loss = model.loss(idx, targets)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    reference.backward()
+    assert abs(loss.item() - reference.item()) < 1e-5
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_loss_chunk_size_does_not_matter_and_scales_with_upstream_gradient():
+    torch.manual_seed(1)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(29, 16, requires_grad=True)
+    t = torch.randint(0, 29, (37,))
+    for chunk in (1, 5, 37, 100):
+        hh, ww = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        (3.0 * chunked_cross_entropy(hh, ww, t, chunk=chunk)).backward()
+        ref_h, ref_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        (3.0 * F.cross_entropy(ref_h @ ref_w.t(), t)).backward()
+        torch.testing.assert_close(hh.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ww.grad, ref_w.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_fp32():
+    model = tiny()
+    idx, targets = torch.randint(0, 211, (2, 40)), torch.randint(0, 211, (2, 40))
+    fp32 = model.loss(idx, targets).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.loss(idx, targets)
+    bf16.backward()
+    assert bf16.dtype == torch.float32
+    assert abs(bf16.item() - fp32) / fp32 < 0.02
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_kv_cache_prefill_chunks_and_single_steps_match_full_forward():
+    model = tiny().eval()
+    idx = torch.randint(0, 211, (2, 30))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.allocate(model.config, 2, 64, "cpu", torch.float32)
+        pieces = [model(idx[:, :9], cache=cache), model(idx[:, 9:16], cache=cache)]
+        pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(16, 30)]
+    assert cache.length == 30
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padding_with_attention_mask_gives_the_unpadded_logits():
+    model = tiny().eval()
+    idx = torch.randint(0, 211, (2, 20))
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, :6] = 0
+    with torch.no_grad():
+        padded = model(idx, attention_mask=mask)
+        alone = model(idx[1:, 6:])
+    torch.testing.assert_close(padded[1, 6:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_longer_than_context_is_an_error():
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds the context length 128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("gpt-mini", vocab_size=1000))
+    std = lambda t: t.detach().std().item()  # noqa: E731
+    assert abs(std(model.blocks[0].mlp.fc.weight) - 0.02) < 0.002
+    expected = 0.02 / (2 * model.config.n_layers) ** 0.5
+    assert abs(std(model.blocks[0].mlp.proj.weight) - expected) < 0.1 * expected
+    assert model.out_head.weight is model.tok_emb.weight
+
+
+@pytest.mark.parametrize(
+    "preset, count",
+    [("gpt2-small", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+)
+def test_gpt2_preset_parameter_counts(preset, count):
+    assert sum(parameter_breakdown(GPTConfig.from_preset(preset)).values()) == count
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "qkv_bias": False}, {"mlp_ratio": 2}])
+def test_analytic_breakdown_equals_the_model(overrides):
+    model = tiny(**overrides)
+    assert parameter_breakdown(model.config) == model.parameter_breakdown()
+    assert model_info(model.config)["parameters"] == model.num_parameters()
+
+
+def test_flops_per_token_counts_matmuls():
+    config = GPTConfig.from_preset("gpt-tiny", vocab_size=211)
+    C, L, T = 64, 2, 128
+    forward = 2 * (L * 12 * C * C + C * 211) + 4 * L * T * C
+    assert tiny().flops_per_token() == 3 * forward
+    assert model_info(config)["flops_per_token_forward"] == forward
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ScratchLLMError, match="unknown config key\\(s\\) 'n_layer'"):
+        GPTConfig.from_dict({"n_layer": 3})
+    with pytest.raises(ScratchLLMError, match="emb_dim \\(100\\) must be divisible by n_heads \\(3\\)"):
+        GPTConfig(emb_dim=100, n_heads=3)
+    with pytest.raises(ScratchLLMError, match="unknown model preset 'gpt5'"):
+        GPTConfig.from_preset("gpt5")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"emb_dim": 32, "n_heads": 2, "n_layers": 1}))
+    assert load_config(path).emb_dim == 32
+
+
+def test_info_cli_prints_breakdown_and_errors_cleanly(capsys, tmp_path):
+    assert main(["info", "--model", "gpt2-small"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 124,439,808 (124M)" in out
+    assert "bfloat16 237.4 MiB" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"emb_dim": 64, "n_heads": 4, "colour": "red"}')
+    assert main(["info", "--model", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown config key(s) 'colour'" in err[0] and str(bad) in err[0]
