@@ -260,6 +260,22 @@ class GPT(nn.Module):
         training (forward + backward) is three times the forward."""
         return flops_per_token(self.config, seq_len, training)
 
+    # ----------------------------------------------------------------------------------------------
+    # files (see checkpoint.py)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write a scratchllm model directory (config.json, model.safetensors, tokenizer)."""
+        from scratchllm.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, dir_or_name, device="cpu", dtype=None) -> "GPT":
+        """A model directory, run directory, Hugging Face GPT-2 directory or GPT-2 name -> GPT (eval mode)."""
+        from scratchllm.checkpoint import load_model
+
+        return load_model(dir_or_name, device=device, dtype=dtype)
+
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
     C, L = config.emb_dim, config.n_layers
