@@ -1,0 +1,196 @@
+"""Tests for inspect_model.py: token boundaries, attention heat maps, next-token bars, parameter chart.
+
+The attention weights drawn must be the model's own: each row a probability distribution, causal
+(zero above the diagonal), and equal to a recomputation from the weights by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from scratchllm import inspect_model as im
+from scratchllm.checkpoint import save_pretrained
+from scratchllm.cli import main
+from scratchllm.config import GPTConfig
+from scratchllm.model import GPT
+from scratchllm.tokenizer import Tokenizer
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TEXT = "The quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok() -> Tokenizer:
+    return Tokenizer.gpt2()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    # std 0.3 instead of GPT-2's 0.02 so attention is far from uniform and the check has teeth
+    m = GPT(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)).eval()
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.qkv.weight.normal_(0.0, 0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def model_dir(model, tmp_path_factory):
+    return save_pretrained(model, tmp_path_factory.mktemp("inspect") / "model")
+
+
+def assert_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 2000
+
+
+def manual_attention(model: GPT, ids: list[int]) -> torch.Tensor:
+    """(L, H, T, T) softmax(q k^T / sqrt(D)) with a causal mask, recomputed from the weights."""
+    T, H, D = len(ids), model.config.n_heads, model.config.head_dim
+    with torch.no_grad():
+        x = model.tok_emb(torch.tensor([ids])) + model.pos_emb(torch.arange(T))[None]  # (1, T, C)
+        maps = []
+        for block in model.blocks:
+            q, k, _ = block.attn.qkv(block.norm1(x)).split(model.config.emb_dim, dim=2)
+            q = q.view(1, T, H, D).transpose(1, 2)  # (1, H, T, D)
+            k = k.view(1, T, H, D).transpose(1, 2)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (1, H, T, T)
+            scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+            maps.append(torch.softmax(scores, dim=-1)[0])
+            x = block(x)
+    return torch.stack(maps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens
+
+
+def test_token_view_brackets_and_ids(gpt2_tok):
+    view, ids = im.token_view(gpt2_tok, "Hello, world")
+    assert view == "[Hello][,][ world]" and ids == [15496, 11, 995]
+    view, ids = im.token_view(gpt2_tok, "a\tb\n🤗")
+    assert view == "[a][\\t][b][\\n][\\xf0\\x9f][\\xa4][\\x97]"  # a split character shows its bytes
+    assert ids == [64, 197, 65, 198, 8582, 97, 245]
+
+
+def test_token_view_colours_keep_the_text(gpt2_tok):
+    view, ids = im.token_view(gpt2_tok, "Hello, world", color=True)
+    assert re.sub(r"\x1b\[[0-9;]*m", "", view) == "Hello, world"
+    assert view.count("\x1b[0m") == len(ids) == 3
+    assert len(set(re.findall(r"48;5;(\d+)m", view))) == 3  # neighbours differ
+
+
+@pytest.mark.parametrize("color, expect_ansi", [("never", False), ("always", True), ("auto", False)])
+def test_inspect_tokens_cli(capsys, color, expect_ansi):
+    assert main(["inspect", "tokens", "--tokenizer", "gpt2", "--text", "Hello, world", "--color", color]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("\x1b[" in out[0]) == expect_ansi  # capsys is not a terminal: auto means brackets
+    if not expect_ansi:
+        assert out[0] == "[Hello][,][ world]"
+    assert out[1] == "ids: [15496, 11, 995]"
+    assert out[2] == "3 tokens, 12 characters, 12 bytes (4.00 bytes/token)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention
+
+
+def test_attention_weights_are_the_models(tmp_path, model, gpt2_tok):
+    result = im.inspect_attention(model, TEXT, tmp_path / "att.png", tokenizer=gpt2_tok)
+    assert_png(tmp_path / "att.png")
+    w = result["weights"]  # (L, H, T, T): what was drawn
+    T = len(result["ids"])
+    assert w.shape == (2, 4, T, T) and result["ids"] == gpt2_tok.encode(TEXT)
+    assert result["tokens"] == ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog"]
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, T), atol=1e-6)  # rows are distributions
+    assert torch.all(w.triu(1) == 0)  # causal: no query sees a later key
+    torch.testing.assert_close(w, manual_attention(model, result["ids"]), atol=1e-6, rtol=1e-5)
+    assert w.max() > 0.5 and w[:, :, -1].min() < 0.05  # far from uniform, so the comparison has teeth
+    assert not any(b.attn.record_weights or b.attn.last_weights is not None for b in model.blocks)  # cleaned up
+
+
+def test_attention_layer_and_head_selection(tmp_path, model, gpt2_tok):
+    result = im.inspect_attention(model, TEXT, tmp_path / "a.png", tokenizer=gpt2_tok, layers="1", heads="0,-1")
+    full = manual_attention(model, result["ids"])
+    assert result["layers"] == [1] and result["heads"] == [0, 3]
+    torch.testing.assert_close(result["weights"], full[[1]][:, [0, 3]], atol=1e-6, rtol=1e-5)
+    assert_png(tmp_path / "a.png")
+
+
+def test_attention_cli_writes_png(tmp_path, capsys, model_dir):
+    out = tmp_path / "att.png"
+    rc = main(["inspect", "attention", "--model", str(model_dir), "--text", TEXT, "--out", str(out),
+               "--layers", "0,1", "--heads", "all", "--device", "cpu"])
+    assert rc == 0 and capsys.readouterr().out == f"wrote {out}: 2 layer(s) x 4 head(s), 9 tokens\n"
+    assert_png(out)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--layers", "2", "layers 2: the model has 2 layers (0..1)"),
+    ("--heads", "x", "heads 'x': expected 'all' or comma-separated integers"),
+    ("--text", " ".join(["word"] * 80), "text: 80 tokens, more than the model's context length 64"),
+    ("--out", "att.jpg", "expected a .png file name"),
+])
+def test_attention_bad_input_exit_2(tmp_path, capsys, model_dir, option, value, message):
+    args = {"--text": TEXT, "--out": "att.png", option: value}
+    args["--out"] = str(tmp_path / args["--out"])
+    rc = main(["inspect", "attention", "--model", str(model_dir), "--device", "cpu",
+               *[x for pair in args.items() for x in pair]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("scratchllm inspect: error: ") and err.count("\n") == 1
+    assert message in err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+# --------------------------------------------------------------------------------------------------
+# Next token
+
+
+def test_next_token_probabilities_are_the_softmax_of_the_logits(tmp_path, model, gpt2_tok):
+    text = "Hello, my name is"
+    result = im.inspect_next_token(model, text, tokenizer=gpt2_tok, top_k=7, out=tmp_path / "bars.png")
+    with torch.no_grad():
+        logits = model(torch.tensor([gpt2_tok.encode(text)]))[0, -1]
+    probs = torch.softmax(logits, dim=-1)
+    top = torch.topk(probs, 7)
+    assert [r["id"] for r in result["top"]] == top.indices.tolist()
+    assert [r["prob"] for r in result["top"]] == pytest.approx(top.values.tolist(), abs=1e-7)
+    assert [r["token"] for r in result["top"]] == [gpt2_tok.decode([i]) for i in top.indices.tolist()]
+    assert result["top_prob"] == pytest.approx(sum(r["prob"] for r in result["top"])) and result["top_prob"] <= 1.0
+    assert result["entropy"] == pytest.approx(float(-(probs * probs.log()).sum()), rel=1e-5)
+    assert result["context_tokens"] == 5
+    assert_png(tmp_path / "bars.png")
+
+
+def test_next_token_cli_table(tmp_path, capsys, model_dir):
+    out = tmp_path / "bars.png"
+    rc = main(["inspect", "next-token", "--model", str(model_dir), "--text", "Hello", "--top-k", "3",
+               "--out", str(out), "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(lines) == 5 and lines[0].split() == ["rank", "id", "token", "prob"]
+    assert [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
+    assert lines[4].startswith("top-3 total ")
+    assert_png(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter breakdown
+
+
+def test_info_out_draws_the_parameter_breakdown(tmp_path, capsys):
+    out = tmp_path / "params.png"
+    assert main(["info", "--model", "gpt-tiny", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("model: gpt-tiny") and f"wrote {out}" in captured.err
+    assert_png(out)
+
+
+def test_plot_parameter_breakdown_rejects_a_missing_breakdown(tmp_path):
+    with pytest.raises(Exception, match="expected a 'breakdown' dict"):
+        im.plot_parameter_breakdown({"model": "x"}, tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
