@@ -509,8 +509,12 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = "config.json") ->
     pretrained weights are used for inference first.
     """
     h = hf_config
+    if h.get("model_type") == "llama":
+        return _config_from_hf_llama(h, source)
     if h.get("model_type") != "gpt2":
-        raise ScratchLLMError(f"{source}: model_type is {h.get('model_type')!r}; only 'gpt2' models can be imported")
+        raise ScratchLLMError(
+            f"{source}: model_type is {h.get('model_type')!r}; only 'gpt2' and 'llama' models can be imported"
+        )
     unsupported = [
         (h.get("activation_function", "gelu_new") not in _GPT2_GELU,
          f"activation_function {h.get('activation_function')!r} (only gelu_new)"),
@@ -556,6 +560,8 @@ def state_dict_from_hf(
     as in OpenAI's hub files); drops the causal-mask buffers attn.bias / attn.masked_bias; keeps
     lm_head.weight only for an untied head (a tied one is wte.weight again).
     """
+    if config.position == "rope":
+        return _state_dict_from_hf_llama(sd, config, source)
     out: dict[str, torch.Tensor] = {}
     for name, tensor in sd.items():
         key = name.removeprefix("transformer.")
@@ -577,6 +583,84 @@ def state_dict_from_hf(
                 raise ScratchLLMError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected a matrix")
             tensor = tensor.t().contiguous()  # (in, out) -> (out, in)
         out[f"blocks.{layer}.{_HF_BLOCK[module]}.{param}"] = tensor
+    return out
+
+
+def _config_from_hf_llama(h: Mapping[str, Any], source: str) -> GPTConfig:
+    """GPTConfig of a Hugging Face Llama config.json (LlamaForCausalLM): RMSNorm, rotary positions,
+    SwiGLU, grouped-query attention."""
+    rope = h.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", h.get("rope_theta", 10000.0))
+    hidden, heads = h.get("hidden_size", 4096), h.get("num_attention_heads", 32)
+    unsupported = [
+        (h.get("hidden_act", "silu") != "silu", f"hidden_act {h.get('hidden_act')!r} (only silu)"),
+        (rope.get("rope_type", "default") != "default" or h.get("rope_scaling"), "rope scaling"),
+        (bool(h.get("attention_bias")) != bool(h.get("mlp_bias")), "attention_bias different from mlp_bias"),
+        (h.get("head_dim") not in (None, hidden // max(heads, 1)), f"head_dim {h.get('head_dim')!r} != hidden_size / heads"),
+    ]
+    for bad, what in unsupported:
+        if bad:
+            raise ScratchLLMError(f"{source}: unsupported Llama setting {what}")
+    bias = bool(h.get("attention_bias", False))
+    try:
+        return GPTConfig(
+            vocab_size=h.get("vocab_size", 32000),
+            context_length=h.get("max_position_embeddings", 2048),
+            emb_dim=hidden,
+            n_layers=h.get("num_hidden_layers", 32),
+            n_heads=heads,
+            n_kv_heads=h.get("num_key_value_heads") or heads,
+            mlp_hidden_dim=h.get("intermediate_size", 11008),
+            drop_rate=0.0,
+            qkv_bias=bias,
+            bias=bias,
+            tie_embeddings=bool(h.get("tie_word_embeddings", False)),
+            layer_norm_eps=float(h.get("rms_norm_eps", 1e-6)),
+            norm="rmsnorm",
+            position="rope",
+            mlp="swiglu",
+            rope_theta=float(theta),
+        )
+    except ScratchLLMError as exc:
+        raise ScratchLLMError(f"{source}: {exc}") from None
+
+
+_LLAMA_BLOCK = {
+    "self_attn.o_proj": "attn.proj", "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.fc",
+    "mlp.down_proj": "mlp.proj", "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
+}
+
+
+def _state_dict_from_hf_llama(sd: Mapping[str, torch.Tensor], config: GPTConfig, source: str) -> dict[str, torch.Tensor]:
+    """Hugging Face Llama names -> ours; q/k/v projections are concatenated into our fused qkv."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for name, tensor in sd.items():
+        key = name.removeprefix("model.")
+        if key.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed from rope_theta
+        if key == "embed_tokens.weight":
+            out["tok_emb.weight"] = tensor
+        elif key == "norm.weight":
+            out["final_norm.weight"] = tensor
+        elif key == "lm_head.weight":
+            if not config.tie_embeddings:
+                out["out_head.weight"] = tensor
+        else:
+            m = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", key)
+            if m is None:
+                raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a Llama model")
+            layer, module, param = m.groups()
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((layer, param), {})[module[-6]] = tensor
+            elif module in _LLAMA_BLOCK:
+                out[f"blocks.{layer}.{_LLAMA_BLOCK[module]}.{param}"] = tensor
+            else:
+                raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a Llama model")
+    for (layer, param), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ScratchLLMError(f"{source}: layer {layer} lacks one of q_proj/k_proj/v_proj {param}")
+        out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 

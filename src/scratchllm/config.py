@@ -30,6 +30,15 @@ class GPTConfig:
     mlp_ratio: int = 4  # feed-forward hidden width = mlp_ratio * emb_dim
     layer_norm_eps: float = 1e-5
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (the readable reference)
+    # Options beyond GPT-2 (the Llama family, Touvron et al. 2023; encoders, Devlin et al. 2019):
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    position: str = "learned"  # "learned" absolute embeddings, "rope" rotary, or "sinusoidal" (fixed)
+    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu" (gated SiLU)
+    mlp_hidden_dim: int | None = None  # feed-forward width; None = mlp_ratio * emb_dim
+    n_kv_heads: int | None = None  # grouped-query attention: key/value heads (None = n_heads)
+    bias: bool = True  # biases in the output projection, feed-forward and norms
+    rope_theta: float = 10000.0
+    causal: bool = True  # False: bidirectional attention (an encoder)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "mlp_ratio"):
@@ -42,12 +51,34 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise ScratchLLMError(f"config field 'drop_rate' must be in [0, 1), got {self.drop_rate!r}")
-        if self.attn_impl not in ("sdpa", "manual"):
-            raise ScratchLLMError(f"config field 'attn_impl' must be 'sdpa' or 'manual', got {self.attn_impl!r}")
+        for name, allowed in (
+            ("attn_impl", ("sdpa", "manual")),
+            ("norm", ("layernorm", "rmsnorm")),
+            ("position", ("learned", "rope", "sinusoidal")),
+            ("mlp", ("gelu", "swiglu")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ScratchLLMError(
+                    f"config field {name!r} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ScratchLLMError(
+                f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ScratchLLMError(f"config: rotary positions need an even head_dim, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_hidden_dim or self.mlp_ratio * self.emb_dim
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +112,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt-tiny": dict(emb_dim=64, n_layers=2, n_heads=4, context_length=128),
     "gpt-mini": dict(emb_dim=192, n_layers=4, n_heads=6, context_length=256),
     "gpt-cpu": dict(emb_dim=384, n_layers=6, n_heads=6, context_length=256),  # nanoGPT's shakespeare size
+    # GPT-3 (Brown et al. 2020, table 2.1): context 2048, GPT-2's vocabulary. The paper's dense/sparse
+    # alternating attention is not modelled. Two rows of the table are inconsistent (XL: 24 heads of 128
+    # in 2,048 dims; 13B: d_model 5,140 with 40 heads of 128); we keep d_head = 128 there.
+    "gpt3-small": dict(emb_dim=768, n_layers=12, n_heads=12, context_length=2048),  # 125M
+    "gpt3-medium": dict(emb_dim=1024, n_layers=24, n_heads=16, context_length=2048),  # 350M
+    "gpt3-large": dict(emb_dim=1536, n_layers=24, n_heads=16, context_length=2048),  # 760M
+    "gpt3-xl": dict(emb_dim=2048, n_layers=24, n_heads=16, context_length=2048),  # 1.3B
+    "gpt3-2.7b": dict(emb_dim=2560, n_layers=32, n_heads=32, context_length=2048),
+    "gpt3-6.7b": dict(emb_dim=4096, n_layers=32, n_heads=32, context_length=2048),
+    "gpt3-13b": dict(emb_dim=5120, n_layers=40, n_heads=40, context_length=2048),
+    "gpt3-175b": dict(emb_dim=12288, n_layers=96, n_heads=96, context_length=2048),
+    # Llama-style decoder on the same model: RMSNorm, rotary positions, SwiGLU, grouped-query attention,
+    # no biases, untied head. "llama-tiny" is for tests and CPU runs; "llama2-7b" is Llama 2 7B's shape.
+    "llama-tiny": dict(
+        emb_dim=128, n_layers=4, n_heads=4, n_kv_heads=2, context_length=256, norm="rmsnorm", position="rope",
+        mlp="swiglu", mlp_hidden_dim=352, bias=False, qkv_bias=False, tie_embeddings=False, layer_norm_eps=1e-5,
+    ),
+    "llama2-7b": dict(
+        emb_dim=4096, n_layers=32, n_heads=32, context_length=4096, vocab_size=32000, norm="rmsnorm",
+        position="rope", mlp="swiglu", mlp_hidden_dim=11008, bias=False, qkv_bias=False, tie_embeddings=False,
+        layer_norm_eps=1e-5,
+    ),
 }
 
 

@@ -20,14 +20,19 @@ BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 
 def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
     """Parameters per group, counted as `GPT.parameter_breakdown` counts them."""
-    C, L, V, hidden = config.emb_dim, config.n_layers, config.vocab_size, config.mlp_ratio * config.emb_dim
-    attention = C * 3 * C + (3 * C if config.qkv_bias else 0) + C * C + C  # qkv and output projection
-    mlp = C * hidden + hidden + hidden * C + C
+    C, L, V, hidden = config.emb_dim, config.n_layers, config.vocab_size, config.hidden_dim
+    q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    bias = 1 if config.bias else 0
+    attention = C * (q_dim + 2 * kv_dim) + (q_dim + 2 * kv_dim if config.qkv_bias else 0)  # qkv
+    attention += q_dim * C + bias * C  # output projection
+    mlp_in = 2 if config.mlp == "swiglu" else 1  # SwiGLU has a gate beside the up-projection
+    mlp = mlp_in * (C * hidden + bias * hidden) + hidden * C + bias * C
+    norm = C if config.norm == "rmsnorm" else C * (1 + bias)  # scale (and shift)
     return {
-        "embeddings": V * C + config.context_length * C,
+        "embeddings": V * C + (config.context_length * C if config.position == "learned" else 0),
         "attention": L * attention,
         "mlp": L * mlp,
-        "norms": L * 2 * 2 * C + 2 * C,  # two LayerNorms (scale, shift) per block + the final one
+        "norms": (2 * L + 1) * norm,  # two per block and the final one
         "head": 0 if config.tie_embeddings else V * C,
     }
 
@@ -56,7 +61,7 @@ def model_info(spec: str | Path | GPTConfig) -> dict[str, Any]:
     config = spec if isinstance(spec, GPTConfig) else resolve_config(spec)
     breakdown = parameter_breakdown(config)
     total = sum(breakdown.values())
-    kv_per_token = 2 * config.n_layers * config.emb_dim  # one key and one value vector per layer
+    kv_per_token = 2 * config.n_layers * config.kv_heads * config.head_dim  # a key and a value per layer
     return {
         "model": str(spec) if not isinstance(spec, GPTConfig) else "config",
         "config": config.to_dict(),
@@ -111,3 +116,17 @@ def format_info(info: dict[str, Any]) -> str:
         f"training {_human(info['flops_per_token_training'])}"
     )
     return "\n".join(lines)
+
+
+def format_comparison(infos: list[dict[str, Any]]) -> str:
+    """One row per model: parameters, weights in bf16, KV cache per token, training FLOPs per token."""
+    header = f"{'model':<14}{'params':>10}{'layers':>7}{'emb_dim':>8}{'heads':>6}{'ctx':>6}{'bf16 weights':>14}{'KV/token bf16':>15}{'train FLOPs/tok':>17}"
+    rows = [header]
+    for i in infos:
+        c = i["config"]
+        rows.append(
+            f"{i['model']:<14}{_human(i['parameters']):>10}{c['n_layers']:>7}{c['emb_dim']:>8}{c['n_heads']:>6}"
+            f"{c['context_length']:>6}{_bytes(i['weights_bytes']['bfloat16']):>14}"
+            f"{_bytes(i['kv_cache_bytes_per_token']['bfloat16']):>15}{_human(i['flops_per_token_training']):>17}"
+        )
+    return "\n".join(rows)

@@ -307,3 +307,35 @@ def _count(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{suffix}"
     return str(int(n)) if math.isfinite(n) else str(n)
+
+
+def plot_parameter_comparison(infos: list[dict[str, Any]], out: str | os.PathLike[str]) -> Path:
+    """Two panels for several models (`info --compare`): total parameters on a log scale (so GPT-2
+    small and GPT-3 175B fit on one chart), and each model's split into groups as shares."""
+    if not infos:
+        raise ScratchLLMError("info --compare: expected at least one model")
+    names = [i["model"] for i in infos]
+    totals = [sum(i["breakdown"].values()) for i in infos]
+    fig = _figure(11.0, 0.45 * len(infos) + 1.8)
+    ax_total, ax_share = fig.subplots(1, 2)
+    rows = range(len(infos))[::-1]
+    bars = ax_total.barh(rows, totals, color="#4c72b0")
+    ax_total.bar_label(bars, labels=[_count(t) for t in totals], padding=3, fontsize=8)
+    ax_total.set_xscale("log")
+    ax_total.set_xlim(min(totals) * 0.5, max(totals) * 20)
+    ax_total.set_yticks(list(rows))
+    ax_total.set_yticklabels(names, fontsize=8)
+    ax_total.set_xlabel("parameters (log scale)")
+    left = [0.0] * len(infos)
+    for g, colour in zip(infos[0]["breakdown"], ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")):
+        share = [100.0 * i["breakdown"][g] / t for i, t in zip(infos, totals)]
+        ax_share.barh(rows, share, left=left, label=g, color=colour)
+        left = [a + b for a, b in zip(left, share)]
+    ax_share.set_yticks(list(rows))
+    ax_share.set_yticklabels([])
+    ax_share.set_xlim(0, 100)
+    ax_share.set_xlabel("share of parameters (%)")
+    ax_share.legend(fontsize=7, loc="lower right", ncol=5, bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("Parameters per model", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
