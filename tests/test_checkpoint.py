@@ -148,7 +148,7 @@ def test_state_dict_from_hf_transposes_conv1d_and_drops_buffers():
     ({"activation_function": "relu"}, "unsupported GPT-2 setting activation_function 'relu' (only gelu_new)"),
     ({"scale_attn_by_inverse_layer_idx": True}, "unsupported GPT-2 setting scale_attn_by_inverse_layer_idx true"),
     ({"reorder_and_upcast_attn": True}, "unsupported GPT-2 setting reorder_and_upcast_attn true"),
-    ({"model_type": "llama"}, "model_type is 'llama'; only 'gpt2' models can be imported"),
+    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2' and 'llama' models can be imported"),
     ({"n_inner": 100}, "n_inner 100 is not a multiple of n_embd 64"),
     ({"n_head": 5}, "config: emb_dim (64) must be divisible by n_heads (5)"),
 ])
