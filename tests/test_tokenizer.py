@@ -474,3 +474,18 @@ def test_gpt2_falls_back_to_cache_and_download(tmp_path: Path, monkeypatch: pyte
         gpt2_files()
     with pytest.raises(ScratchLLMError, match="missing encoder.json"):
         Tokenizer.gpt2(directory=tmp_path)
+
+
+def test_tokenizer_cli_trains_and_encodes(tmp_path, capsys, shared_data):
+    from scratchllm.cli import main
+
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--input", str(shared_data / "the-verdict.txt"), "--vocab-size", "400", "--out", str(out)]) == 0
+    assert "trained 400 tokens" in capsys.readouterr().out
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2", "--text", "Hello, world!", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [[15496, "Hello"], [11, ","], [995, " world"], [0, "!"]]
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "I had"]) == 0
+    ids = [int(i) for i in capsys.readouterr().out.splitlines()[0].split()]
+    assert Tokenizer.load(out).decode(ids) == "I had"
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"scratchllm tokenizer: error: input file {tmp_path / 'missing.txt'}: not found"
