@@ -1,0 +1,228 @@
+"""Tests for chat.py: ChatSession (prompt layout, history, context window, commands) in-process, and
+`scratchllm chat` driven as a person would, in a pseudo-terminal with pexpect: type, read the streamed
+answer, Ctrl-C in the middle of one, keep chatting, /reset, /quit.
+
+The model is a tiny random GPT (GPT-2's tokenizer, phi3 prompt style, context 128); greedy answers
+are compared with `scratchllm.generation.generate` on the prompt the style lays out.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchllm.chat import ChatSession, ChatSettings, chat_command, load_for_chat
+from scratchllm.checkpoint import load, save_pretrained
+from scratchllm.config import GPTConfig
+from scratchllm.errors import ScratchLLMError
+from scratchllm.generation import generate
+from scratchllm.model import GPT
+from scratchllm.prompts import get_style
+from scratchllm.tokenizer import Tokenizer
+
+PHI3 = get_style("phi3")
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_pretrained(tiny_model(), tmp_path_factory.mktemp("chat") / "tiny", Tokenizer.gpt2(),
+                           extra={"prompt_style": "phi3"})
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return load(model_dir)
+
+
+def session(loaded, **settings) -> ChatSession:
+    model, tok = loaded
+    return ChatSession(model, tok, "phi3", ChatSettings(**{"temperature": 0, "max_new_tokens": 12, **settings}))
+
+
+def expected(loaded, messages, max_new_tokens=12) -> str:
+    model, tok = loaded
+    prompt = PHI3.format_chat(messages, add_generation_prompt=True)
+    return generate(model, tok, prompt, max_new_tokens=max_new_tokens, temperature=0, stop=PHI3.stop_strings)
+
+
+# ------------------------------------------------------------------------------------------------
+# ChatSession
+
+
+def test_answers_follow_the_prompt_style_and_the_history(loaded):
+    chat = session(loaded, system="Be brief.")
+    first = chat.say("Hello there")
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    assert first == expected(loaded, history)
+    second = chat.say("And then?")
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}]
+    assert second == expected(loaded, history)
+    assert chat.turns == history[1:] + [{"role": "assistant", "content": second}]
+
+
+def test_a_base_model_gets_plain_continuation(tmp_path, loaded):
+    model, tok = loaded
+    base = save_pretrained(model, tmp_path / "base", tok)  # no prompt_style: a base model
+    net, tokenizer, style, name = load_for_chat(str(base), device="cpu")
+    assert (style.name, name) == ("plain", "base")
+    chat = ChatSession(net, tokenizer, style, ChatSettings(temperature=0, max_new_tokens=10))
+    assert chat.say("Once upon a time") == generate(model, tok, "Once upon a time\n", max_new_tokens=10, temperature=0)
+
+
+def test_seeded_sessions_repeat_themselves(loaded):
+    runs = []
+    for _ in range(2):
+        chat = session(loaded, temperature=1.0, seed=3)
+        runs.append([chat.say("Hi"), chat.say("Again")])
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
+
+
+def test_an_answer_closed_early_stays_in_the_history(loaded):
+    chat = session(loaded, max_new_tokens=40)
+    answer = chat.send("Tell me a story")
+    pieces = iter(answer)
+    shown = "".join(next(pieces) for _ in range(3))
+    pieces.close()  # what Ctrl-C does in the terminal
+    assert answer.tokens == 3 and answer.text == shown and shown
+    assert chat.turns == [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": shown}]
+    full = chat.say("Go on")  # the next prompt holds the partial answer
+    assert full == expected(loaded, chat.turns[:-1], max_new_tokens=40)
+
+
+def test_oldest_turns_are_dropped_to_fit_the_context(loaded):
+    chat = session(loaded, max_new_tokens=40, system="Sys")  # the prompt may use 128 - 40 = 88 tokens
+    long = " ".join(["word"] * 20)
+    chat.turns = [{"role": r, "content": f"{i} {long}"} for i in range(4) for r in ("user", "assistant")]
+    before = list(chat.turns)
+    chat.say("Last question")
+    assert chat.dropped == 6 and chat.prompt_budget == 88
+    assert chat.turns[:3] == before[6:] + [{"role": "user", "content": "Last question"}]
+    assert len(chat.encode(chat.messages(chat.turns[:-1]))) <= 88
+    keep_more = chat.messages(before[4:] + [{"role": "user", "content": "Last question"}])
+    assert len(chat.encode(keep_more)) > 88  # dropping fewer would not have fitted
+    assert chat.messages()[0] == {"role": "system", "content": "Sys"}  # the system prompt stays
+
+
+def test_a_message_that_cannot_fit_is_an_error_and_changes_nothing(loaded):
+    chat = session(loaded, max_new_tokens=40)
+    chat.say("Hi")
+    before = list(chat.turns)
+    with pytest.raises(ScratchLLMError) as err:
+        chat.send(" word" * 100)
+    assert str(err.value) == ("the message makes a prompt of 115 tokens, but the model's context holds 128 with 40 "
+                              "kept for the answer; shorten it (or the system prompt), or lower max_new_tokens")
+    assert chat.turns == before
+
+
+@pytest.mark.parametrize("line, note, check", [
+    ("/reset", "conversation reset", lambda c: c.turns == []),
+    ("/system Talk like a pirate", "system prompt set to 'Talk like a pirate'", lambda c: c.settings.system == "Talk like a pirate"),
+    ("/system", "system prompt cleared", lambda c: c.settings.system is None),
+    ("/temperature 0.25", "temperature set to 0.25", lambda c: c.settings.temperature == 0.25),
+    ("/quit", None, lambda c: True),
+])
+def test_commands(loaded, line, note, check):
+    chat = session(loaded, system="old")
+    chat.say("Hi")
+    assert chat.handle(line) == note and check(chat)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("/temperature hot", "temperature must be a number >= 0 (0 = greedy), got 'hot'"),
+    ("/temperature -1", "temperature must be a number >= 0 (0 = greedy), got -1.0"),
+    ("/bogus", "unknown command '/bogus'; commands: /reset, /system TEXT, /temperature X, /quit"),
+])
+def test_bad_commands_are_errors(loaded, line, message):
+    with pytest.raises(ScratchLLMError) as err:
+        session(loaded).handle(line)
+    assert str(err.value) == message
+
+
+def test_chat_command_reads_lines_and_prints_notes(model_dir, loaded):
+    out = io.StringIO()
+    lines = "Hello\n/bogus\n/temperature 0\n" + " word" * 200 + "\n/quit\nnever read\n"
+    assert chat_command(str(model_dir), temperature=0, max_new_tokens=12, device="cpu",
+                        stdin=io.StringIO(lines), out=out) == 0
+    text = out.getvalue()
+    answer = expected(loaded, [{"role": "user", "content": "Hello"}])
+    assert f"you> bot> {answer}\nyou> [unknown command '/bogus';" in text
+    assert "[temperature set to 0]" in text
+    assert "[the message makes a prompt of 215 tokens, but the model's context holds 128" in text
+    assert text.count("you> ") == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# The terminal, as a person uses it
+
+
+def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded):
+    pexpect = pytest.importorskip("pexpect")
+    # 30 ms per token: an answer of 40 tokens takes 1.2 s, long enough to interrupt in the middle.
+    env = dict(os.environ, SCRATCHLLM_TOKEN_DELAY="0.03", TERM="dumb", OMP_NUM_THREADS="1")
+    child = pexpect.spawn(sys.executable, ["-m", "scratchllm", "chat", "--model", str(model_dir), "--temperature", "0",
+                                           "--max-new-tokens", "40", "--device", "cpu"],
+                          env=env, encoding="utf-8", timeout=60)
+    mirror = session(loaded, max_new_tokens=40)  # the same conversation, in-process
+
+    def answer_to(text: str) -> tuple[str, str]:
+        """(what came before the answer: notes, the answer)."""
+        child.sendline(text)
+        child.expect_exact("bot> ")
+        before = child.before.replace("\r\n", "\n")
+        child.expect_exact("\r\nyou> ")
+        return before, child.before.replace("\r\n", "\n")
+
+    try:
+        child.expect_exact("(prompt style phi3, context 128 tokens)")
+        child.expect_exact("you> ")
+        assert answer_to("Hello")[1] == mirror.say("Hello")
+
+        child.sendline("Tell me a long story")
+        child.expect_exact("bot> ")
+        child.expect(r"[^\r\n]{20}")  # some of the answer has streamed in
+        shown = child.before + child.after
+        child.sendintr()  # Ctrl-C
+        child.expect(r"\[stopped after (\d+) tokens\]")
+        partial = (shown + child.before).replace("\r\n", "\n").removesuffix("\n").removesuffix("^C")
+        stopped_after = int(child.match.group(1))
+        assert 2 <= stopped_after < 40
+        child.expect_exact("you> ")
+        reply = mirror.send("Tell me a long story")
+        pieces = iter(reply)
+        while reply.tokens < stopped_after:
+            next(pieces)
+        pieces.close()
+        assert partial == reply.text  # what was shown is what the history keeps
+
+        # The partial answer is part of the conversation the next answer sees.
+        notes, got = answer_to("And then?")
+        assert got == mirror.say("And then?")
+        if mirror.dropped:
+            assert f"[dropped the oldest {mirror.dropped} message(s) to fit the context of 128 tokens]" in notes
+        else:
+            assert "dropped" not in notes
+
+        child.sendline("/reset")
+        child.expect_exact("[conversation reset]")
+        child.expect_exact("you> ")
+        mirror.reset()
+        assert answer_to("Hello")[1] == mirror.say("Hello")
+
+        child.sendintr()  # Ctrl-C at the prompt only explains how to leave
+        child.expect_exact("[Ctrl-C stops an answer; type /quit or press Ctrl-D to leave]")
+        child.expect_exact("you> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
