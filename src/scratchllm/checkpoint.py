@@ -446,6 +446,15 @@ def load_model(
         state = state_dict_from_hf(hf_state, config, source=str(weights))
         return model_from_state_dict(config, state, str(weights), str(d / CONFIG_FILE), device, dtype)
     data = read_model_config(d)
+    if data.get("objective") == "seq2seq":  # two stacks (scratchllm.seq2seq), not one GPT
+        raise ScratchLLMError(
+            f"{d}: an encoder-decoder (seq2seq) model, not a GPT; use `scratchllm translate --model {d}` "
+            "or scratchllm.seq2seq.load_seq2seq"
+        )
+    if data.get("lora") is not None:  # a LoRA run's step checkpoint: base weights + adapters, merged here
+        from scratchllm.lora import load_model_with_adapters
+
+        return load_model_with_adapters(d, device=device, dtype=dtype, merge=True)[0]
     config = GPTConfig.from_dict(data["model"], source=f"{d / CONFIG_FILE} field 'model'")
     state = _read_safetensors(d / WEIGHTS_FILE)
     return model_from_state_dict(config, state, str(d / WEIGHTS_FILE), str(d / CONFIG_FILE), device, dtype)
