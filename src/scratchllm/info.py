@@ -57,9 +57,57 @@ def resolve_config(spec: str | Path) -> GPTConfig:
     return load_config(str(spec))
 
 
+def _seq2seq_config(spec: str | Path | GPTConfig) -> GPTConfig | None:
+    """The config of an encoder-decoder model directory (two stacks, see scratchllm.seq2seq), else None."""
+    if isinstance(spec, GPTConfig) or not Path(str(spec)).is_dir():
+        return None
+    from scratchllm.checkpoint import read_model_config, resolve_model_dir
+
+    try:
+        data = read_model_config(resolve_model_dir(spec))
+    except ScratchLLMError:
+        return None
+    return GPTConfig.from_dict(data["model"]) if data.get("objective") == "seq2seq" else None
+
+
+def _seq2seq_counts(config: GPTConfig) -> tuple[dict[str, int], float]:
+    """Parameter groups and forward matmul FLOPs per target token of an encoder-decoder, counted on
+    a weightless (meta-device) instance: its encoder, decoder with cross-attention and shared embedding."""
+    import torch
+
+    from scratchllm.seq2seq import EncoderDecoder
+
+    with torch.device("meta"):
+        model = EncoderDecoder(config)
+    groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
+    matmul = 0
+    for name, p in model.named_parameters():  # shared tensors are listed once
+        if "tok_emb" in name or "pos_emb" in name:
+            groups["embeddings"] += p.numel()
+        elif ".attn." in name or ".cross_attn." in name:
+            groups["attention"] += p.numel()
+        elif ".mlp." in name:
+            groups["mlp"] += p.numel()
+        elif "norm" in name:
+            groups["norms"] += p.numel()
+        else:
+            groups["head"] += p.numel()
+        if p.ndim == 2 and "emb" not in name and "encoder.out_head" not in name:
+            matmul += p.numel()
+    if config.tie_embeddings:
+        matmul += config.vocab_size * config.emb_dim  # the decoder's head is the shared embedding
+    # attention scores and weighted sums: encoder self, decoder self and decoder cross, per layer
+    forward = 2 * matmul + 3 * 4 * config.n_layers * config.context_length * config.emb_dim
+    return groups, float(forward)
+
+
 def model_info(spec: str | Path | GPTConfig) -> dict[str, Any]:
-    config = spec if isinstance(spec, GPTConfig) else resolve_config(spec)
-    breakdown = parameter_breakdown(config)
+    seq2seq = _seq2seq_config(spec)
+    config = seq2seq or (spec if isinstance(spec, GPTConfig) else resolve_config(spec))
+    if seq2seq is not None:
+        breakdown, forward = _seq2seq_counts(config)
+    else:
+        breakdown, forward = parameter_breakdown(config), flops_per_token(config, training=False)
     total = sum(breakdown.values())
     kv_per_token = 2 * config.n_layers * config.kv_heads * config.head_dim  # a key and a value per layer
     return {
@@ -72,8 +120,9 @@ def model_info(spec: str | Path | GPTConfig) -> dict[str, Any]:
         # AdamW training in fp32: weights + gradients + two moment buffers = 16 bytes per parameter.
         "adamw_training_bytes_fp32": 16 * total,
         "kv_cache_bytes_per_token": {name: kv_per_token * size for name, size in BYTES_PER_DTYPE.items()},
-        "flops_per_token_forward": flops_per_token(config, training=False),
-        "flops_per_token_training": flops_per_token(config, training=True),
+        "architecture": "encoder-decoder" if seq2seq is not None else ("decoder" if config.causal else "encoder"),
+        "flops_per_token_forward": forward,
+        "flops_per_token_training": 3.0 * forward,
     }
 
 
@@ -97,7 +146,7 @@ def format_info(info: dict[str, Any]) -> str:
     c = info["config"]
     total = info["parameters"]
     lines = [
-        f"model: {info['model']}",
+        f"model: {info['model']} ({info['architecture']})",
         f"  layers {c['n_layers']}, heads {c['n_heads']}, emb_dim {c['emb_dim']}, context {c['context_length']}, "
         f"vocab {c['vocab_size']}, tied head {c['tie_embeddings']}",
         f"parameters: {total:,} ({_human(total)})",

@@ -488,6 +488,18 @@ class Tokenizer:
         return Tokenizer(self._merges, self._special, pattern=self._pattern_str, byte_order=self._byte_order,
                          backend=backend, spec=self._spec)
 
+    def with_special_tokens(self, *tokens: str) -> Tokenizer:
+        """A copy with `tokens` appended as special tokens after the existing ids (those it already
+        has are skipped, so this is idempotent; e.g. BERT's mask token for masked-language modelling).
+        Every existing id keeps its meaning. The copy is a trained-style vocabulary (spec "bpe", not
+        yet saved): `save` or `checkpoint.save_pretrained` writes it whole, GPT-2's merges included."""
+        new = [t for t in dict.fromkeys(tokens) if t not in self._special]
+        if not new:
+            return self
+        specials = {**self._special, **{t: self.vocab_size + k for k, t in enumerate(new)}}
+        return Tokenizer(self._merges, specials, pattern=self._pattern_str, byte_order=self._byte_order,
+                         backend=self._backend)
+
     @classmethod
     def gpt2(cls, backend: Backend = "auto", directory: str | os.PathLike[str] | None = None) -> Tokenizer:
         """OpenAI's GPT-2 tokenizer (50,257 ids, <|endoftext|> = 50256) from local files.
