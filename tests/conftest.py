@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,3 +23,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_data() -> Path:
     assert SHARED_DATA.is_dir(), f"test data folder {SHARED_DATA} is missing (expected ../shared/data beside the repo)"
     return SHARED_DATA
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn on a free loopback port in a thread; yield the port (server tests)."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -8,14 +8,12 @@ equal `scratchllm.generation.generate` on the same prompt; a seeded sampled answ
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ openai = pytest.importorskip("openai")
 
 from scratchllm.checkpoint import load, save_pretrained  # noqa: E402
 from scratchllm.cli import main  # noqa: E402
+from conftest import serving  # noqa: E402
 from scratchllm.config import GPTConfig  # noqa: E402
 from scratchllm.generation import generate  # noqa: E402
 from scratchllm.model import GPT  # noqa: E402
@@ -49,26 +48,6 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(model_dir):
     return load(model_dir)
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Run `app` with uvicorn on a free loopback port in a thread; yield the port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
