@@ -413,13 +413,17 @@ def add_pretrain(sub):
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of a text file")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUNDIR",
                    help="continue the newest checkpoint of --out (or of RUNDIR); omitted settings come from its run_config.json")
+    p.add_argument("--objective", choices=["lm", "mlm", "seq2seq"], default=None,
+                   help="lm: next-token GPT (default); mlm: BERT-style masked-language encoder; "
+                        "seq2seq: encoder-decoder on a source<TAB>target --data file")
     add_train_flags(p)
 
     def run(args):
         from scratchllm.train import pretrain
 
         summary = pretrain(args.data, args.model, args.out, tokenizer=args.tokenizer, resume=args.resume,
-                           config_file=args.config, val_fraction=args.val_fraction, **_train_flags(args))
+                           config_file=args.config, val_fraction=args.val_fraction, objective=args.objective,
+                           **_train_flags(args))
         if summary["rank"] == 0:  # under torchrun, one summary
             print(json.dumps(summary))
         return summary["exit_code"]  # 0, or 130 / 143 after SIGINT / SIGTERM (a checkpoint was saved)
@@ -443,7 +447,7 @@ def add_demo(sub):
     p.add_argument("--context-length", type=int, default=128, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--prompt", default="The ", help="prompt of the before/after samples")
+    p.add_argument("--prompt", default="The", help="prompt of the before/after samples")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
     def run(args):
@@ -598,6 +602,8 @@ def add_finetune_classify(recipes):
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's context length)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate while fine-tuning (default: the model's)")
     p.add_argument("--seed", type=int, default=123, help="seed of balancing, split, head init and batch order")
+    p.add_argument("--split-seed", type=int, default=None, help="seed of balancing and split only (default: --seed)")
+    p.add_argument("--lm-weight", type=float, default=0.0, help="add this x the next-token loss of the texts (Radford et al. 2018's auxiliary objective)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype (auto: bf16 on CUDA)")
     p.add_argument("--max-time", type=float, default=None, help="stop cleanly after this many seconds")
@@ -792,6 +798,43 @@ def add_generate(sub):
                          top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop,
                          stream_output=args.stream, dtype=args.dtype, device=args.device,
                          use_cache=not args.no_cache)
+
+    p.set_defaults(func=run)
+
+
+@verb
+def add_fill_mask(sub):
+    p = _parser(sub, "fill-mask", "Print the most likely tokens for each [MASK] in a text (an encoder from pretrain --objective mlm).")
+    p.add_argument("--model", required=True, help="model or run directory of a masked-language encoder")
+    p.add_argument("--text", required=True, help='text with one or more [MASK] markers, e.g. "The [MASK] sat on the mat."')
+    p.add_argument("--top-k", type=int, default=5, help="fillers to print per mask")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print [[{token, probability, text}, ...], ...] as JSON")
+
+    def run(args):
+        from scratchllm.mlm import fill_mask_command
+
+        fill_mask_command(args.model, args.text, top_k=args.top_k, device=args.device, as_json=args.json)
+
+    p.set_defaults(func=run)
+
+
+@verb
+def add_translate(sub):
+    p = _parser(sub, "translate", "Translate a text with an encoder-decoder (pretrain --objective seq2seq): greedy or beam search.")
+    p.add_argument("--model", required=True, help="model or run directory of an encoder-decoder")
+    p.add_argument("--text", required=True, help="source text")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="most target tokens (default: context_length - 1)")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam ranking: log-probability / length ** this (0 = raw log-probability)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+
+    def run(args):
+        from scratchllm.seq2seq import translate_command
+
+        translate_command(args.model, args.text, beam=args.beam, max_new_tokens=args.max_new_tokens,
+                          length_penalty=args.length_penalty, device=args.device)
 
     p.set_defaults(func=run)
 

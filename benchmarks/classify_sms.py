@@ -1,0 +1,235 @@
+"""SMS spam classification end to end on a CPU: pretrain a small GPT here, fine-tune it, report.
+
+Run from the repository root:
+
+    python -m benchmarks.classify_sms [--minutes 15] [--out runs/classify_sms] [--threads 1]
+
+No pretrained GPT-2 weights can be downloaded on the development machine, so the whole path is
+measured with what can be made here, within `--minutes` of wall time in total:
+
+1. Split the UCI SMS Spam Collection as `scratchllm finetune classify` does (undersample ham to the
+   747 spam, stratified 70/10/20 with seed 123), and keep only the TRAINING texts, unlabelled.
+2. Train a byte-level BPE tokenizer on tinyshakespeare + those texts.
+3. Pretrain a small GPT (next-token prediction) on tinyshakespeare + those texts (each message a
+   document ended by <|endoftext|>, repeated `--sms-repeat` times: ~2/3 of the stream),
+   for what the budget leaves after a reserve for fine-tuning.
+4. Fine-tune it with `finetune_classifier` (all weights, last-real-token pooling) and report the
+   test accuracy on the balanced test split (298 messages), per-class figures and the confusion matrix.
+5. The same fine-tuning from a randomly initialised model of the same shape (not counted in the
+   budget): what pretraining is worth. Both fine-tunings are repeated with `--ft-seeds` seeds (head
+   init and batch order; same split and test set): one test message is 0.34 points.
+
+The machine is shared, so the load average is printed at the start and the end; wall time and this
+process's CPU time are both reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scratchllm.checkpoint import save_pretrained
+from scratchllm.classify import ClassifyConfig, _prepare_splits, finetune_classifier
+from scratchllm.config import GPTConfig
+from scratchllm.data import TokenData, TokenStream
+from scratchllm.model import GPT
+from scratchllm.tokenizer import Tokenizer
+from scratchllm.train import PretrainTask, TrainConfig, _time_steps, fit, resolve_device
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def pretraining_data(tok: Tokenizer, shakespeare: str, messages: list[str], repeat: int, seed: int) -> TokenData:
+    """Train stream: the first 95% of tinyshakespeare, then the messages (each + <|endoftext|>) in
+    `repeat` shuffled passes. Validation: the last 5% of tinyshakespeare."""
+    eot = tok.eot_id
+    book = np.array(tok.encode_ordinary(shakespeare), dtype=np.int32)
+    cut = int(len(book) * 0.95)
+    encoded = tok.encode_batch(messages, disallowed_special=())
+    rng = random.Random(seed)
+    sms: list[int] = []
+    for _ in range(repeat):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for i in order:
+            sms += encoded[i] + [eot]
+    train = np.concatenate([book[:cut], np.array([eot], dtype=np.int32), np.array(sms, dtype=np.int32)])
+    val = book[cut:]
+    # UTF-8 bytes per id (0 for <|endoftext|>), so that the loop can report bits per byte
+    nbytes = np.array([0 if i == eot else len(tok.token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.int64)
+    meta = {"train": {"tokens": len(train), "bytes": int(nbytes[train].sum())},
+            "val": {"tokens": len(val), "bytes": int(nbytes[val].sum())},
+            "bytes": int(nbytes[train].sum() + nbytes[val].sum()),
+            "book_tokens": cut, "sms_tokens": len(sms), "sms_repeat": repeat, "messages": len(messages)}
+    return TokenData(TokenStream([train], name="pretrain:train"), TokenStream([val], name="pretrain:val"), meta)
+
+
+def quietly(fn, *args, **kwargs):
+    """Run fn with its stdout/stderr captured; return (result, captured text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        result = fn(*args, **kwargs)
+    return result, buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=15.0, help="wall-time budget: tokenizer + pretraining + fine-tuning")
+    ap.add_argument("--finetune-minutes", type=float, default=1.5, help="reserved for fine-tuning within the budget")
+    ap.add_argument("--out", default="runs/classify_sms")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads. 1 on the shared 2-core machine: with any other process running, 2 OpenMP "
+                         "threads that wait for each other at every op lose their time slices (measured 2.4-10x slower)")
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--emb-dim", type=int, default=128)
+    ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--n-heads", type=int, default=4)
+    ap.add_argument("--context-length", type=int, default=64, help="also the fine-tuning max length (most messages fit)")
+    ap.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
+    ap.add_argument("--lr", type=float, default=2e-3, help="pretraining peak lr")
+    ap.add_argument("--sms-repeat", type=int, default=16, help="passes over the SMS training texts in the pretraining stream")
+    ap.add_argument("--ft-epochs", type=float, default=5)
+    ap.add_argument("--ft-lr", type=float, default=1e-4)
+    ap.add_argument("--ft-batch-size", type=int, default=16)
+    ap.add_argument("--ft-trainable", default="all")
+    ap.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds (head init, batch order) on the same split")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised baseline")
+    ap.add_argument("--seed", type=int, default=123)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"{out}: exists; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device("auto")
+    load_start = os.getloadavg()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    budget = args.minutes * 60
+    log(f"start: load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} on {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}, device {device}, budget {args.minutes:g} min")
+
+    # 1. the same split as finetune classify; only the training texts are used unlabelled
+    sms_file = SHARED / "sms_spam_collection.tsv"
+    ft_cfg = ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False)
+    (train, val, test), _ = quietly(_prepare_splits, ft_cfg)
+    log(f"split: train {train.counts()}, validation {val.counts()}, test {test.counts()}")
+
+    # 2. tokenizer
+    shakespeare = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    t = time.perf_counter()
+    tok = Tokenizer.train([shakespeare, *train.texts], args.vocab_size)
+    log(f"tokenizer: {tok.vocab_size} ids trained in {time.perf_counter() - t:.1f} s")
+
+    # 3. pretraining, for what the budget leaves
+    data = pretraining_data(tok, shakespeare, train.texts, args.sms_repeat, args.seed)
+    log(f"pretraining data: {len(data.train):,} train tokens ({data.meta['book_tokens']:,} tinyshakespeare + "
+        f"{data.meta['sms_tokens']:,} SMS = {data.meta['messages']} messages x {args.sms_repeat}), {len(data.val):,} val")
+    model_cfg = GPTConfig(vocab_size=tok.vocab_size, context_length=args.context_length, emb_dim=args.emb_dim,
+                          n_layers=args.n_layers, n_heads=args.n_heads, drop_rate=0.0)
+    probe = TrainConfig(batch_size=args.batch_size)
+    torch.manual_seed(args.seed)
+    step_s = _time_steps(GPT(model_cfg), data, probe, device, args.context_length)
+    pretrain_s = budget - (time.perf_counter() - t0) - args.finetune_minutes * 60
+    max_steps = max(50, int(pretrain_s * 0.92 / step_s))  # the cosine schedule needs a step count
+    log(f"pretraining: {step_s * 1000:.0f} ms/step now -> {max_steps} steps for {pretrain_s:.0f} s "
+        f"(max_time stops it at the budget whatever the load does)")
+    cfg = TrainConfig(max_steps=max_steps, max_time=pretrain_s, batch_size=args.batch_size, lr=args.lr,
+                      min_lr=args.lr / 10, warmup_steps=min(100, max_steps // 10), eval_every=max(1, max_steps // 4),
+                      eval_batches=4, log_every=max(1, max_steps // 20), save_every=0, keep_last=1, seed=args.seed,
+                      progress=False)
+    torch.manual_seed(args.seed)
+    net = GPT(model_cfg)
+    task = PretrainTask(data, args.batch_size, args.context_length, seed=args.seed, device=device, eval_batches=4)
+    summary, text = quietly(fit, net, task, cfg, out / "pretrain", tokenizer=tok,
+                            extra_config={"data": {k: v for k, v in data.meta.items() if k not in ("train", "val")}})
+    (out / "pretrain.log").write_text(text, encoding="utf-8")
+    pretrained = out / "pretrain" / "final"
+    log(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens, val loss "
+        f"{summary['eval'].get('val_loss', float('nan')):.3f}, stopped by {summary['stopped']}, "
+        f"{summary['train_time_s']:.0f} s")
+
+    # 4. fine-tuning the pretrained model (the first seed is the timed pipeline; more seeds, same
+    #    split and test set, show how much of a difference is noise)
+    def finetune(model_dir: Path, name: str, seed: int) -> dict:
+        c = ClassifyConfig(model=str(model_dir), data=str(sms_file), out=str(out / name), epochs=args.ft_epochs,
+                           batch_size=args.ft_batch_size, lr=args.ft_lr, trainable=args.ft_trainable, seed=seed,
+                           split_seed=args.seed, max_length=args.context_length, progress=False)
+        report, text = quietly(finetune_classifier, c)
+        (out / f"{name}.log").write_text(text, encoding="utf-8")
+        return report
+
+    seeds = [args.seed + k for k in range(args.ft_seeds)]
+    t = time.perf_counter()
+    report = finetune(pretrained, f"finetune-seed{seeds[0]}", seeds[0])
+    ft_s = time.perf_counter() - t
+    total_s, total_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    load_mid = os.getloadavg()
+    log(f"fine-tuning: test accuracy {100 * report['test']['accuracy']:.2f}% in {ft_s:.0f} s; "
+        f"pipeline total {total_s / 60:.1f} min wall, {total_cpu / 60:.1f} min CPU of this process")
+    reports = {"pretrained": [report], "random_init": []}
+    for seed in seeds[1:]:
+        reports["pretrained"].append(finetune(pretrained, f"finetune-seed{seed}", seed))
+        log(f"fine-tuning seed {seed}: test accuracy {100 * reports['pretrained'][-1]['test']['accuracy']:.2f}%")
+
+    # 5. the same fine-tuning from random weights of the same shape
+    if not args.no_baseline:
+        torch.manual_seed(args.seed)
+        save_pretrained(GPT(model_cfg), out / "random-init", tok)
+        for seed in seeds:
+            reports["random_init"].append(finetune(out / "random-init", f"random-init-seed{seed}", seed))
+            log(f"random init seed {seed}: test accuracy {100 * reports['random_init'][-1]['test']['accuracy']:.2f}%")
+
+    load_end = os.getloadavg()
+    accuracy = {k: [r["test"]["accuracy"] for r in v] for k, v in reports.items()}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python -m benchmarks.classify_sms " + " ".join(sys.argv[1:]),
+        "load_average": {"start": load_start, "after_pipeline": load_mid, "end": load_end},
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "model": model_cfg.to_dict(), "parameters": sum(p.numel() for p in net.parameters()),
+        "pretrain": {"steps": summary["steps"], "tokens": summary["tokens"], "seconds": summary["train_time_s"],
+                     "val_loss": summary["eval"].get("val_loss"), "stopped": summary["stopped"], **data.meta},
+        "finetune": {"seconds": round(ft_s, 1), "seeds": seeds,
+                     "args": {k: getattr(args, k) for k in ("ft_epochs", "ft_lr", "ft_batch_size", "ft_trainable")}},
+        "pipeline_wall_s": round(total_s, 1), "pipeline_cpu_s": round(total_cpu, 1),
+        "test_accuracy": accuracy,
+        "reports": {k: [{"seed": s, "test": r["test"], "epochs": r["epochs"]} for s, r in zip(seeds, v)]
+                    for k, v in reports.items()},
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    from scratchllm.classify import format_history, format_metrics
+
+    print(f"\n== pretrained here ({summary['steps']} steps, {summary['tokens']:,} tokens) then fine-tuned, seed {seeds[0]} ==")
+    print(format_history(report["epochs"]))
+    print(format_metrics(report["test"], "test"))
+    if reports["random_init"]:
+        print(f"\n== randomly initialised, same fine-tuning, seed {seeds[0]} ==")
+        print(format_history(reports["random_init"][0]["epochs"]))
+        print(format_metrics(reports["random_init"][0]["test"], "test"))
+    print(f"\npipeline (tokenizer + pretraining + fine-tuning): {total_s / 60:.1f} min wall, "
+          f"{total_cpu / 60:.1f} min CPU; load average start {load_start[0]:.2f}, end {load_end[0]:.2f}")
+    for name, values in accuracy.items():
+        if values:
+            print(f"test accuracy, {name}: " + ", ".join(f"{100 * a:.2f}%" for a in values)
+                  + f" (seeds {', '.join(map(str, seeds))}; mean {100 * sum(values) / len(values):.2f}%)")
+    print(f"details: {out / 'result.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Greedy decoding speed: scratchllm (KV cache, and without it) against transformers, same weights.
+
+Run from the repository root:  python -m benchmarks.generation [--dtype bfloat16] [--rounds 3]
+
+GPT-2 small with random weights: a Hugging Face GPT2LMHeadModel(GPT2Config()) is built first and
+its state dict converted into ours (`checkpoint.state_dict_from_hf`), so both decode with the same
+numbers. Batch 1, a 32-token prompt, 128 new tokens, greedy, no end-of-text stop. Every method
+must produce transformers' tokens (float32) or the benchmark says so.
+
+Decoding one token reads every weight matrix once, so on a CPU it is bound by memory bandwidth:
+the bound is (read bandwidth) / (weight bytes read per token). Bandwidth is measured here, in the
+same run, as the time to sum a 1 GiB float32 tensor (and, for reference, to copy it). The methods
+and the bandwidth measurement alternate round by round, and medians are reported, because other
+processes on a shared machine slow some rounds down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+
+from scratchllm.checkpoint import model_from_state_dict, state_dict_from_hf
+from scratchllm.config import GPTConfig
+from scratchllm.generation import generate_ids, optimize_for_decoding
+from scratchllm.model import GPT
+
+
+def read_bandwidth(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(sum GB/s, copy GB/s), best of 3 each. Copy counts the bytes read and written."""
+    sums, copies = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        x.sum()
+        sums.append(x.nbytes / (time.perf_counter() - t) / 1e9)
+        t = time.perf_counter()
+        y.copy_(x)
+        copies.append(2 * x.nbytes / (time.perf_counter() - t) / 1e9)
+    return max(sums), max(copies)
+
+
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of the parameters one decode step reads: all of them except the two embedding tables,
+    of which it reads one row each; the tied head reads the token table again, in full."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embeddings = model.pos_emb.weight
+    if model.config.tie_embeddings:
+        return total - embeddings.numel() * embeddings.element_size()
+    tok = model.tok_emb.weight
+    return total - embeddings.numel() * embeddings.element_size() - tok.numel() * tok.element_size()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our model's weights")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--skip-uncached", action="store_true", help="skip the slow no-cache run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    hf.generation_config.eos_token_id = None  # run all new tokens, as ours does without eos_id
+    hf.generation_config.pad_token_id = 0
+    config = GPTConfig.from_preset("gpt2-small")
+    state = {name: t.clone() for name, t in state_dict_from_hf(hf.state_dict(), config).items()}  # no shared memory
+    ours = model_from_state_dict(config, state, dtype=args.dtype)
+
+    prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
+    n = args.new_tokens
+    x = torch.ones(256 * 1024 * 1024)  # 1 GiB of float32
+    y = torch.empty_like(x)
+
+    # optimize_for_decoding changes float32 weights only (column-major storage); see its docstring.
+    ours_opt = optimize_for_decoding(copy.deepcopy(ours)) if args.dtype == "float32" else None
+
+    def run_ours(use_cache: bool = True, model: GPT = ours) -> list[int]:
+        return generate_ids(model, [prompt], n, temperature=0, use_cache=use_cache)[0]
+
+    def run_hf() -> list[int]:
+        with torch.inference_mode():
+            ids = torch.tensor([prompt])
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+        return out[0, len(prompt):].tolist()
+
+    methods = {"scratchllm, KV cache": run_ours, "transformers generate (float32)": run_hf}
+    if ours_opt is not None:
+        methods["scratchllm, KV cache, decode layout"] = lambda: run_ours(model=ours_opt)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; gpt2-small, our weights in {args.dtype}, "
+          f"batch 1, {len(prompt)}-token prompt, {n} new tokens, greedy")
+    tokens: dict[str, list[int]] = {}
+    for name, fn in methods.items():  # warm-up (allocator, oneDNN/MKL kernel selection)
+        tokens[name] = fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    bandwidth: list[tuple[float, float]] = []
+    for _ in range(args.rounds):
+        bandwidth.append(read_bandwidth(x, y))
+        for name, fn in methods.items():
+            t = time.perf_counter()
+            out = fn()
+            times[name].append(time.perf_counter() - t)
+            if out != tokens[name]:
+                print(f"  warning: {name} gave different tokens in a later round")
+    if not args.skip_uncached:
+        t = time.perf_counter()
+        tokens["scratchllm, no cache"] = run_ours(use_cache=False)
+        times["scratchllm, no cache"] = [time.perf_counter() - t]
+    del x, y
+
+    read_gbs = statistics.median(b[0] for b in bandwidth)
+    copy_gbs = statistics.median(b[1] for b in bandwidth)
+    ours_bytes = weight_bytes_per_token(ours)
+    hf_bytes = weight_bytes_per_token(GPT(config))  # transformers runs in float32
+    print(f"memory bandwidth: sum {read_gbs:.1f} GB/s, copy {copy_gbs:.1f} GB/s (medians of {args.rounds} rounds)")
+    print(f"weights read per token: ours {ours_bytes / 1e6:.0f} MB, transformers {hf_bytes / 1e6:.0f} MB")
+    reference = tokens["transformers generate (float32)"]
+    hf_rate = n / statistics.median(times["transformers generate (float32)"])
+    print(f"{'method':34s} {'tokens/s':>9s} {'vs HF':>7s} {'of bound':>9s}  same tokens as HF")
+    for name, ts in times.items():
+        rate = n / statistics.median(ts)
+        bytes_per_token = hf_bytes if name.startswith("transformers") else ours_bytes
+        bound = read_gbs * 1e9 / bytes_per_token
+        same = sum(a == b for a, b in zip(tokens[name], reference))
+        agree = "yes" if tokens[name] == reference else f"no: first {next((i for i, (a, b) in enumerate(zip(tokens[name], reference)) if a != b), n)} of {n} agree ({same} in all)"
+        print(f"{name:34s} {rate:9.1f} {rate / hf_rate:6.2f}x {rate / bound:8.0%}   {agree}")
+    if "scratchllm, no cache" in tokens:
+        same_cache = tokens["scratchllm, no cache"] == tokens["scratchllm, KV cache"]
+        print(f"KV cache and no cache give the same tokens: {'yes' if same_cache else 'NO'}")
+    print(f"bound = sum bandwidth / weight bytes per token = {read_gbs * 1e9 / ours_bytes:.1f} tokens/s for ours")
+
+
+if __name__ == "__main__":
+    main()

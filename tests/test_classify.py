@@ -1,0 +1,381 @@
+"""Classification fine-tuning: data loading and splits, last-real-token pooling, the recipe end to end
+through the CLI, save/load, resume, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchllm.checkpoint import save_pretrained
+from scratchllm.classify import (
+    HEAD_FILE,
+    Classifier,
+    ClassificationTask,
+    classification_metrics,
+    encode_texts,
+    label_names,
+    load_labelled,
+    load_sms_spam,
+    pad_batch,
+    stratified_split,
+    undersample,
+)
+from scratchllm.cli import main
+from scratchllm.config import GPTConfig
+from scratchllm.errors import ScratchLLMError
+from scratchllm.model import GPT
+from scratchllm.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def sms(shared_data):
+    return load_sms_spam(shared_data / "sms_spam_collection.tsv")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sms):
+    return Tokenizer.train(sms.texts[:1500], 512)
+
+
+def tiny_gpt(tokenizer, seed=0, context_length=64) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=context_length, emb_dim=32, n_layers=2, n_heads=2)
+    return GPT(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    save_pretrained(tiny_gpt(tokenizer), d, tokenizer)
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second thread buys nothing and, on a busy machine, costs several x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def test_sms_file_loads_headerless_as_label_text(sms, shared_data):
+    assert len(sms) == 5574 and sms.counts() == {"ham": 4827, "spam": 747}
+    assert (sms.labels[0], sms.texts[0][:20]) == ("ham", "Go until jurong poin")
+    # The generic loader detects that the file has no header (the first field recurs as a label).
+    auto = load_labelled(shared_data / "sms_spam_collection.tsv")
+    assert auto.texts == sms.texts and auto.labels == sms.labels
+
+
+def test_csv_with_header_quotes_and_jsonl_with_integer_labels(tmp_path):
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text('message,category\n"Hello, world",a\n"He said ""hi""\nthen left",b\nlast,a\n', encoding="utf-8")
+    d = load_labelled(csv_file, text_column="message", label_column="category")
+    assert d.texts == ["Hello, world", 'He said "hi"\nthen left', "last"] and d.labels == ["a", "b", "a"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,a\n\nbye,b,extra\n", encoding="utf-8")
+    with pytest.raises(ScratchLLMError, match=r"bad.csv line 4: 3 comma-separated fields, expected 2$"):
+        load_labelled(bad)
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "x", "label": 10}\n\n{"text": "y", "label": 2}\n', encoding="utf-8")
+    d = load_labelled(jsonl)
+    assert d.labels == ["10", "2"] and label_names(d.labels) == ["2", "10"]  # numeric order
+
+
+def test_undersample_balances_with_a_seed(sms):
+    b = undersample(sms, seed=123)
+    assert b.counts() == {"ham": 747, "spam": 747}
+    spam = [t for t, y in zip(sms.texts, sms.labels) if y == "spam"]
+    assert [t for t, y in zip(b.texts, b.labels) if y == "spam"] == spam  # the minority class is kept whole
+    assert undersample(sms, seed=123).texts == b.texts
+    assert undersample(sms, seed=7).texts != b.texts
+
+
+def test_stratified_split_proportions_and_seeding(sms):
+    train, val, test = stratified_split(sms, (0.7, 0.1, 0.2), seed=123)
+    # per class: round(0.7 n) / round(0.8 n) - round(0.7 n) / the rest
+    assert train.counts() == {"ham": 3379, "spam": 523}
+    assert val.counts() == {"ham": 483, "spam": 75}
+    assert test.counts() == {"ham": 965, "spam": 149}
+    pairs = lambda d: sorted(zip(d.texts, d.labels))  # noqa: E731
+    assert sorted(pairs(train) + pairs(val) + pairs(test)) == pairs(sms)
+    again = stratified_split(sms, (0.7, 0.1, 0.2), seed=123)
+    assert [p.texts for p in again] == [train.texts, val.texts, test.texts]
+    assert stratified_split(sms, (0.7, 0.1, 0.2), seed=124)[2].texts != test.texts
+
+
+def test_sms_download_extracts_and_checks_sha256(tmp_path, monkeypatch):
+    content = b"ham\tsee you soon\nspam\tWIN a prize now\nham\tok\n"
+    archive = tmp_path / "sms.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("SMSSpamCollection", content)
+        zf.writestr("readme", "about")
+    zip_sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path / "cache"))
+    url = archive.as_uri()
+    with pytest.raises(ScratchLLMError, match="SHA-256 is"):
+        load_sms_spam(url=url, zip_sha256="0" * 64, sha256=hashlib.sha256(content).hexdigest(), progress=False)
+    assert not (tmp_path / "cache" / "sms_spam" / "SMSSpamCollection").exists()
+    with pytest.raises(ScratchLLMError, match="SMSSpamCollection has SHA-256"):
+        load_sms_spam(url=url, zip_sha256=zip_sha, sha256="0" * 64, progress=False)
+    assert not (tmp_path / "cache" / "sms_spam" / "SMSSpamCollection").exists()
+    d = load_sms_spam(url=url, zip_sha256=zip_sha, sha256=hashlib.sha256(content).hexdigest(), progress=False)
+    assert d.labels == ["ham", "spam", "ham"] and d.texts[1] == "WIN a prize now"
+    archive.unlink()  # cached now: no second download
+    assert load_sms_spam(url=url, zip_sha256=zip_sha, progress=False).texts == d.texts
+
+
+def test_long_texts_are_truncated_with_a_count(tokenizer, capsys):
+    texts = ["a " * 100, "short", "b " * 30, ""]
+    ids = encode_texts(tokenizer, texts, 16, "train split")
+    full = tokenizer.encode_batch(texts)
+    n_long = sum(len(x) > 16 for x in full)
+    assert n_long == 2
+    assert [len(x) for x in ids] == [16, len(full[1]), 16, 1]  # an empty text is <|endoftext|> alone
+    assert ids[3] == [tokenizer.eot_id]
+    assert f"warning: train split: truncated 2 of 4 texts to 16 tokens (longest had {max(map(len, full))})" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# pooling and padding
+
+
+def test_last_pooling_reads_the_last_real_token():
+    body = GPT(GPTConfig(vocab_size=10, context_length=8, emb_dim=4, n_layers=1, n_heads=1))
+    clf = Classifier(body, ["a", "b"])
+    h = torch.arange(2 * 5 * 4, dtype=torch.float32).view(2, 5, 4)  # (B, T, C)
+    lengths = torch.tensor([3, 5])
+    assert torch.equal(clf.pool(h, lengths), torch.stack([h[0, 2], h[1, 4]]))
+    clf.pooling = "mean"
+    assert torch.allclose(clf.pool(h, lengths), torch.stack([h[0, :3].mean(0), h[1].mean(0)]))
+    clf.pooling = "first"
+    assert torch.equal(clf.pool(h, lengths), h[:, 0])
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_prediction_is_the_same_whatever_the_padding(tokenizer, pooling):
+    clf = Classifier(tiny_gpt(tokenizer), ["ham", "spam"], pooling, tokenizer).eval()
+    torch.nn.init.normal_(clf.head.weight, std=1.0)  # a head that reacts strongly to the hidden state
+    text = "Are you free for lunch tomorrow?"
+    ids = tokenizer.encode(text)
+    alone = clf(*pad_batch([ids], tokenizer.eot_id))
+    long = tokenizer.encode("URGENT! You have won a 1 week FREE membership in our prize jackpot, txt now")
+    assert len(long) > len(ids) + 10
+    batched = clf(*pad_batch([ids, long], tokenizer.eot_id))[0]
+    torch.testing.assert_close(batched, alone[0], atol=1e-5, rtol=0)
+    # whatever the padding tokens are: the head never reads them
+    idx, lengths = pad_batch([ids, long], tokenizer.eot_id)
+    idx[0, len(ids):] = torch.randint(0, tokenizer.vocab_size, (idx.shape[1] - len(ids),))
+    torch.testing.assert_close(clf(idx, lengths)[0], alone[0], atol=1e-5, rtol=0)
+    # predict() batches by length; the result for a text does not depend on its batch mates
+    p_alone = clf.predict([text])[0]
+    p_mixed = clf.predict(["hi", text, "x " * 50, "Free entry in 2 a wkly comp"], batch_size=4)[1]
+    assert p_mixed.label == p_alone.label
+    assert abs(p_mixed.probability - p_alone.probability) < 1e-5
+
+
+def test_the_book_pooling_would_read_padding(tokenizer):
+    """Why last-real-token pooling matters: reading position -1 (the book's choice with padded
+    batches) gives a different answer for a padded text."""
+    clf = Classifier(tiny_gpt(tokenizer), ["ham", "spam"], "last", tokenizer).eval()
+    ids = tokenizer.encode("see you later")
+    idx, lengths = pad_batch([ids, ids + [1] * 10], tokenizer.eot_id)
+    h = clf.body.hidden_states(idx)
+    assert not torch.allclose(h[0, -1], h[0, len(ids) - 1], atol=1e-3)
+    torch.testing.assert_close(clf.pool(h, lengths)[0], h[0, len(ids) - 1])
+
+
+def test_auxiliary_lm_loss_counts_real_next_tokens_only(tokenizer):
+    clf = Classifier(tiny_gpt(tokenizer), ["ham", "spam"], "last", tokenizer).eval()
+    a, b = tokenizer.encode("see you at five then"), tokenizer.encode("FREE entry: win a prize, txt WIN to 80086 now")
+    idx, lengths = pad_batch([a, b], tokenizer.eot_id)
+    logits, lm = clf(idx, lengths, lm_loss=True)
+    torch.testing.assert_close(logits, clf(idx, lengths))
+    # the mean over the (len - 1) real next-token targets of both texts, each scored alone
+    sums = [clf.body.loss(torch.tensor([x[:-1]]), torch.tensor([x[1:]])) * (len(x) - 1) for x in (a, b)]
+    torch.testing.assert_close(lm, sum(sums) / (len(a) + len(b) - 2), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# model files
+
+
+@pytest.mark.parametrize("trainable", ["last-block", "lora"])
+def test_save_load_round_trip_predicts_identically(tokenizer, tmp_path, trainable):
+    clf = Classifier(tiny_gpt(tokenizer), ["ham", "spam", "other"], "last", tokenizer, max_length=16)
+    n_train, n_total = clf.set_trainable(trainable)
+    with torch.no_grad():  # move away from the initial weights, as training would
+        for p in clf.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    texts = ["Call now to claim your prize", "where are you?", "ok", "a much longer text " * 5]
+    before = clf.eval().predict(texts)
+    clf.save_pretrained(tmp_path / "clf")
+    back = Classifier.from_pretrained(tmp_path / "clf")
+    after = back.predict(texts)
+    assert [p.label for p in after] == [p.label for p in before]
+    for a, b in zip(after, before):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    assert (back.labels, back.pooling, back.max_length) == (["ham", "spam", "other"], "last", 16)
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert config["task"] == "classification" and config["labels"] == ["ham", "spam", "other"]
+    from safetensors.torch import load_file
+
+    body = load_file(tmp_path / "clf" / "model.safetensors")
+    own = load_file(tmp_path / "clf" / HEAD_FILE)
+    assert not any(".lora_" in k for k in body)  # the body on disk is a plain GPT (adapters merged)
+    if trainable == "last-block":
+        # last block (2 norms + qkv + proj + fc + mlp.proj), final norm, head (3 x 32 + 3)
+        assert n_train == 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32) + 64 + 99
+        assert sorted(own) == ["head.bias", "head.weight"]
+    else:
+        # LoRA r=8 on the 4 linear layers of 2 blocks, r * (in + out) each, plus the head
+        assert n_train == 2 * 8 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32)) + 99
+        assert len(own) == 2 + 2 * 4 * 2  # head + unmerged A and B of 8 layers, for exact resume
+    adapters = n_train - 99 if trainable == "lora" else 0
+    assert n_total == sum(p.numel() for p in back.parameters()) + adapters
+
+
+def test_metrics_per_class_and_confusion_matrix():
+    m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert m["per_class"]["b"]["precision"] == 0.5 and m["per_class"]["c"]["precision"] == 0.5
+
+
+def test_task_resumes_its_batch_order(tokenizer):
+    ids = [[i + 1] * (1 + i % 5) for i in range(10)]
+    task = ClassificationTask(ids, [i % 2 for i in range(10)], ids[:2], [0, 1], batch_size=4, pad_id=0, seed=3)
+    assert task.steps_per_epoch == 3
+    first = [task.next_batch() for _ in range(4)]
+    seen = sorted(int(x[0, 0]) for b in first[:3] for x in b[0].split(1))
+    assert seen == list(range(1, 11))  # one epoch = every example once
+    state = json.loads(json.dumps(task.state_dict()))
+    fresh = ClassificationTask(ids, [i % 2 for i in range(10)], ids[:2], [0, 1], batch_size=4, pad_id=0, seed=3)
+    fresh.load_state_dict(state)
+    for _ in range(4):
+        a, b = task.next_batch(), fresh.next_batch()
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe, end to end through the CLI
+
+
+@pytest.fixture(scope="module")
+def small_sms(sms, tmp_path_factory):
+    """300 balanced messages (the first 150 of each class) as a headerless label<TAB>text file."""
+    rows = [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "ham"][:150]
+    rows += [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "spam"][:150]
+    path = tmp_path_factory.mktemp("sms") / "small.tsv"
+    path.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+    return path
+
+
+TRAIN_ARGS = ["--trainable", "all", "--lr", "1e-3", "--batch-size", "16", "--device", "cpu", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, small_sms, tmp_path_factory):
+    """4 epochs of 14 steps (about 3 s of training on one core)."""
+    out = tmp_path_factory.mktemp("run") / "classify"
+    code = main(["finetune", "classify", "--model", str(tiny_dir), "--data", str(small_sms), "--out", str(out),
+                 "--epochs", "4", *TRAIN_ARGS])
+    assert code == 0
+    return out
+
+
+def test_pipeline_learns_on_a_small_slice(trained):
+    report = json.loads((trained / "metrics.json").read_text())
+    assert report["counts"] == {"train": {"ham": 105, "spam": 105}, "validation": {"ham": 15, "spam": 15},
+                                "test": {"ham": 30, "spam": 30}}
+    # A 2-layer, 32-wide model from random weights and a 512-token BPE: the majority class is 50%.
+    assert report["test"]["accuracy"] >= 0.80, report["test"]
+    assert [r["epoch"] for r in report["epochs"]] == [0, 1, 2, 3, 4]
+    assert report["epochs"][-1]["train_accuracy"] >= 0.9
+    assert set(report["test"]["per_class"]) == {"ham", "spam"}
+    assert sum(map(sum, report["test"]["confusion_matrix"])) == 60
+    for name in ("classify-loss.png", "classify-accuracy.png", "loss.png", "metrics.jsonl", "final/classifier.safetensors",
+                 "best/classifier.safetensors"):
+        assert (trained / name).is_file(), name
+
+
+def test_classify_verb_text_and_jsonl(trained, tmp_path, capsys):
+    texts = ["WINNER!! Claim your FREE prize now, call 09061701461", "I'll be home late tonight, save me dinner"]
+    expected = Classifier.from_pretrained(trained).predict(texts)
+    code, out, _ = run_cli(["classify", "--model", trained, "--text", texts[0], "--text", texts[1]], capsys)
+    assert code == 0
+    assert out.splitlines() == [f"{p.label}\t{p.probability:.4f}" for p in expected]
+    src = tmp_path / "in.txt"
+    src.write_text(texts[0] + "\n\n" + texts[1] + "\n", encoding="utf-8")
+    code, out, _ = run_cli(["classify", "--model", trained, "--input", src], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    assert [r["label"] for r in rows] == [p.label for p in expected]
+    assert [r["probability"] for r in rows] == pytest.approx([p.probability for p in expected], abs=1e-6)
+    code, out, err = run_cli(["classify", "--model", trained, "--input", src, "--out", tmp_path / "p.jsonl"], capsys)
+    assert code == 0 and out == "" and [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()] == rows
+
+
+def test_resume_continues_exactly(tiny_dir, small_sms, trained, tmp_path, capsys):
+    """4 epochs in one go (the `trained` run), or 2 epochs then --resume to 4: the same classifier
+    (constant lr; the batch order, running sums and history resume from the checkpoint)."""
+    common = ["finetune", "classify", "--model", tiny_dir, "--data", small_sms, "--out", tmp_path / "b", *TRAIN_ARGS]
+    assert run_cli([*common, "--epochs", "2"], capsys)[0] == 0
+    assert run_cli([*common, "--epochs", "4", "--resume"], capsys)[0] == 0
+    from safetensors.torch import load_file
+
+    for file in ("model.safetensors", HEAD_FILE):
+        a, b = load_file(trained / "final" / file), load_file(tmp_path / "b" / "final" / file)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
+    ra, rb = (json.loads((d / "metrics.json").read_text()) for d in (trained, tmp_path / "b"))
+    assert ra["epochs"] == rb["epochs"] and ra["test"] == rb["test"]
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit code 2
+
+
+def _bad_cases(tmp_path: Path, small_sms: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    csv_file = tmp_path / "cols.csv"
+    csv_file.write_text("message,category\nhello,a\nbye,b\nfoo,a\n", encoding="utf-8")
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"text": f"t{i}", "label": "ham"}) + "\n" for i in range(20)), encoding="utf-8")
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(json.dumps({"text": "hello", "label": "eggs"}) + "\n", encoding="utf-8")
+    return [
+        (["--data", empty], f"{empty}: empty file (expected rows with a text and a label)"),
+        (["--data", csv_file], f"{csv_file}: no text column 'text'; columns found: 'message', 'category'; "
+                               "use --text-column/--label-column (positions 0, 1, ... if the file has no header)"),
+        (["--data", csv_file, "--text-column", "message"], f"{csv_file}: no label column 'label'; columns found: "
+                               "'message', 'category'; use --text-column/--label-column (positions 0, 1, ... if the file has no header)"),
+        (["--data", one], f"{one}: only one class ('ham') in the labels; classification needs at least two"),
+        (["--data", small_sms, "--test", test_file],
+         f"{test_file}: label 'eggs' (example 1) does not occur in the training data (labels: ham, spam)"),
+        (["--data", tmp_path / "missing.tsv"], f"{tmp_path / 'missing.tsv'}: no such file"),
+    ]
+
+
+def test_bad_inputs_give_one_line_errors(tiny_dir, small_sms, tmp_path, capsys):
+    for extra, message in _bad_cases(tmp_path, small_sms):
+        code, out, err = run_cli(["finetune", "classify", "--model", tiny_dir, "--out", tmp_path / "run", *extra], capsys)
+        assert (code, err) == (2, f"scratchllm finetune: error: {message}\n"), extra
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,382 @@
+"""The training loop: schedule, optimizer groups, configs, a real run on the-verdict, exact resume after
+SIGKILL / SIGTERM, NaN handling, and DDP / FSDP under torchrun against one process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchllm.config import GPTConfig
+from scratchllm.errors import ScratchLLMError
+from scratchllm.model import GPT
+from scratchllm.train import (
+    PretrainTask,
+    TrainConfig,
+    checkpoint_dirs,
+    derive_grad_accum,
+    fit,
+    learning_rate,
+    make_optimizer,
+    pretrain,
+    weight_decay_groups,
+)
+
+TINY = dict(emb_dim=64, n_layers=2, n_heads=4, context_length=32)  # gpt-tiny at context 32
+RUN_MODEL = dict(emb_dim=96, n_layers=3, n_heads=4, context_length=32)  # learns visibly in 80 steps
+
+
+@pytest.fixture(scope="module")
+def verdict(shared_data) -> Path:
+    return shared_data / "the-verdict.txt"
+
+
+@pytest.fixture(scope="module")
+def tok_file(tmp_path_factory, verdict) -> Path:
+    """A 384-id BPE tokenizer trained on the-verdict: small vocab = fast tiny-model steps."""
+    from scratchllm.tokenizer import Tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tok.json"
+    Tokenizer.train([verdict.read_text(encoding="utf-8")], 384).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dropout_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny-dropout.json"
+    path.write_text(json.dumps({**TINY, "drop_rate": 0.1}))
+    return path
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "scratchllm", "pretrain", *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# ------------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def test_learning_rate_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert learning_rate(0, cfg) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
+    assert learning_rate(4, cfg) == pytest.approx(5e-4)
+    assert learning_rate(9, cfg) == pytest.approx(1e-3)  # warmup ends at the peak
+    assert learning_rate(10, cfg) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert learning_rate(60, cfg) == pytest.approx(5.5e-4)  # halfway: min + (lr - min) / 2
+    assert learning_rate(110, cfg) == pytest.approx(1e-4)
+    assert learning_rate(500, cfg) == pytest.approx(1e-4)  # past max_steps: the floor
+    assert all(learning_rate(s, cfg) >= learning_rate(s + 1, cfg) for s in range(10, 110))
+
+
+def test_weight_decay_only_on_2d_trainable_weights():
+    model = GPT(GPTConfig(vocab_size=100, **TINY))
+    model.blocks[1].mlp.fc.weight.requires_grad_(False)  # frozen: in no group
+    decay, no_decay = weight_decay_groups(model)
+    assert decay == [
+        "tok_emb.weight", "pos_emb.weight",
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight",
+        "blocks.1.attn.qkv.weight", "blocks.1.attn.proj.weight", "blocks.1.mlp.proj.weight",
+    ]  # out_head.weight is tok_emb.weight (tied) and is listed once
+    assert "blocks.0.norm1.weight" in no_decay and "blocks.0.attn.qkv.bias" in no_decay
+    assert "final_norm.bias" in no_decay and len(no_decay) == 2 * 8 + 2
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert [len(g["params"]) for g in opt.param_groups] == [9, 18]
+    assert opt.defaults["fused"] is True and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_train_config_files_flags_and_errors(tmp_path):
+    (tmp_path / "run.toml").write_text('max_steps = 50\nlr = 1e-3\ndevice = "cpu"\n')
+    (tmp_path / "run.json").write_text('{"max_steps": 50, "lr": 0.001}')
+    (tmp_path / "run.yaml").write_text("max_steps: 50\nlr: 0.001\n")
+    for name in ("run.toml", "run.json", "run.yaml"):
+        cfg = TrainConfig.from_file(tmp_path / name, max_steps=70)  # the flag wins over the file
+        assert (cfg.max_steps, cfg.lr, cfg.batch_size) == (70, 1e-3, 8)
+    with pytest.raises(ScratchLLMError, match=r"unknown train config key\(s\) 'max_stepz'; known keys: max_steps, "):
+        TrainConfig.from_dict({"max_stepz": 3})
+    with pytest.raises(ScratchLLMError, match=r"train config field 'batch_size' must be int, got '8'"):
+        TrainConfig(batch_size="8")
+    with pytest.raises(ScratchLLMError, match=r"train config: min_lr \(0.1\) must not exceed lr \(0.001\)"):
+        TrainConfig(lr=1e-3, min_lr=0.1)
+    (tmp_path / "run.ini").write_text("")
+    with pytest.raises(ScratchLLMError, match=r"unknown run file type '.ini'; expected .toml, .json, .yaml or .yml"):
+        TrainConfig.from_file(tmp_path / "run.ini")
+
+
+def test_cli_flags_are_the_train_config_fields():
+    import dataclasses
+
+    from scratchllm.cli import TRAIN_FLAGS
+
+    fields = dataclasses.fields(TrainConfig)
+    assert [name for name, *_ in TRAIN_FLAGS] == [f.name for f in fields]
+    for (name, kind, default, _), f in zip(TRAIN_FLAGS, fields):
+        assert default == f.default and kind.__name__ == str(f.type).split(" ")[0], name
+
+
+def test_grad_accum_derived_from_tokens_per_step():
+    accum, formula = derive_grad_accum(TrainConfig(batch_size=4, tokens_per_step=1024), 64, 2)
+    assert accum == 2
+    assert formula == "grad_accum = tokens_per_step / (batch_size * context_length * world_size) = 1024 / (4 * 64 * 2) = 2"
+    with pytest.raises(ScratchLLMError, match=r"tokens_per_step=1000 is not a multiple of batch_size \* context_length \* world_size = 4 \* 64 \* 1 = 256"):
+        derive_grad_accum(TrainConfig(batch_size=4, tokens_per_step=1000), 64, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# One real run, inspected from several sides
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, verdict, tok_file):
+    out = tmp_path_factory.mktemp("run") / "verdict"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster, and immune to a busy machine
+    try:
+        summary = pretrain(verdict, dict(RUN_MODEL), out, tokenizer=tok_file, max_steps=80, batch_size=16, lr=3e-3,
+                           warmup_steps=5, eval_every=20, eval_batches=4, log_every=10, save_every=20, keep_last=2,
+                           sample_every=40, sample_tokens=8, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary
+
+
+def test_run_loss_falls_and_metrics_are_logged(run):
+    out, summary = run
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 10, 20, 30, 40, 50, 60, 70, 80]
+    assert math.isclose(rows[0]["val_loss"], math.log(384), rel_tol=0.02)  # untrained: about uniform
+    train = [r for r in rows if "loss" in r]
+    derived = json.loads((out / "run_config.json").read_text())["derived"]
+    for r in train:
+        assert {"step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "grad_norm"} <= set(r)
+        assert r["tokens"] == r["step"] * 16 * 32 and r["tokens_per_s"] > 0
+        # MFU = training FLOPs per token * tokens/s / the peak measured at start (not a fixed figure)
+        assert r["mfu"] == pytest.approx(derived["flops_per_token"] * r["tokens_per_s"] / derived["peak_flops"], abs=1e-5)
+    assert derived["peak_flops_source"] == "measured float32 matmul on cpu"
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 20, 40, 60, 80]
+    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
+    # From ln(384) = 5.95 to below 4.85, the entropy of the-verdict's token frequencies (what a model
+    # that ignores context can reach): the model uses the context after 80 steps.
+    assert train[-1]["loss"] < 4.4 and evals[-1]["val_loss"] < 4.5  # measured: 4.18 and 4.34
+    assert summary["steps"] == 80 and summary["stopped"] == "max_steps" and summary["exit_code"] == 0
+    assert summary["eval"]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2) / json.loads(
+        (out / "run_config.json").read_text())["data"]["bytes_per_token"])
+
+
+def test_run_directory_layout(run):
+    out, _ = run
+    assert [s for s, _ in checkpoint_dirs(out)] == [60, 80]  # keep_last=2
+    for d in ("best", "final", "checkpoints/step-0000080"):
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / d).iterdir()}
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["model"]["vocab_size"] == 384 and config["model"]["context_length"] == 32
+    assert config["train"]["max_steps"] == 80
+    d = config["derived"]
+    assert d["tokens_per_step"] == 512 and d["grad_accum"] == 1 and d["flops_per_token"] > 0
+    assert d["parameters"] == sum(p.numel() for p in GPT(GPTConfig(vocab_size=384, **RUN_MODEL)).parameters())
+    samples = (out / "samples.txt").read_text()
+    assert [line for line in samples.splitlines() if line.startswith("--- step")] == [
+        "--- step 0 ---", "--- step 40 ---", "--- step 80 ---"]
+    state = torch.load(out / "checkpoints/step-0000080/trainer.pt", weights_only=True)
+    assert state["step"] == 80 and state["tokens"] == 80 * 512 and state["world_size"] == 1
+    assert {"optimizer", "ranks", "best", "train_config"} <= set(state)
+
+
+def test_run_directory_loads_for_generation(run):
+    from safetensors.torch import load_file
+
+    from scratchllm.checkpoint import load
+    from scratchllm.generation import generate
+
+    out, _ = run
+    model, tok = load(out)  # resolves RUNDIR/final/
+    final = load_file(str(out / "final/model.safetensors"))
+    assert torch.equal(model.tok_emb.weight, final["tok_emb.weight"])
+    assert tok.vocab_size == 384
+    text = generate(model, tok, "I had", max_new_tokens=5, temperature=0)
+    assert isinstance(text, str) and text
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(run, verdict, tok_file):
+    out, _ = run
+    with pytest.raises(ScratchLLMError, match=r"already holds checkpoints \(up to step 80\); resume it"):
+        pretrain(verdict, dict(TINY), out, tokenizer=tok_file, max_steps=2, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact resume across real process deaths
+
+
+def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, need_checkpoint: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-2000:]}"
+        if checkpoint_dirs(run_dir) and checkpoint_dirs(run_dir)[-1][0] >= need_checkpoint:
+            if (run_dir / "metrics.jsonl").is_file() and max(_losses(run_dir), default=0) >= step:
+                return
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for the run")
+
+
+def test_resume_after_sigkill_then_sigterm_matches_an_uninterrupted_run(tmp_path, verdict, tok_file, dropout_model):
+    common = ["--data", str(verdict), "--model", str(dropout_model), "--tokenizer", str(tok_file),
+              "--max-steps", "60", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "10",
+              "--eval-every", "0", "--log-every", "1", "--save-every", "5", "--keep-last", "2",
+              "--device", "cpu", "--seed", "7"]
+    run = tmp_path / "run"
+
+    def start(*args):
+        return subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    ref = start(*common, "--out", str(tmp_path / "ref"))  # uninterrupted, alongside
+    # SIGKILL after checkpoint 10 and a few more logged steps: those are dropped and redone on resume.
+    proc = start(*common, "--out", str(run))
+    _wait_for_step(proc, run, 12, 10)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (run / "final").exists()
+    # Resume (only the run directory: the rest comes from its run_config.json), then SIGTERM: a
+    # checkpoint at the step where it arrived, exit code 143.
+    proc = start("--resume", str(run))
+    _wait_for_step(proc, run, 22, 20)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped_at = max(_losses(run))
+    assert checkpoint_dirs(run)[-1][0] == stopped_at and not (run / "final").exists()
+    assert "SIGTERM: saving a checkpoint after this step" in err and f"stopped by SIGTERM at step {stopped_at}" in err
+    done = subprocess.run(_cli("--resume", str(run)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-2000:]
+    expected = _losses(tmp_path / "ref")
+    assert sorted(expected) == list(range(1, 61))
+    assert _losses(run) == expected  # bit for bit, dropout masks included
+    assert (run / "final").is_dir()
+
+
+# ------------------------------------------------------------------------------------------------
+# Failures
+
+
+class _NaNAtStep(PretrainTask):
+    """A task whose loss turns NaN at its 5th micro-batch (as a diverging run's would)."""
+
+    calls = 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss = super().loss(model, batch)
+        return loss * float("nan") if self.calls == 5 else loss
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, verdict, tok_file):
+    from scratchllm.data import load_corpus
+    from scratchllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tok_file)
+    data = load_corpus(verdict, tok)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **TINY))
+    task = _NaNAtStep(data, batch_size=4, context_length=32, tokenizer=tok)
+    cfg = TrainConfig(max_steps=10, save_every=2, keep_last=5, eval_every=0, log_every=1, device="cpu", progress=False)
+    with pytest.raises(ScratchLLMError, match=r"^loss is nan at step 5; stopping \(the last good checkpoint is .*step-0000004\)"):
+        fit(model, task, cfg, tmp_path / "nan", tokenizer=tok)
+    assert [s for s, _ in checkpoint_dirs(tmp_path / "nan")] == [2, 4]
+    assert not (tmp_path / "nan/final").exists()
+    assert sorted(_losses(tmp_path / "nan")) == [1, 2, 3, 4]
+
+
+def test_bad_config_key_is_one_line_and_exit_code_2(tmp_path, capsys, verdict):
+    from scratchllm.cli import main
+
+    (tmp_path / "run.toml").write_text("max_stepz = 3\n")
+    code = main(["pretrain", "--config", str(tmp_path / "run.toml"), "--data", str(verdict), "--model", "gpt-tiny",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"scratchllm pretrain: error: {tmp_path / 'run.toml'}: unknown train config key(s) 'max_stepz'")
+    assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Several processes (gloo on CPU)
+
+
+DIST_ARGS = ["--model", "gpt-tiny", "--context-length", "32", "--max-steps", "8", "--lr", "3e-3",
+             "--warmup-steps", "2", "--eval-every", "4", "--eval-batches", "4", "--log-every", "1",
+             "--save-every", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, verdict, tok_file) -> Path:
+    """The reference for the multi-process runs: one process, batch 4."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    done = subprocess.run(_cli("--data", str(verdict), "--tokenizer", str(tok_file), *DIST_ARGS, "--batch-size", "4",
+                               "--out", str(out)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, verdict, tok_file, one_process, mode):
+    # Two processes of batch 2 draw, between them, the windows one process of batch 4 draws.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scratchllm",
+              "pretrain", "--data", str(verdict), "--tokenizer", str(tok_file), *DIST_ARGS, "--batch-size", "2",
+              "--out", str(tmp_path / "two")]
+    two = subprocess.run(launch + (["--fsdp"] if mode == "fsdp" else []), env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(one_process), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+    assert a[8] < a[1] - 0.5  # and it did learn
+    rows = [json.loads(line) for line in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["tokens"] == 8 * 4 * 32 and "val_loss" in rows[-1]
+    config = json.loads((tmp_path / "two/run_config.json").read_text())
+    assert config["derived"]["world_size"] == 2 and config["derived"]["tokens_per_step"] == 128
+    from scratchllm.checkpoint import load
+
+    model, _ = load(tmp_path / "two")
+    ref, _ = load(one_process)
+    assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
+
+
+def test_demo_runs_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
+    from scratchllm.checkpoint import load
+    from scratchllm.train import demo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = demo(tmp_path / "demo", max_steps=6, vocab_size=300, n_layers=1, emb_dim=32, n_heads=2,
+                       context_length=32, batch_size=4, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "demo: trained a 300-token byte-level BPE tokenizer on 466,27" in err  # pydoc_data.topics
+    assert "demo: samples before and after training (prompt 'The'):\n--- step 0 ---\nThe" in err
+    assert summary["steps"] == 6 and summary["stopped"] == "max_steps"
+    model, tok = load(tmp_path / "demo")
+    assert tok.vocab_size == 300 and model.config.n_layers == 1
+    assert (tmp_path / "demo/loss.png").stat().st_size > 0
+    with pytest.raises(ScratchLLMError, match=r"demo: already exists; pass --overwrite to replace it or choose another --out"):
+        demo(tmp_path / "demo", max_steps=1)
