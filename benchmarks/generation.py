@@ -1,6 +1,7 @@
 """Greedy decoding speed: scratchllm (KV cache, and without it) against transformers, same weights.
 
 Run from the repository root:  python -m benchmarks.generation [--dtype bfloat16] [--rounds 3]
+                               python -m benchmarks.generation --kernels   (matrix-vector kernels only)
 
 GPT-2 small with random weights: a Hugging Face GPT2LMHeadModel(GPT2Config()) is built first and
 its state dict converted into ours (`checkpoint.state_dict_from_hf`), so both decode with the same
@@ -54,6 +55,37 @@ def weight_bytes_per_token(model: GPT) -> int:
     return total - embeddings.numel() * embeddings.element_size() - tok.numel() * tok.element_size()
 
 
+def matrix_vector_table() -> None:
+    """GB/s of one (1, 768) x (768, 3072) product per kernel and weight layout, weights streamed from
+    memory (300 MB of distinct matrices per pass, best of 3 passes): the choices behind
+    `optimize_for_decoding` (float32) and `_matrix_vector_kernels` (bfloat16)."""
+    import torch.nn.functional as F
+
+    for dtype, cases in [
+        (torch.float32, [("row-major (out, in), as nn.Linear", False, True),
+                         ("column-major (optimize_for_decoding)", True, True)]),
+        (torch.bfloat16, [("row-major, oneDNN (PyTorch default)", False, True),
+                          ("row-major, oneDNN off (decode steps)", False, False),
+                          ("column-major, oneDNN off", True, False)]),
+    ]:
+        count = int(300e6 / (3072 * 768 * dtype.itemsize))
+        weights = [torch.randn(3072, 768).to(dtype) for _ in range(count)]
+        v = torch.randn(1, 768).to(dtype)
+        for label, transposed, onednn in cases:
+            ws = [w.t().contiguous().t() for w in weights] if transposed else weights
+            torch.backends.mkldnn.enabled = onednn
+            best = 0.0
+            with torch.inference_mode():
+                for _ in range(3):
+                    t = time.perf_counter()
+                    for w in ws:
+                        F.linear(v, w)
+                    best = max(best, sum(w.nbytes for w in ws) / (time.perf_counter() - t) / 1e9)
+            torch.backends.mkldnn.enabled = True
+            print(f"  {str(dtype).removeprefix('torch.'):8s} {label:38s} {best:5.1f} GB/s")
+            del ws
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our model's weights")
@@ -62,9 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--skip-uncached", action="store_true", help="skip the slow no-cache run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--kernels", action="store_true", help="only time the matrix-vector kernels")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.kernels:
+        print(f"matrix-vector products, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}:")
+        matrix_vector_table()
+        return
 
     from transformers import GPT2Config, GPT2LMHeadModel
 

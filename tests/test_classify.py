@@ -14,8 +14,8 @@ import torch
 from scratchllm.checkpoint import save_pretrained
 from scratchllm.classify import (
     HEAD_FILE,
-    Classifier,
     ClassificationTask,
+    Classifier,
     classification_metrics,
     encode_texts,
     label_names,
@@ -112,7 +112,7 @@ def test_stratified_split_proportions_and_seeding(sms):
     assert train.counts() == {"ham": 3379, "spam": 523}
     assert val.counts() == {"ham": 483, "spam": 75}
     assert test.counts() == {"ham": 965, "spam": 149}
-    pairs = lambda d: sorted(zip(d.texts, d.labels))  # noqa: E731
+    pairs = lambda d: sorted(zip(d.texts, d.labels))
     assert sorted(pairs(train) + pairs(val) + pairs(test)) == pairs(sms)
     again = stratified_split(sms, (0.7, 0.1, 0.2), seed=123)
     assert [p.texts for p in again] == [train.texts, val.texts, test.texts]
@@ -311,6 +311,8 @@ def test_pipeline_learns_on_a_small_slice(trained):
     assert report["epochs"][-1]["train_accuracy"] >= 0.9
     assert set(report["test"]["per_class"]) == {"ham", "spam"}
     assert sum(map(sum, report["test"]["confusion_matrix"])) == 60
+    best = max(report["epochs"], key=lambda r: r["val_accuracy"])  # the earliest of equals
+    assert (report["best"]["epoch"], report["best"]["val_accuracy"]) == (best["epoch"], best["val_accuracy"])
     for name in ("classify-loss.png", "classify-accuracy.png", "loss.png", "metrics.jsonl", "final/classifier.safetensors",
                  "best/classifier.safetensors"):
         assert (trained / name).is_file(), name
@@ -329,7 +331,7 @@ def test_classify_verb_text_and_jsonl(trained, tmp_path, capsys):
     assert [r["text"] for r in rows] == texts
     assert [r["label"] for r in rows] == [p.label for p in expected]
     assert [r["probability"] for r in rows] == pytest.approx([p.probability for p in expected], abs=1e-6)
-    code, out, err = run_cli(["classify", "--model", trained, "--input", src, "--out", tmp_path / "p.jsonl"], capsys)
+    code, out, _err = run_cli(["classify", "--model", trained, "--input", src, "--out", tmp_path / "p.jsonl"], capsys)
     assert code == 0 and out == "" and [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()] == rows
 
 
@@ -363,10 +365,10 @@ def _bad_cases(tmp_path: Path, small_sms: Path) -> list[tuple[list[str], str]]:
     test_file.write_text(json.dumps({"text": "hello", "label": "eggs"}) + "\n", encoding="utf-8")
     return [
         (["--data", empty], f"{empty}: empty file (expected rows with a text and a label)"),
-        (["--data", csv_file], f"{csv_file}: no text column 'text'; columns found: 'message', 'category'; "
-                               "use --text-column/--label-column (positions 0, 1, ... if the file has no header)"),
-        (["--data", csv_file, "--text-column", "message"], f"{csv_file}: no label column 'label'; columns found: "
-                               "'message', 'category'; use --text-column/--label-column (positions 0, 1, ... if the file has no header)"),
+        (["--data", csv_file], (f"{csv_file}: no text column 'text'; columns found: 'message', 'category'; "
+                               "use --text-column/--label-column (positions 0, 1, ... if the file has no header)")),
+        (["--data", csv_file, "--text-column", "message"], (f"{csv_file}: no label column 'label'; columns found: "
+                               "'message', 'category'; use --text-column/--label-column (positions 0, 1, ... if the file has no header)")),
         (["--data", one], f"{one}: only one class ('ham') in the labels; classification needs at least two"),
         (["--data", small_sms, "--test", test_file],
          f"{test_file}: label 'eggs' (example 1) does not occur in the training data (labels: ham, spam)"),
@@ -376,6 +378,6 @@ def _bad_cases(tmp_path: Path, small_sms: Path) -> list[tuple[list[str], str]]:
 
 def test_bad_inputs_give_one_line_errors(tiny_dir, small_sms, tmp_path, capsys):
     for extra, message in _bad_cases(tmp_path, small_sms):
-        code, out, err = run_cli(["finetune", "classify", "--model", tiny_dir, "--out", tmp_path / "run", *extra], capsys)
+        code, _out, err = run_cli(["finetune", "classify", "--model", tiny_dir, "--out", tmp_path / "run", *extra], capsys)
         assert (code, err) == (2, f"scratchllm finetune: error: {message}\n"), extra
     assert not (tmp_path / "run").exists()

@@ -214,6 +214,15 @@ def test_optimize_for_decoding_changes_layout_only(tok):
     assert generate(gpt, tok, "Layout", 40, temperature=0) == generate(ref, tok, "Layout", 40, temperature=0)
 
 
+def test_bfloat16_decoding(tok):
+    """bfloat16 single-sequence steps switch oneDNN off for their matmuls and back on afterwards."""
+    gpt = random_gpt(tok, seed=3).to(torch.bfloat16)
+    ids = tok.encode("Half precision")
+    cached = generate_ids(gpt, [ids], 20, 0)
+    assert torch.backends.mkldnn.enabled
+    assert cached == generate_ids(gpt, [ids], 20, 0, use_cache=False)
+
+
 # ------------------------------------------------------------------------------------------------
 # batching
 
@@ -338,6 +347,9 @@ def test_long_prompt_is_left_truncated(tok, small_ctx):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert generate_ids(small_ctx, [ids[-32:]], 10, 0) == out
+    with pytest.warns(UserWarning, match=r"prompt 1 has 41 tokens but the context holds 32") as record:
+        generate(small_ctx, tok, ["short", " word" * 41], 5, temperature=0)
+    assert record[0].filename == __file__  # the warning points at the caller's line
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,3 +405,4 @@ def test_cli_generate(tok, model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == "scratchllm generate: error: temperature must be a number >= 0 (0 = greedy), got -1.0\n"
     assert captured.out == ""
+

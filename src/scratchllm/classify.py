@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 
@@ -85,7 +85,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, index: Sequence[int], source: str | None = None) -> "Examples":
+    def subset(self, index: Sequence[int], source: str | None = None) -> Examples:
         return Examples([self.texts[i] for i in index], [self.labels[i] for i in index], source or self.source)
 
     def counts(self) -> dict[str, int]:
@@ -394,7 +394,7 @@ def class_weights(labels: Sequence[str], names: Sequence[str]) -> torch.Tensor:
 
 
 def encode_texts(
-    tokenizer: "Tokenizer", texts: Sequence[str], max_length: int, what: str = "texts"
+    tokenizer: Tokenizer, texts: Sequence[str], max_length: int, what: str = "texts"
 ) -> list[list[int]]:
     """Token ids of each text, cut to the first `max_length` tokens (with a warning counting them).
 
@@ -441,7 +441,7 @@ class Classifier(nn.Module):
     stays a complete GPT that every other tool can load.
     """
 
-    def __init__(self, body: "GPT", labels: Sequence[str], pooling: str = "last", tokenizer: "Tokenizer | None" = None,
+    def __init__(self, body: GPT, labels: Sequence[str], pooling: str = "last", tokenizer: Tokenizer | None = None,
                  max_length: int | None = None):
         super().__init__()
         if pooling not in POOLINGS:
@@ -536,7 +536,7 @@ class Classifier(nn.Module):
         own.update({n: p for n, p in self.named_parameters() if n.endswith((".lora_A", ".lora_B"))})
         return {k: v.detach().to("cpu").contiguous() for k, v in own.items()}
 
-    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: "Tokenizer | None" = None,
+    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None,
                         extra: dict[str, Any] | None = None, add_files=None) -> Path:
         """Write a model directory: the body as a plain scratchllm GPT (LoRA adapters merged in), the
         head in classifier.safetensors, and {"task": "classification", "labels", "pooling"} in config.json.
@@ -598,10 +598,15 @@ class Classifier(nn.Module):
                 params[name].copy_(value)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "Classifier":
+    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Classifier:
         """A classifier from a directory written by `save_pretrained` (or a fine-tuning run directory:
         its final/, else best/, else newest checkpoint)."""
-        from scratchllm.checkpoint import _read_safetensors, load, read_model_config, resolve_model_dir
+        from scratchllm.checkpoint import (
+            _read_safetensors,
+            load,
+            read_model_config,
+            resolve_model_dir,
+        )
 
         d = resolve_model_dir(path)
         data = read_model_config(d)
@@ -974,6 +979,16 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     train_time = time.perf_counter() - t_start
 
     test_loss, test_metrics = evaluate_split(model, *encoded["test"], cfg.eval_batch_size, weight)
+    # The final model is what `classify --model OUT` loads; best/ (highest validation accuracy, the
+    # earliest on ties) is the early-stopping alternative, reported beside it.
+    best_report = None
+    if (out / "best" / HEAD_FILE).is_file():
+        best = Classifier.from_pretrained(out / "best", device=device)
+        info = json.loads((out / "best" / "config.json").read_text(encoding="utf-8")).get("training", {})
+        best_loss, best_metrics = evaluate_split(best, *encoded["test"], cfg.eval_batch_size, weight)
+        best_report = {"epoch": info.get("epoch"), "val_accuracy": info.get("val_accuracy"),
+                       "test_loss": best_loss, "test_accuracy": best_metrics["accuracy"]}
+        del best
     report = {
         "model": cfg.model,
         "data": cfg.data or "sms-spam",
@@ -985,6 +1000,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         "epochs": task.history,  # per evaluation: epoch, train/val loss and accuracy
         "test_loss": test_loss,
         "test": test_metrics,
+        "best": best_report,  # the best/ checkpoint's epoch, validation and test accuracy
         "steps": summary["steps"],
         "stopped": summary["stopped"],
         "time_s": round(train_time, 1),
@@ -995,6 +1011,9 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     print(format_history(task.history))
     print()
     print(format_metrics(test_metrics, "test"))
+    if best_report is not None and best_report["epoch"] is not None:
+        print(f"(best/ is epoch {best_report['epoch']:g}: validation accuracy {100 * best_report['val_accuracy']:.2f}%, "
+              f"test accuracy {100 * best_report['test_accuracy']:.2f}%)")
     _log(f"wrote {out / METRICS_FILE}" + "".join(f", {p}" for p in plots) + f"; classifier in {out / 'final'}")
     return report
 
@@ -1006,7 +1025,7 @@ def _set_dropout(model: nn.Module, rate: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = rate
-        if hasattr(m, "dropout") and isinstance(getattr(m, "dropout"), float):
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
             m.dropout = rate  # CausalSelfAttention keeps its attention-dropout rate as a float
 
 

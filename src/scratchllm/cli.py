@@ -368,6 +368,7 @@ TRAIN_FLAGS = [
     ("beta2", float, 0.95, "AdamW beta2"),
     ("grad_clip", float, 1.0, "max global gradient norm (0: off)"),
     ("fused_adamw", bool, True, "use the fused AdamW kernel where available"),
+    ("schedule", str, "steps", "steps: warmup + cosine over max_steps; time: over max_time (a wall-clock budget)"),
     ("eval_every", int, 200, "evaluate every N steps (0: only at the end)"),
     ("eval_batches", int, 20, "validation batches per evaluation (0: the whole split)"),
     ("log_every", int, 10, "log every N steps"),

@@ -75,9 +75,10 @@ def sample_next(
     token is then drawn from what is left. `generators` has one torch.Generator per row (None: the
     global RNG), so a row's draws never depend on the other rows of the batch.
     """
+    logits = logits.float()  # exact for bfloat16 logits, and argmax is 4x faster in float32
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature  # (B, V)
+    logits = logits / temperature  # (B, V)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -136,8 +137,11 @@ def _left_pad(windows: list[list[int]], device) -> tuple[torch.Tensor, torch.Ten
     return idx, mask
 
 
-def _prepare(model: GPT, batch_ids: Sequence[Sequence[int]], keep: int | None) -> tuple[list[list[int]], int]:
-    """Check the prompts' ids and `keep`; left-truncate prompts longer than the context (warning)."""
+def _prepare(
+    model: GPT, batch_ids: Sequence[Sequence[int]], keep: int | None, stacklevel: int = 3
+) -> tuple[list[list[int]], int]:
+    """Check the prompts' ids and `keep`; left-truncate prompts longer than the context (warning).
+    stacklevel: frames up to the user's call, for the warning's location."""
     ctx, vocab = model.config.context_length, model.config.vocab_size
     keep = default_keep(ctx) if keep is None else keep
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= ctx:
@@ -153,23 +157,23 @@ def _prepare(model: GPT, batch_ids: Sequence[Sequence[int]], keep: int | None) -
         if len(ids) > ctx:
             warnings.warn(
                 f"prompt {i} has {len(ids)} tokens but the context holds {ctx}: keeping its last {ctx} tokens",
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
             ids = ids[-ctx:]
         rows.append(ids)
     return rows, keep
 
 
-def _matrix_vector_kernels(weight: torch.Tensor, rows: int):
-    """Pick fast matmul kernels for a decode step whose matmuls are matrix-vector products.
+def _matrix_vector_kernels(weight: torch.Tensor, positions: int):
+    """Fast matmul kernels for a forward pass over `positions` token positions in all (B * T).
 
-    On CPU, oneDNN (PyTorch's default for bfloat16 matmuls) re-packs the whole weight matrix on
-    every call, which for a single row costs more than the product itself; PyTorch's own bfloat16
-    kernel just streams the weights once (about 2x the tokens/s here: see benchmarks/generation.py
-    and docs/LOG.md). For several rows oneDNN is the faster one again. The switch is process-wide
-    while the step runs.
+    With one position (one sequence, one new token) every matmul is a matrix-vector product. On
+    CPU, oneDNN (PyTorch's default for bfloat16 matmuls) re-packs the whole weight matrix on every
+    call, which then costs more than the product itself; PyTorch's own bfloat16 kernel just streams
+    the weights (2x faster here: see docs/LOG.md). With more positions oneDNN is much faster again
+    (7x at 32), so the switch, process-wide while the step runs, is for single positions only.
     """
-    if rows == 1 and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+    if positions == 1 and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
         return _onednn_disabled()
     return contextlib.nullcontext()
 
@@ -249,7 +253,6 @@ def _decode(
                 new_starts = [window_start(len(rows[r]), ctx, keep) for r in active]
                 if not use_cache:  # recompute the whole window every step
                     idx, pad = _left_pad([rows[r][s:] for r, s in zip(active, new_starts)], weight.device)
-                    h = model.hidden_states(idx, attention_mask=pad)  # (B, W, C)
                 elif cache is None or new_starts != starts or cache.length >= cache.max_len:
                     # (Re-)fill the cache with each row's window: at the start and when a window jumps.
                     windows = [rows[r][s:] for r, s in zip(active, new_starts)]
@@ -258,18 +261,17 @@ def _decode(
                         longest = max(map(len, windows)) + max_new_tokens
                         cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, weight.dtype)
                     cache.length = 0
-                    h = model.hidden_states(idx, cache=cache, attention_mask=pad)  # (B, W, C)
                     mask = None
-                    if pad is not None:
+                    if pad is not None:  # later steps extend the padding mask by one column each
                         mask = torch.ones(len(active), cache.max_len, dtype=torch.long, device=weight.device)
                         mask[:, : pad.shape[1]] = pad
                     starts = new_starts
                 else:  # one new token per row
                     idx = torch.tensor([[rows[r][-1]] for r in active], device=weight.device)  # (B, 1)
                     pad = mask[:, : cache.length + 1] if mask is not None else None
-                    with _matrix_vector_kernels(weight, len(active)):
-                        h = model.hidden_states(idx, cache=cache, attention_mask=pad)  # (B, 1, C)
-                logits = model.out_head(h[:, -1])  # (B, V): the head only for the last position
+                with _matrix_vector_kernels(weight, idx.numel()):
+                    h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
+                    logits = model.out_head(h[:, -1])  # (B, V): the head for the last position only
                 gens = [generators[r] for r in active] if generators is not None else None
                 next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
             step = {}
@@ -420,7 +422,7 @@ def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, 
     """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     stops = _stop_list(stop)
-    rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep)
+    rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
     device = model.tok_emb.weight.device
     generators = make_generators(seed, len(rows), device) if temperature > 0 else None
     eot = tokenizer.eot_id

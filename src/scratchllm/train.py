@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 
@@ -68,6 +68,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     fused_adamw: bool = True  # torch's fused AdamW kernel where the device has one (~5x faster on CPU)
+    schedule: str = "steps"  # "steps": warmup + cosine over max_steps; "time": over max_time (see learning_rate)
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
     eval_every: int = 200
     eval_batches: int = 20  # validation batches per evaluation (None-like 0 = the whole split)
@@ -110,13 +111,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
+        if self.schedule not in ("steps", "time"):
+            raise ScratchLLMError(f"train config field 'schedule' must be steps or time, got {self.schedule!r}")
+        if self.schedule == "time" and self.max_time is None:
+            raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ScratchLLMError(f"train config field 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
         if not isinstance(data, dict):
             raise ScratchLLMError(f"{source}: expected a mapping of train config fields, got {type(data).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
@@ -128,7 +133,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> "TrainConfig":
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         """Read run.toml / run.yaml / run.json (a flat mapping of fields); `overrides` (e.g. CLI flags) win."""
         return cls.from_dict({**read_run_file(path), **overrides}, source=str(path))
 
@@ -174,12 +179,15 @@ def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise ScratchLLMError(
                     f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as TOML or JSON"
                 ) from None
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from None
         else:
             raise ScratchLLMError(f"{path}: unknown run file type {suffix!r}; expected .toml, .json, .yaml or .yml")
     except ScratchLLMError:
         raise
-    except Exception as exc:  # parse errors of three libraries
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOML and JSON errors are ValueErrors
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ScratchLLMError(f"{path}: cannot parse ({first})") from None
     if data is None:
@@ -193,9 +201,14 @@ def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 # Optimizer and learning-rate schedule
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
+def learning_rate(step: float, cfg: TrainConfig) -> float:
     """LR for optimizer step `step` (0-based): linear warmup to cfg.lr over warmup_steps, then a
-    cosine decay to min_lr at max_steps (Loshchilov & Hutter 2017 without restarts; GPT-3 app. B)."""
+    cosine decay to min_lr at max_steps (Loshchilov & Hutter 2017 without restarts; GPT-3 app. B).
+
+    With schedule="time" the loop passes step = max_steps * elapsed / max_time instead, so that a
+    run with a wall-clock budget decays fully whatever its speed (warmup is then the fraction
+    warmup_steps / max_steps of the budget). That run depends on timing, so it is not reproducible.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.max_steps:
@@ -338,6 +351,8 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
 
     Used as the MFU denominator where no datasheet figure applies (every CPU): a CPU's real peak
     depends on its cores, vector units and clock, so a fixed number would be wrong almost everywhere.
+    On a CPU the rate is also taken per second of this process's CPU time (times the threads), which
+    other processes on a shared machine do not shrink the way they shrink wall-clock time.
     """
     key = (str(device), str(dtype), torch.get_num_threads())
     if key in _MEASURED_PEAK:
@@ -351,11 +366,14 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     sync()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         for _ in range(3):
             a @ b
         sync()
-        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t))
+        flops = 3 * 2 * n**3
+        best = max(best, flops / (time.perf_counter() - t))
+        if device.type == "cpu":
+            best = max(best, flops / max(time.process_time() - cpu, 1e-9) * torch.get_num_threads())
     _MEASURED_PEAK[key] = best
     return best
 
@@ -641,7 +659,7 @@ class _Stop:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Stop":
+    def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -736,7 +754,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     best = None
     if state is not None:
         if cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
 
             set_optimizer_state_dict(runner, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
         else:
@@ -812,7 +833,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
         """The model with full weights, for save_pretrained (collective under FSDP)."""
         if shadow is None and not cfg.fsdp:
             return raw
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         sd = get_model_state_dict(runner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if shadow is not None:
@@ -833,7 +857,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
             ranks = [None] * env.world_size
             dist.all_gather_object(ranks, mine)
         if cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
 
             optim_state = get_optimizer_state_dict(runner, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
@@ -920,9 +947,14 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
                     write_row({"step": 0, "tokens": 0, **last_eval})
             if state is None and cfg.sample_every > 0:
                 do_sample(0)
+            t_start = time.perf_counter()  # max_time and the time schedule count training, not the step-0 look
             while step < cfg.max_steps:
                 t0 = time.perf_counter()
-                lr = learning_rate(step, cfg)
+                if cfg.schedule == "time":
+                    spent = (elapsed_before + time.perf_counter() - t_start) / cfg.max_time
+                    lr = learning_rate(min(1.0, spent) * cfg.max_steps, cfg)
+                else:
+                    lr = learning_rate(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=device)
@@ -1257,16 +1289,20 @@ def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str]
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, context_length=context_length, emb_dim=emb_dim,
                           n_layers=n_layers, n_heads=n_heads, drop_rate=0.1)
     probe = TrainConfig(batch_size=batch_size, device=device, dtype=dtype)
+    schedule, expected = "steps", max_steps
     if max_steps is None:
-        # The cosine schedule needs a step count: time a few steps, then fit the budget.
+        # A time budget: the learning-rate schedule follows the clock (schedule="time"), so it decays
+        # fully even when the machine is busier than when we measured; the step estimate only spaces
+        # the evaluations, and three times it caps a machine that turns out faster.
         step_s = _time_steps(GPT(model_cfg), corpus, probe, dev, context_length)
-        max_steps = max(20, int(minutes * 60 * 0.85 / step_s))  # ~15% goes to evaluation and samples
-        print(f"demo: {step_s * 1000:.0f} ms per step here -> max_steps {max_steps} for {minutes:g} minute(s)",
+        expected = max(20, int(minutes * 60 * 0.85 / step_s))  # ~15% goes to evaluation and samples
+        schedule, max_steps = "time", 3 * expected
+        print(f"demo: {step_s * 1000:.0f} ms per step here -> about {expected} steps in {minutes:g} minute(s)",
               file=sys.stderr)
     cfg = TrainConfig(
-        max_steps=max_steps, max_time=minutes * 60, batch_size=batch_size, lr=lr, min_lr=lr / 10,
-        warmup_steps=min(100, max_steps // 10), eval_every=max(1, max_steps // 8), eval_batches=8,
-        log_every=max(1, max_steps // 40), save_every=max(1, max_steps // 2), keep_last=1,
+        max_steps=max_steps, max_time=minutes * 60, schedule=schedule, batch_size=batch_size, lr=lr, min_lr=lr / 10,
+        warmup_steps=min(100, max_steps // 10), eval_every=max(1, expected // 8), eval_batches=8,
+        log_every=max(1, expected // 40), save_every=max(1, expected // 2), keep_last=1,
         sample_every=max_steps, sample_prompt=prompt, sample_tokens=80, device=device, dtype=dtype,
     )
     torch.manual_seed(cfg.seed)
@@ -1285,8 +1321,9 @@ def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str]
     return summary
 
 
-def _time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device, context_length: int, n: int = 3) -> float:
-    """Seconds per training step of `model` here (the median of n after one warm-up step)."""
+def _time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device, context_length: int, n: int = 4) -> float:
+    """Seconds per training step of `model` here: the fastest of n after one warm-up step (a busy
+    machine slows some steps down; the fastest is the least disturbed)."""
     from scratchllm.data import RandomWindowLoader
 
     model.to(device).train()
@@ -1306,4 +1343,4 @@ def _time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return min(times)
