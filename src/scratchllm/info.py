@@ -13,7 +13,7 @@ from typing import Any
 
 from scratchllm.config import GPTConfig, load_config
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import flops_per_token
+from scratchllm.model import flops_per_token, parameter_groups
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 
@@ -79,21 +79,11 @@ def _seq2seq_counts(config: GPTConfig) -> tuple[dict[str, int], float]:
 
     with torch.device("meta"):
         model = EncoderDecoder(config)
-    groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
-    matmul = 0
-    for name, p in model.named_parameters():  # shared tensors are listed once
-        if "tok_emb" in name or "pos_emb" in name:
-            groups["embeddings"] += p.numel()
-        elif ".attn." in name or ".cross_attn." in name:
-            groups["attention"] += p.numel()
-        elif ".mlp." in name:
-            groups["mlp"] += p.numel()
-        elif "norm" in name:
-            groups["norms"] += p.numel()
-        else:
-            groups["head"] += p.numel()
-        if p.ndim == 2 and "emb" not in name and "encoder.out_head" not in name:
-            matmul += p.numel()
+    groups = parameter_groups(model)
+    matmul = sum(  # weight matrices; shared tensors are listed once
+        p.numel() for name, p in model.named_parameters()
+        if p.ndim == 2 and "emb" not in name and "encoder.out_head" not in name
+    )
     if config.tie_embeddings:
         matmul += config.vocab_size * config.emb_dim  # the decoder's head is the shared embedding
     # attention scores and weighted sums: encoder self, decoder self and decoder cross, per layer

@@ -333,19 +333,7 @@ class GPT(nn.Module):
         return n
 
     def parameter_breakdown(self) -> dict[str, int]:
-        groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
-        for name, p in self.named_parameters():  # tied weights appear once, under tok_emb
-            if name.startswith(("tok_emb", "pos_emb")):
-                groups["embeddings"] += p.numel()
-            elif ".attn." in name:
-                groups["attention"] += p.numel()
-            elif ".mlp." in name:
-                groups["mlp"] += p.numel()
-            elif "norm" in name:
-                groups["norms"] += p.numel()
-            else:
-                groups["head"] += p.numel()
-        return groups
+        return parameter_groups(self)
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
         """Matmul FLOPs per token (Kaplan et al. 2020 / PaLM appendix B): forward = 2 * weights used
@@ -368,6 +356,24 @@ class GPT(nn.Module):
         from scratchllm.checkpoint import load_model
 
         return load_model(dir_or_name, device=device, dtype=dtype)
+
+
+def parameter_groups(model: nn.Module) -> dict[str, int]:
+    """Parameters per accounting group (embeddings, attention, mlp, norms, head) of any model built
+    from these parts; tied or shared tensors count once."""
+    groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
+    for name, p in model.named_parameters():
+        if "tok_emb" in name or "pos_emb" in name:
+            groups["embeddings"] += p.numel()
+        elif ".attn." in name or ".cross_attn." in name:
+            groups["attention"] += p.numel()
+        elif ".mlp." in name:
+            groups["mlp"] += p.numel()
+        elif "norm" in name:
+            groups["norms"] += p.numel()
+        else:
+            groups["head"] += p.numel()
+    return groups
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
