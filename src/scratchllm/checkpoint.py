@@ -288,6 +288,18 @@ def _tokenizer_spec(tokenizer: "Tokenizer | None") -> dict[str, Any]:
     return {"type": "gpt2"} if spec.get("type") == "gpt2" else spec
 
 
+def write_tokenizer(directory: Path, tokenizer: "Tokenizer | None", spec: dict[str, Any]) -> dict[str, Any]:
+    """Write a non-GPT-2 tokenizer's JSON into a model directory being built; return the spec to record.
+
+    Written here rather than with tokenizer.save, which would repoint the caller's tokenizer.spec at
+    this temporary directory."""
+    if spec.get("type") == "gpt2":
+        return spec
+    blob = json.dumps(tokenizer.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    (directory / TOKENIZER_FILE).write_bytes(blob)
+    return {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
 def save_pretrained(
     model: "GPT",
     directory: str | os.PathLike[str],
@@ -324,12 +336,7 @@ def save_pretrained(
     directory = Path(directory)
     spec = _tokenizer_spec(tokenizer)
     with atomic_directory(directory) as tmp:
-        if spec.get("type") != "gpt2":
-            # The tokenizer's own JSON, written here rather than with tokenizer.save, which would
-            # repoint the caller's tokenizer.spec at this temporary directory.
-            blob = json.dumps(tokenizer.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            (tmp / TOKENIZER_FILE).write_bytes(blob)
-            spec = {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+        spec = write_tokenizer(tmp, tokenizer, spec)
         _write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
                                          "tokenizer": spec, **extra})
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

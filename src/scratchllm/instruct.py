@@ -716,22 +716,11 @@ def finetune_dpo(
     summary = fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
     if lora_rank:
         _finish_lora_run(out, str(model))
-    rows = _read_eval_rows(out / "metrics.jsonl")
+    from scratchllm.train import _read_metrics
+
+    rows = [row for row in _read_metrics(out / "metrics.jsonl", None) if "val_loss" in row]
     return {**summary, "trainable_parameters": trainable, "parameters": total, "splits": extra["splits"],
             "eval_before": rows[0] if rows else None, "eval_after": rows[-1] if rows else None}
-
-
-def _read_eval_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "val_loss" in row:
-                rows.append(row)
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------

@@ -155,13 +155,11 @@ class EncoderDecoder(nn.Module):
         "tokenizer": spec, "objective": "seq2seq", ...extra}), model.safetensors (encoder.* and
         decoder.* tensors, the shared embedding once) and tokenizer.json for a trained tokenizer.
         Written into a temporary directory that replaces `directory` at once (checkpoint.atomic_directory)."""
-        import hashlib
-        import json
 
         from safetensors.torch import save_file
 
-        from scratchllm.checkpoint import (CONFIG_FILE, FORMAT, TOKENIZER_FILE, VERSION, WEIGHTS_FILE,
-                                           _RESERVED_KEYS, _tokenizer_spec, _write_json, atomic_directory)
+        from scratchllm.checkpoint import (CONFIG_FILE, FORMAT, VERSION, WEIGHTS_FILE, _RESERVED_KEYS,
+                                           _tokenizer_spec, _write_json, atomic_directory, write_tokenizer)
 
         extra = dict(extra or {})
         clash = [k for k in extra if k in _RESERVED_KEYS]
@@ -174,10 +172,7 @@ class EncoderDecoder(nn.Module):
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items() if k not in aliases}
         spec = _tokenizer_spec(tokenizer)
         with atomic_directory(directory) as tmp:
-            if spec.get("type") != "gpt2":
-                blob = json.dumps(tokenizer.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                (tmp / TOKENIZER_FILE).write_bytes(blob)
-                spec = {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+            spec = write_tokenizer(tmp, tokenizer, spec)
             _write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": VERSION, "model": self.config.to_dict(),
                                              "tokenizer": spec, **extra, "objective": OBJECTIVE,
                                              "architecture": "encoder-decoder"})
