@@ -52,14 +52,17 @@ def test_chunked_loss_equals_cross_entropy_with_ignored_targets():
         torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_chunked_loss_chunk_size_does_not_matter_and_scales_with_upstream_gradient():
+@pytest.mark.parametrize("multiple", [1, 8, 29, 64])  # 29 rows: unpadded; 8 and 64: zero rows added
+def test_chunked_loss_chunk_size_and_padding_do_not_matter_and_it_scales_with_upstream_gradient(multiple):
     torch.manual_seed(1)
     h = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(29, 16, requires_grad=True)
     t = torch.randint(0, 29, (37,))
+    t[3] = -100
     for chunk in (1, 5, 37, 100):
         hh, ww = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-        (3.0 * chunked_cross_entropy(hh, ww, t, chunk=chunk)).backward()
+        (3.0 * chunked_cross_entropy(hh, ww, t, chunk=chunk, multiple=multiple)).backward()
+        assert ww.grad.shape == (29, 16)
         ref_h, ref_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         (3.0 * F.cross_entropy(ref_h @ ref_w.t(), t)).backward()
         torch.testing.assert_close(hh.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
