@@ -199,19 +199,39 @@ def test_cache_matches_recompute_within_the_context(tok, model):
         assert generate(model, tok, "In the beginning", 40, temperature=t, top_k=50, seed=2, use_cache=False) == a
 
 
-def test_optimize_for_decoding_changes_layout_only(tok):
+def test_optimize_for_decoding_keeps_parameters_and_results(tok):
     gpt, ref = random_gpt(tok, seed=2), random_gpt(tok, seed=2)
     params = dict(gpt.named_parameters())
     assert optimize_for_decoding(gpt) is gpt
     assert dict(gpt.named_parameters()) == params  # the same Parameter objects, still tied
-    assert gpt.out_head.weight is gpt.tok_emb.weight and gpt.out_head.weight.stride() == (1, tok.vocab_size)
-    assert gpt.blocks[0].mlp.fc.weight.t().is_contiguous()
+    assert gpt.out_head.weight is gpt.tok_emb.weight
+    if torch.backends.mkldnn.is_available():  # x86 CPUs: oneDNN's packed copies are used
+        assert all(getattr(m, "_packed", None) is not None for m in gpt.modules() if isinstance(m, torch.nn.Linear))
     for (name, a), b in zip(gpt.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
     ids = torch.tensor([tok.encode("Layout is not semantics")])
     with torch.no_grad():
         torch.testing.assert_close(gpt(ids), ref(ids), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(gpt(ids[:, :1]), ref(ids[:, :1]), atol=1e-4, rtol=1e-5)
     assert generate(gpt, tok, "Layout", 40, temperature=0) == generate(ref, tok, "Layout", 40, temperature=0)
+
+
+def test_optimized_model_still_trains_and_notices_changed_weights(tok):
+    """Gradients flow through the plain product; a weight changed in place is never served stale."""
+    gpt, ref = random_gpt(tok, seed=2), random_gpt(tok, seed=2)
+    optimize_for_decoding(gpt)
+    ids = torch.tensor([tok.encode("Still trainable")])
+    gpt.loss(ids[:, :-1], ids[:, 1:]).backward()
+    ref.loss(ids[:, :-1], ids[:, 1:]).backward()
+    torch.testing.assert_close(gpt.blocks[0].mlp.fc.weight.grad, ref.blocks[0].mlp.fc.weight.grad)
+    with torch.no_grad():
+        for model in (gpt, ref):
+            model.blocks[0].mlp.fc.weight.mul_(2.0)
+        torch.testing.assert_close(gpt(ids), ref(ids), atol=1e-4, rtol=1e-5)
+        if torch.backends.mkldnn.is_available():
+            assert gpt.blocks[0].mlp.fc._packed is None and gpt.blocks[0].mlp.proj._packed is not None
+        gpt.load_state_dict(random_gpt(tok, seed=5).state_dict())
+        torch.testing.assert_close(gpt(ids), random_gpt(tok, seed=5)(ids), atol=1e-4, rtol=1e-5)
 
 
 def test_bfloat16_decoding(tok):

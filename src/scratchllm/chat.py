@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation import TextAssembler, check_sampling, generate_tokens, make_generators
+from scratchllm.generation import TextAssembler, check_sampling, generate_tokens, make_generators, optimize_for_decoding
 from scratchllm.prompts import PromptStyle, get_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
@@ -275,6 +275,7 @@ def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
     from scratchllm.lora import load_model_with_adapters
 
     net, tokenizer, stored = load_model_with_adapters(model, device=resolve_device(device), dtype=dtype)
+    optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
     style = get_style(prompt_style or stored.get("prompt_style") or "plain")
     name = Path(os.fspath(model)).name or os.fspath(model)
     return net, tokenizer, style, name

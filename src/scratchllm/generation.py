@@ -179,24 +179,56 @@ def _matrix_vector_kernels(weight: torch.Tensor, positions: int):
 
 
 def optimize_for_decoding(model: GPT) -> GPT:
-    """Store the float32 weight matrices of a CPU model column-major, in place, for fast decoding.
+    """Give the float32 weight matrices of a CPU model a faster layout for decoding, in place.
 
-    Decoding one token multiplies each weight matrix W (out, in) by one vector. MKL's float32
-    matrix-vector kernel streams W 1.5x faster on this machine when W is stored transposed, i.e.
-    when W.t() is contiguous (the layout of GPT-2's original Conv1D weights): 18-20 GB/s instead of
-    12; greedy decoding of GPT-2 small goes from 24 to 32 tokens/s (docs/LOG.md). Only the memory
-    layout changes: shapes, values, parameter objects, results and saved checkpoints are the same.
-    Meant for models loaded for inference (the `generate` CLI calls it): the tied token table
-    becomes column-major too, which makes the embedding lookup of long training batches slower.
-    bfloat16 weights are left alone, because PyTorch's bfloat16 kernel is the other way round
-    (fastest on row-major weights), and so are GPU models.
+    Decoding one token multiplies each weight matrix W (out, in) by one vector, which streams W
+    from memory. PyTorch's default (MKL, nn.Linear's row-major W) does that on one thread at ~12
+    GB/s here. Two faster layouts, measured per product in `python -m benchmarks.generation --kernels`:
+
+    - oneDNN's packed weights (the format PyTorch's own CPU compiler packs float32 Linears into):
+      20-30 GB/s on two threads. Each Linear keeps a packed copy of its weight beside the
+      parameter and uses it while no gradient is needed; the copy is dropped (and the plain
+      product used) once the weight changes. Costs the weights' memory once more.
+    - otherwise (no oneDNN) column-major storage, which MKL's kernel reads ~1.5x faster (18-20
+      GB/s, the layout of GPT-2's original Conv1D weights); same memory.
+
+    Values, shapes, parameter objects and saved checkpoints stay the same; results agree with the
+    plain model to float32 rounding. Meant for models loaded for inference (`generate`, `chat` and
+    `serve` call it). bfloat16 weights are left alone (PyTorch's bfloat16 kernel is fastest on
+    row-major weights, see `_matrix_vector_kernels`), and so are GPU models.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             w = module.weight
-            if w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous():
+            if w.dtype != torch.float32 or w.device.type != "cpu":
+                continue
+            if not _pack_for_onednn(module) and w.is_contiguous():
                 w.data = w.data.t().contiguous().t()  # same (out, in) tensor, strides (1, out)
     return model
+
+
+def _pack_for_onednn(linear: torch.nn.Linear) -> bool:
+    """Attach oneDNN's packed copy of linear.weight and a forward that uses it; False if unavailable."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), 1)
+    except (AttributeError, RuntimeError):
+        return False
+    linear._packed = (packed, linear.weight._version, linear.weight.data_ptr())
+    linear.forward = _packed_linear_forward.__get__(linear)
+    return True
+
+
+def _packed_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w = self.weight
+    if self._packed is not None:
+        packed, version, pointer = self._packed
+        if w._version != version or w.data_ptr() != pointer or w.dtype != torch.float32 or w.device.type != "cpu":
+            self._packed = packed = None  # the weight changed (training, loading, .to()): stale copy
+        elif x.dtype == torch.float32 and x.device.type == "cpu" and not (
+            torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+    return torch.nn.functional.linear(x, w, self.bias)
 
 
 @contextlib.contextmanager
@@ -260,7 +292,11 @@ def _decode(
                     idx, pad = _left_pad(windows, weight.device)
                     if cache is None:
                         longest = max(map(len, windows)) + max_new_tokens
-                        cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, weight.dtype)
+                        # bfloat16 models on a CPU keep a float32 cache: SDPA over float32 keys is ~5x
+                        # faster there than over bfloat16 ones (both read the same weights).
+                        low_cpu = weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
+                        cache_dtype = torch.float32 if low_cpu else weight.dtype
+                        cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, cache_dtype)
                     cache.length = 0
                     mask = None
                     if pad is not None:  # later steps extend the padding mask by one column each

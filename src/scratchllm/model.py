@@ -139,6 +139,10 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        if q.device.type == "cpu" and q.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
+            # Half-precision weights on a CPU (inference): attention itself runs in float32, which
+            # PyTorch's CPU kernels do several times faster (decode: 20 us vs 105 us per layer).
+            q, k, v = q.float(), k.float(), v.float()
         if K != H:  # each key/value head serves H // K query heads
             k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(H // K, dim=1)
@@ -152,7 +156,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         else:
             y = manual_attention(q, k, v, mask, dropout_p, causal)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H*D): heads side by side again
         return self.resid_drop(self.proj(y))
 
 
