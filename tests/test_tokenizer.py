@@ -428,7 +428,7 @@ def test_train_tokenizer_command(tmp_path: Path) -> None:
     assert tok.decode([i for i, _ in pairs]) == "the café" + ENDOFTEXT
     assert encode_command("gpt2", "Hello, world!") == [(15496, "Hello"), (11, ","), (995, " world"), (0, "!")]
     assert encode_command("gpt2", "🦜")[0][1] == "\ufffd"  # part of a character
-    with pytest.raises(ScratchLLMError, match="missing.txt: not found"):
+    with pytest.raises(ScratchLLMError, match="missing.txt: no such file"):
         train_tokenizer([str(a), str(tmp_path / "missing.txt")], 300, str(out))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9".encode("latin-1"))
@@ -488,4 +488,4 @@ def test_tokenizer_cli_trains_and_encodes(tmp_path, capsys, shared_data):
     ids = [int(i) for i in capsys.readouterr().out.splitlines()[0].split()]
     assert Tokenizer.load(out).decode(ids) == "I had"
     assert main(["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f"scratchllm tokenizer: error: input file {tmp_path / 'missing.txt'}: not found"
+    assert capsys.readouterr().err.strip() == f"scratchllm tokenizer: error: input file {tmp_path / 'missing.txt'}: no such file"

@@ -29,7 +29,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import zipfile
 from collections import Counter
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_text, write_atomic
 
 if TYPE_CHECKING:
     from scratchllm.model import GPT
@@ -109,22 +109,9 @@ def _format_of(path: Path, format: str | None) -> str:
     return "tsv" if "\t" in first else "csv"
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not text
-    except FileNotFoundError:
-        raise ScratchLLMError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ScratchLLMError(f"{path}: is a directory, expected a TSV/CSV/JSONL file") from None
-    except UnicodeDecodeError as exc:
-        raise ScratchLLMError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ScratchLLMError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
 def _read_records(path: Path, fmt: str, header: bool | None, text_column: str, label_column: str):
     """(column names, rows as dicts, line number of each row) of a labelled file."""
-    content = _read_text(path)
+    content = read_text(path, expected="a TSV/CSV/JSONL file")
     if not content.strip():
         raise ScratchLLMError(f"{path}: empty file (expected rows with a text and a label)")
     if fmt in ("jsonl", "json"):
@@ -289,22 +276,7 @@ def _extract_member(archive: Path, member: str, target: Path, sha256: str) -> No
     got = hashlib.sha256(data).hexdigest()
     if got != sha256.lower():
         raise ScratchLLMError(f"{archive}: {member} has SHA-256 {got}, expected {sha256.lower()}")
-    _atomic_write_bytes(target, data)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+    write_atomic(target, data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1006,7 +978,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         "time_s": round(train_time, 1),
         "run_dir": str(out),
     }
-    _atomic_write_text(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
+    write_atomic(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
     plots = plot_epochs(task.history, out)
     print(format_history(task.history))
     print()
@@ -1086,12 +1058,12 @@ def classify_texts(model: str | os.PathLike[str], texts: Sequence[str] | None = 
     if (texts is None) == (input is None):
         raise ScratchLLMError("classify: give the text(s) or an input file, not both or neither")
     if input is not None:
-        texts = [line for line in _read_text(Path(input)).splitlines() if line.strip()]
+        texts = [line for line in read_text(input, expected="a text file, one text per line").splitlines() if line.strip()]
         if not texts:
             raise ScratchLLMError(f"{input}: no texts (expected one text per line)")
     classifier = Classifier.from_pretrained(model, device=resolve_device(device))
     rows = [{"text": t, "label": p.label, "probability": round(p.probability, 6)}
             for t, p in zip(texts, classifier.predict(list(texts), batch_size))]
     if out is not None:
-        _atomic_write_text(Path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_atomic(Path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_text, write_json
 
 # --------------------------------------------------------------------------------------------------
 # Models, devices and reports
@@ -100,20 +100,7 @@ def _model_device(model: Any) -> torch.device:
 
 def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     """Write the report as indented JSON, atomically (temp file + rename)."""
-    path = Path(out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(report, f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as exc:
-        raise ScratchLLMError(f"report file {path}: cannot write: {exc}") from None
-    return path
+    return write_json(out, report, "report file")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,17 +252,6 @@ def _token_byte_lengths(tokenizer: Any) -> np.ndarray:
                     dtype=np.int64)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchLLMError(f"data file {path}: not found") from None
-    except UnicodeDecodeError as exc:
-        raise ScratchLLMError(f"data file {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except OSError as exc:
-        raise ScratchLLMError(f"data file {path}: cannot read: {exc}") from None
-
-
 def _perplexity_stream(data: Any, tokenizer: Any) -> tuple[Any, str]:
     """The token stream to score and a word for where it came from."""
     if not isinstance(data, (str, os.PathLike)):
@@ -294,7 +270,7 @@ def _perplexity_stream(data: Any, tokenizer: Any) -> tuple[Any, str]:
             raise ScratchLLMError(f"data directory {path}: the validation split has {len(corpus.val)} tokens; "
                                   "prepare it with a larger --val-fraction")
         return corpus.val, "val split"
-    text = _read_text(path)
+    text = read_text(path, "data file")
     ids = tokenizer.encode(text, disallowed_special=())
     if not ids:
         raise ScratchLLMError(f"data file {path}: no text to score (the file is empty)")
@@ -386,7 +362,7 @@ def read_labelled(path: str | os.PathLike[str], text_column: str | int | None = 
     JSONL: one object per line; the keys default to "text" and "label".
     """
     path = Path(path)
-    raw = _read_text(path)
+    raw = read_text(path, "data file")
     if not raw.strip():
         raise ScratchLLMError(f"data file {path}: empty, expected labelled examples")
     rows: list[tuple[str, str]] = []
@@ -440,7 +416,7 @@ def read_labelled(path: str | os.PathLike[str], text_column: str | int | None = 
 def read_choice_tasks(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Multiple-choice rows {"context": str, "choices": [str, ...], "label": int} from a JSONL file."""
     path = Path(path)
-    raw = _read_text(path)
+    raw = read_text(path, "data file")
     tasks = []
     for num, line in enumerate(raw.splitlines(), 1):
         if not line.strip():

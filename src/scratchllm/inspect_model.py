@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import atomic_path
 
 # Background colours for token boundaries in a terminal (ANSI 256-colour palette: soft pastels
 # that keep black text readable), cycled token by token.
@@ -54,14 +54,8 @@ def _save(fig, out: str | os.PathLike[str]) -> Path:
     if path.suffix.lower() != ".png":
         raise ScratchLLMError(f"out {path}: expected a .png file name")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, "out", suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     except OSError as exc:
         raise ScratchLLMError(f"out {path}: cannot write: {exc}") from None
     return path

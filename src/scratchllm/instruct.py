@@ -25,7 +25,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import write_json
 from scratchllm.prompts import PromptStyle, get_style
 
 IGNORE_INDEX = -100  # targets with this id do not count in the loss (PyTorch's cross-entropy default)
@@ -454,21 +454,6 @@ class PreferenceTask:
 
 # --------------------------------------------------------------------------------------------------
 # Writing files
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """JSON written to a temporary file beside `path`, then moved into place."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ScratchLLMError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

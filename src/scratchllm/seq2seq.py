@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from scratchllm.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_text
 from scratchllm.model import GPT, Block, KVCache, chunked_cross_entropy, rope_tables
 
 if TYPE_CHECKING:
@@ -238,10 +239,7 @@ def load_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise ScratchLLMError(f"{path}: no such pairs file (expected source<TAB>target lines)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScratchLLMError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path)
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import regex
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import read_text, write_atomic
 
 # GPT-2's pre-tokenization pattern (OpenAI gpt-2 src/encoder.py). Splits contractions off, keeps a
 # single leading space attached to the following word/number/punctuation run, and leaves the last
@@ -559,17 +560,7 @@ class Tokenizer:
         """Write the tokenizer as one JSON file (atomically) and point `spec` at it."""
         path = Path(path)
         blob = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(blob)
-                os.replace(tmp_name, path)
-            finally:
-                Path(tmp_name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise ScratchLLMError(f"tokenizer file {path}: cannot write: {exc}") from exc
+        write_atomic(path, blob, "tokenizer file")
         self._spec = {"type": "bpe", "file": str(path), "sha256": hashlib.sha256(blob).hexdigest()}
         return path
 
@@ -957,15 +948,7 @@ def train_tokenizer(inputs: Sequence[str | os.PathLike[str]], vocab_size: int, o
         raise ScratchLLMError("inputs: expected at least one text file")
     texts = []
     for name in inputs:
-        path = Path(name)
-        try:
-            texts.append(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScratchLLMError(f"input file {path}: not found") from None
-        except UnicodeDecodeError as exc:
-            raise ScratchLLMError(f"input file {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-        except OSError as exc:
-            raise ScratchLLMError(f"input file {path}: cannot read: {exc}") from exc
+        texts.append(read_text(name, "input file"))
     tokenizer = Tokenizer.train(texts, vocab_size, special_tokens, progress)
     tokenizer.save(out)
     return tokenizer

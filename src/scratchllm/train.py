@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import write_json
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -530,12 +531,6 @@ def checkpoint_dirs(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_metrics(path: Path, up_to_step: int | None) -> list[dict[str, Any]]:
     """metrics.jsonl lines with step <= up_to_step (a line cut by a crash is dropped)."""
     rows = []
@@ -810,7 +805,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     if state is not None:
         run_config["resumed_from_step"] = step
     if main:
-        _write_json_atomic(out / "run_config.json", run_config)
+        write_json(out / "run_config.json", run_config, default=str, ensure_ascii=True)
         _print_config(out, run_config, resumed_at=step if state is not None else None)
 
     # ---- helpers that use the loop's state
