@@ -3,6 +3,8 @@ context window, streaming text and stop strings, on small random GPTs and GPT-2'
 
 from __future__ import annotations
 
+import copy
+import io
 import warnings
 
 import pytest
@@ -214,6 +216,12 @@ def test_optimize_for_decoding_keeps_parameters_and_results(tok):
         torch.testing.assert_close(gpt(ids), ref(ids), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(gpt(ids[:, :1]), ref(ids[:, :1]), atol=1e-4, rtol=1e-5)
     assert generate(gpt, tok, "Layout", 40, temperature=0) == generate(ref, tok, "Layout", 40, temperature=0)
+    buffer = io.BytesIO()
+    torch.save(gpt, buffer)  # copies and pickles drop the packed copies and keep working
+    buffer.seek(0)
+    for other in (copy.deepcopy(gpt), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            torch.testing.assert_close(other(ids), ref(ids), atol=1e-4, rtol=1e-5)
 
 
 def test_optimized_model_still_trains_and_notices_changed_weights(tok):

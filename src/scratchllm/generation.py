@@ -186,9 +186,11 @@ def optimize_for_decoding(model: GPT) -> GPT:
     GB/s here. Two faster layouts, measured per product in `python -m benchmarks.generation --kernels`:
 
     - oneDNN's packed weights (the format PyTorch's own CPU compiler packs float32 Linears into):
-      20-30 GB/s on two threads. Each Linear keeps a packed copy of its weight beside the
+      20-30 GB/s on two threads. Each Linear becomes a `_DecodeLinear` (an nn.Linear subclass:
+      same parameters, state dict and pickling) that keeps a packed copy of its weight beside the
       parameter and uses it while no gradient is needed; the copy is dropped (and the plain
-      product used) once the weight changes. Costs the weights' memory once more.
+      product used) once the weight changes, and copies of the model carry none. Costs the
+      weights' memory once more.
     - otherwise (no oneDNN) column-major storage, which MKL's kernel reads ~1.5x faster (18-20
       GB/s, the layout of GPT-2's original Conv1D weights); same memory.
 
@@ -208,27 +210,53 @@ def optimize_for_decoding(model: GPT) -> GPT:
 
 
 def _pack_for_onednn(linear: torch.nn.Linear) -> bool:
-    """Attach oneDNN's packed copy of linear.weight and a forward that uses it; False if unavailable."""
+    """Give `linear` oneDNN's packed copy of its weight and make it a _DecodeLinear; False if unavailable."""
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), 1)
     except (AttributeError, RuntimeError):
         return False
-    linear._packed = (packed, linear.weight._version, linear.weight.data_ptr())
-    linear.forward = _packed_linear_forward.__get__(linear)
+    linear.__class__ = _DecodeLinear  # same parameters and state dict; only forward differs
+    linear._packed = _PackedWeight(packed, linear.weight)
     return True
 
 
-def _packed_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    w = self.weight
-    if self._packed is not None:
-        packed, version, pointer = self._packed
-        if w._version != version or w.data_ptr() != pointer or w.dtype != torch.float32 or w.device.type != "cpu":
-            self._packed = packed = None  # the weight changed (training, loading, .to()): stale copy
-        elif x.dtype == torch.float32 and x.device.type == "cpu" and not (
-            torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
-    return torch.nn.functional.linear(x, w, self.bias)
+class _PackedWeight:
+    """oneDNN's packed (opaque) copy of a weight and the weight's version when it was made. Copies
+    and pickles of a model carry no packed copy (opaque tensors have no storage to copy); their
+    Linears use the plain product until `optimize_for_decoding` is called on them."""
+
+    def __init__(self, packed: torch.Tensor, weight: torch.Tensor):
+        self.packed, self.version, self.pointer = packed, weight._version, weight.data_ptr()
+
+    def matches(self, w: torch.Tensor) -> bool:
+        return (w._version, w.data_ptr(), w.dtype, w.device.type) == (self.version, self.pointer, torch.float32, "cpu")
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def __reduce__(self):
+        return (_no_packed_weight, ())
+
+
+def _no_packed_weight() -> None:
+    return None
+
+
+class _DecodeLinear(torch.nn.Linear):
+    """nn.Linear serving calls that need no gradient from oneDNN's packed copy of its weight (see
+    `optimize_for_decoding`); the copy is dropped as soon as the weight changes (training, loading,
+    `.to()`), and every other call is the plain product."""
+
+    _packed: _PackedWeight | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self._packed is not None and not self._packed.matches(w):
+            self._packed = None  # stale
+        if (self._packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed.packed, self.bias, "none", [], "")
+        return torch.nn.functional.linear(x, w, self.bias)
 
 
 @contextlib.contextmanager
