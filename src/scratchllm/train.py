@@ -1223,13 +1223,24 @@ def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out:
                  "bytes_per_token": getattr(corpus, "bytes_per_token", None)},
         "tokenizer": {"vocab_size": tok.vocab_size, **{k: v for k, v in tok.spec.items() if k != "merges"}},
     }
+    finished = False
     try:
-        return fit(net, task, cfg, out, resume=resume, tokenizer=tok, extra_config=extra)
+        summary = fit(net, task, cfg, out, resume=resume, tokenizer=tok, extra_config=extra)
+        finished = True
+        return summary
     finally:
         if env.world_size > 1:
+            import gc
+
             import torch.distributed as dist
 
             if dist.is_initialized():
+                # Free the DDP/FSDP wrappers (their communication hooks hold the process group) before
+                # destroying it: a group left to interpreter shutdown can abort the process there.
+                del net, task
+                gc.collect()
+                if finished:
+                    dist.barrier()  # only on success: after a failure the other ranks may be gone
                 dist.destroy_process_group()
 
 
