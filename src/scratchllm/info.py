@@ -149,7 +149,8 @@ def format_info(info: dict[str, Any]) -> str:
     )
     lines.append(f"AdamW training state (fp32): {_bytes(info['adamw_training_bytes_fp32'])}")
     kv = info["kv_cache_bytes_per_token"]
-    lines.append(f"KV cache per token: float32 {_bytes(kv['float32'])}, bfloat16 {_bytes(kv['bfloat16'])}")
+    lines.append(f"KV cache per token: float32 {_bytes(kv['float32'])}, bfloat16 {_bytes(kv['bfloat16'])} "
+                 "(half-precision models decoding on a CPU keep a float32 cache)")
     lines.append(
         f"FLOPs per token (context {c['context_length']}): forward {_human(info['flops_per_token_forward'])}, "
         f"training {_human(info['flops_per_token_training'])}"
