@@ -90,6 +90,8 @@ def test_kv_cache_prefill_chunks_and_single_steps_match_full_forward():
         pieces = [model(idx[:, :9], cache=cache), model(idx[:, 9:16], cache=cache)]
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(16, 30)]
     assert cache.length == 30
+    # half-precision CPU caches are float32 (attention runs in float32 there)
+    assert KVCache.allocate(model.config, 1, 8, "cpu", torch.bfloat16).keys[0].dtype == torch.float32
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -320,11 +320,7 @@ def _decode(
                     idx, pad = _left_pad(windows, weight.device)
                     if cache is None:
                         longest = max(map(len, windows)) + max_new_tokens
-                        # Half-precision CPU models attend in float32 (see CausalSelfAttention); a float32
-                        # cache converts each new position once instead of every cached one per step.
-                        low_cpu = weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
-                        cache_dtype = torch.float32 if low_cpu else weight.dtype
-                        cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, cache_dtype)
+                        cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, weight.dtype)
                     cache.length = 0
                     mask = None
                     if pad is not None:  # later steps extend the padding mask by one column each

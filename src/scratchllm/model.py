@@ -39,6 +39,11 @@ class KVCache:
 
     @classmethod
     def allocate(cls, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> "KVCache":
+        """A cache for `batch_size` rows of `max_len` positions. Half-precision models on a CPU get a
+        float32 cache: attention there runs in float32 (see CausalSelfAttention), and a float32 cache
+        converts each new position once instead of every cached one at every step."""
+        if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
         shape = (batch_size, config.kv_heads, max_len, config.head_dim)
         return cls(
             keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
