@@ -454,11 +454,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g = probs if low is None else low[: len(tc)].copy_(probs)
                 if grad_h is not None:
                     grad_h[start : start + chunk] = (g @ w).to(h.dtype)
-                if grad_w is None:
-                    pass
-                elif low is None:
+                if grad_w is not None and low is None:
                     grad_w.addmm_(g.t(), hc)  # accumulates without a (V_pad, C) temporary
-                else:
+                elif grad_w is not None:
                     grad_w += g.t() @ hc
         scale = 1.0 / max(n_valid, 1)
         if need_grad:
