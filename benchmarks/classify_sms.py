@@ -60,6 +60,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def fresh_out(name: str) -> Path:
+    """The run directory `name`, created empty; exits if it already holds files."""
+    out = Path(name)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"{out}: exists; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def pretraining_data(tok: Tokenizer, shakespeare: str, messages: list[str], repeat: int, seed: int) -> TokenData:
     """Train stream: the first 95% of tinyshakespeare, then the messages (each + <|endoftext|>) in
     `repeat` shuffled passes. Validation: the last 5% of tinyshakespeare."""
@@ -142,10 +151,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"{out}: exists; choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_out(args.out)
     device = resolve_device("auto")
     load_start = os.getloadavg()
     t0, cpu0 = time.perf_counter(), time.process_time()

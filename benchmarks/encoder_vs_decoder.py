@@ -24,11 +24,10 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.classify_sms import SHARED, log, pretraining_data, quietly
+from benchmarks.classify_sms import SHARED, fresh_out, log, pretraining_data, quietly
 from scratchllm.classify import ClassifyConfig, _prepare_splits, finetune_classifier
 from scratchllm.config import GPTConfig
 from scratchllm.mlm import MLMTask, with_mask_token
@@ -73,10 +72,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=123)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"{out}: exists; choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_out(args.out)
     device = resolve_device("auto")
     load_start = os.getloadavg()
     t0 = time.perf_counter()
