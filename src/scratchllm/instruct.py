@@ -453,10 +453,6 @@ class PreferenceTask:
 
 
 # --------------------------------------------------------------------------------------------------
-# Writing files
-
-
-# --------------------------------------------------------------------------------------------------
 # Recipes: `scratchllm finetune instruct` and `scratchllm finetune dpo`
 
 
@@ -498,11 +494,13 @@ def _check_max_length(max_length: int | None, context_length: int) -> int:
     return max_length
 
 
-def _train_config(steps: int, steps_per_epoch: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int,
-                  seed: int, device: str, dtype: str, eval_every: int | None, max_time: float | None,
-                  compile: bool) -> Any:
+def _train_config(steps_per_epoch: int, epochs: int, max_steps: int | None, batch_size: int, lr: float,
+                  weight_decay: float, warmup_steps: int, seed: int, device: str, dtype: str, eval_every: int | None,
+                  max_time: float | None, compile: bool) -> Any:
+    """Both recipes' TrainConfig: `epochs` passes over the data unless max_steps is given."""
     from scratchllm.train import TrainConfig
 
+    steps = max_steps or epochs * steps_per_epoch
     # The book trains with a constant learning rate: min_lr = lr makes the cosine flat.
     return TrainConfig(
         max_steps=steps, max_time=max_time, batch_size=batch_size, lr=lr, min_lr=lr, warmup_steps=warmup_steps,
@@ -550,6 +548,33 @@ def _prepare_model(model: str, lora_rank: int | None, lora_alpha: float, lora_ta
     return net, tokenizer, data
 
 
+def _fit_recipe(net, task, tokenizer, style: PromptStyle, model: str, out: Path, splits: tuple[list, list, list],
+                cfg: Any, extra: dict[str, Any], resume: bool, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What both recipes do once their task is built: record the prompt style (and the LoRA
+    settings) with every saved model, write the held-out records (test.json / val.json, for
+    `respond`), train on the shared loop, and after a LoRA run leave merged weights in best/ and
+    final/ and the adapters in adapter/. Returns (fit's summary, parameter counts and split sizes)."""
+    from scratchllm.lora import count_parameters
+    from scratchllm.train import fit
+
+    train_records, val_records, test_records = splits
+    lora = getattr(net, "lora_config", None)
+    task.save_extra = {"prompt_style": style.name}
+    if lora is not None:
+        task.save_extra["lora"] = asdict(lora)
+    write_json(out / "test.json", test_records)
+    write_json(out / "val.json", val_records)
+    trainable, total = count_parameters(net)
+    _log(f"{description}, {cfg.max_steps} steps; trainable parameters {trainable:,} of {total:,}")
+    sizes = {"train": len(train_records), "val": len(val_records), "test": len(test_records)}
+    extra = {**extra, "base_model": str(model), "prompt_style": style.name, "splits": sizes,
+             "lora": task.save_extra.get("lora")}
+    summary = fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
+    if lora is not None:
+        _finish_lora_run(out, str(model))
+    return summary, {"trainable_parameters": trainable, "parameters": total, "splits": sizes}
+
+
 def finetune_instruct(
     model: str,
     data: str | os.PathLike[str],
@@ -584,13 +609,13 @@ def finetune_instruct(
     model records its `prompt_style`. With `lora_rank`, only adapters train; best/ and final/ then
     hold merged weights and adapter/ the adapters alone.
     """
-    from scratchllm.lora import count_parameters
-    from scratchllm.train import fit, resolve_device
+    from scratchllm.train import resolve_device
 
     _check_counts(epochs=epochs, batch_size=batch_size)
     style = get_style(prompt_style)
     records = load_instruction_data(data)
-    train_records, val_records, test_records = _splits(records, val, test, seed, load_instruction_data)
+    splits = _splits(records, val, test, seed, load_instruction_data)
+    train_records, val_records, test_records = splits
     net, tokenizer, _ = _prepare_model(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
     max_length = _check_max_length(max_length, net.config.context_length)
     dev = resolve_device(device)
@@ -600,28 +625,16 @@ def finetune_instruct(
         sample_prompts=[prompt_and_response(r, style)[0] for r in val_records[:1]], tokenizer=tokenizer,
         stop=style.stop_strings,
     )
-    task.save_extra = {"prompt_style": style.name}
-    if lora_rank:
-        task.save_extra["lora"] = asdict(net.lora_config)
+    cfg = _train_config(task.steps_per_epoch, epochs, max_steps, batch_size, lr, weight_decay, warmup_steps, seed, device,
+                        dtype, eval_every, max_time, compile)
     out = Path(out)
-    write_json(out / "test.json", test_records)
-    write_json(out / "val.json", val_records)
-    steps = max_steps or epochs * task.steps_per_epoch
-    cfg = _train_config(steps, task.steps_per_epoch, batch_size, lr, weight_decay, warmup_steps, seed, device, dtype,
-                        eval_every, max_time, compile)
-    trainable, total = count_parameters(net)
-    _log(f"instruct: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test records, "
-         f"prompt style {style.name}, mask_prompt={mask_prompt}, {task.steps_per_epoch} steps per epoch, {steps} steps; "
-         f"trainable parameters {trainable:,} of {total:,}")
-    extra = {"recipe": "instruct", "base_model": str(model), "data": str(data), "prompt_style": style.name,
-             "mask_prompt": mask_prompt, "max_length": max_length, "epochs": epochs,
-             "splits": {"train": len(train_records), "val": len(val_records), "test": len(test_records)},
-             "lora": task.save_extra.get("lora")}
-    summary = fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
-    if lora_rank:
-        _finish_lora_run(out, str(model))
-    return {**summary, "trainable_parameters": trainable, "parameters": total, "test_file": str(out / "test.json"),
-            "splits": extra["splits"]}
+    summary, info = _fit_recipe(
+        net, task, tokenizer, style, model, out, splits, cfg,
+        {"recipe": "instruct", "data": str(data), "mask_prompt": mask_prompt, "max_length": max_length, "epochs": epochs},
+        resume, f"instruct: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test records, "
+        f"prompt style {style.name}, mask_prompt={mask_prompt}, {task.steps_per_epoch} steps per epoch",
+    )
+    return {**summary, **info, "test_file": str(out / "test.json")}
 
 
 def encode_preference(tokenizer, style: PromptStyle, record: dict) -> tuple[tuple[list[int], int], tuple[list[int], int]]:
@@ -663,12 +676,12 @@ def finetune_dpo(
     The prompt style defaults to the one stored with the model (else alpaca). The book's DPO
     appendix uses lr 5e-6, beta 0.1 and one or two epochs.
     """
-    from scratchllm.lora import count_parameters
-    from scratchllm.train import fit, resolve_device
+    from scratchllm.train import _read_metrics, resolve_device
 
     _check_counts(epochs=epochs, batch_size=batch_size)
     records = load_preference_data(data)
-    train_records, val_records, test_records = _splits(records, val, test, seed, load_preference_data)
+    splits = _splits(records, val, test, seed, load_preference_data)
+    train_records, val_records, test_records = splits
     net, tokenizer, stored = _prepare_model(model, None, lora_alpha, lora_targets, lora_dropout)
     style = get_style(prompt_style or _stored_style(stored) or "alpaca")
     max_length = _check_max_length(max_length, net.config.context_length)
@@ -681,31 +694,18 @@ def finetune_dpo(
     encode = lambda rs: [encode_preference(tokenizer, style, r) for r in rs]  # noqa: E731
     task = PreferenceTask(reference, encode(train_records), encode(val_records), tokenizer.eot_id, beta, batch_size,
                           max_length, seed, dev)
-    task.save_extra = {"prompt_style": style.name}
-    if lora_rank:
-        task.save_extra["lora"] = asdict(net.lora_config)
-    out = Path(out)
-    write_json(out / "test.json", test_records)
-    write_json(out / "val.json", val_records)
-    steps = max_steps or epochs * task.steps_per_epoch
-    cfg = _train_config(steps, task.steps_per_epoch, batch_size, lr, weight_decay, warmup_steps, seed, device, dtype,
-                        eval_every, max_time, compile)
+    cfg = _train_config(task.steps_per_epoch, epochs, max_steps, batch_size, lr, weight_decay, warmup_steps, seed, device,
+                        dtype, eval_every, max_time, compile)
     cfg.sample_every = 0
-    trainable, total = count_parameters(net)
-    _log(f"dpo: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test pairs, beta {beta}, "
-         f"prompt style {style.name}, {steps} steps; trainable parameters {trainable:,} of {total:,}")
-    extra = {"recipe": "dpo", "base_model": str(model), "data": str(data), "beta": beta, "prompt_style": style.name,
-             "max_length": max_length, "epochs": epochs,
-             "splits": {"train": len(train_records), "val": len(val_records), "test": len(test_records)},
-             "lora": task.save_extra.get("lora")}
-    summary = fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
-    if lora_rank:
-        _finish_lora_run(out, str(model))
-    from scratchllm.train import _read_metrics
-
+    out = Path(out)
+    summary, info = _fit_recipe(
+        net, task, tokenizer, style, model, out, splits, cfg,
+        {"recipe": "dpo", "data": str(data), "beta": beta, "max_length": max_length, "epochs": epochs},
+        resume, f"dpo: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test pairs, "
+        f"beta {beta}, prompt style {style.name}",
+    )
     rows = [row for row in _read_metrics(out / "metrics.jsonl", None) if "val_loss" in row]
-    return {**summary, "trainable_parameters": trainable, "parameters": total, "splits": extra["splits"],
-            "eval_before": rows[0] if rows else None, "eval_after": rows[-1] if rows else None}
+    return {**summary, **info, "eval_before": rows[0] if rows else None, "eval_after": rows[-1] if rows else None}
 
 
 # --------------------------------------------------------------------------------------------------
