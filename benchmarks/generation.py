@@ -209,5 +209,6 @@ def main(argv: list[str] | None = None) -> None:
     print("bounds for ours = copy bandwidth / weight bytes per token: "
           + ", ".join(f"{gbs[b] * 1e9 / ours_bytes:.1f} tokens/s ({b})" for b in bounds))
 
+
 if __name__ == "__main__":
     main()
