@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -181,82 +182,68 @@ def _matrix_vector_kernels(weight: torch.Tensor, positions: int):
 def optimize_for_decoding(model: GPT) -> GPT:
     """Give the float32 weight matrices of a CPU model a faster layout for decoding, in place.
 
-    Decoding one token multiplies each weight matrix W (out, in) by one vector, which streams W
-    from memory. PyTorch's default (MKL, nn.Linear's row-major W) does that on one thread at ~12
-    GB/s here. Two faster layouts, measured per product in `python -m benchmarks.generation --kernels`:
+    Decoding one token multiplies each weight matrix W (out, in) by one vector x, which streams W
+    from memory. PyTorch's default for nn.Linear's row-major W (MKL) does that on one thread at ~13
+    GB/s here, oneDNN's packed weights on two threads at 20-30 GB/s. This layout reaches 25-47 GB/s
+    over GPT-2's shapes (`python -m benchmarks.generation --kernels`):
 
-    - oneDNN's packed weights (the format PyTorch's own CPU compiler packs float32 Linears into):
-      20-30 GB/s on two threads. Each Linear becomes a `_DecodeLinear` (an nn.Linear subclass:
-      same parameters, state dict and pickling) that keeps a packed copy of its weight beside the
-      parameter and uses it while no gradient is needed; the copy is dropped (and the plain
-      product used) once the weight changes, and copies of the model carry none. Costs the
-      weights' memory once more.
-    - otherwise (no oneDNN) column-major storage, which MKL's kernel reads ~1.5x faster (18-20
-      GB/s, the layout of GPT-2's original Conv1D weights); same memory.
+    - W is stored column-major, i.e. W^T (in, out) row-major, so that x @ W^T reads W^T row after
+      row, adding x_k * row_k into the output: one plain stream through memory;
+    - the inner dimension is cut into one slice per thread: W^T viewed as (b, in/b, out) times x
+      viewed as (b, 1, in/b) is one batched product, whose b partial outputs are then summed.
+      PyTorch runs the slices of a batched product in parallel (MKL), where it would run a single
+      such product on one thread.
 
-    Values, shapes, parameter objects and saved checkpoints stay the same; results agree with the
-    plain model to float32 rounding. Meant for models loaded for inference (`generate`, `chat` and
-    `serve` call it). bfloat16 weights are left alone (PyTorch's bfloat16 kernel is fastest on
-    row-major weights, see `_matrix_vector_kernels`), and so are GPU models.
+    Each Linear becomes a `_DecodeLinear` (an nn.Linear subclass: same parameters, state dict and
+    pickling) that takes this path for calls of up to 64 rows that need no gradient, and the
+    plain product otherwise. The view costs no memory; values, shapes, parameter objects and saved
+    checkpoints stay the same, and results agree with the plain model to float32 rounding (the
+    sums run in another order). Meant for models loaded for inference (`generate`, `chat` and
+    `serve` call it). bfloat16 weights are left alone (PyTorch's own bfloat16 kernel on row-major
+    weights is faster, see `_matrix_vector_kernels`), and so are GPU models.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             w = module.weight
             if w.dtype != torch.float32 or w.device.type != "cpu":
                 continue
-            if not _pack_for_onednn(module) and w.is_contiguous():
+            if w.is_contiguous():  # (a weight shared by two Linears is converted once)
                 w.data = w.data.t().contiguous().t()  # same (out, in) tensor, strides (1, out)
+            module.__class__ = _DecodeLinear
     return model
 
 
-def _pack_for_onednn(linear: torch.nn.Linear) -> bool:
-    """Give `linear` oneDNN's packed copy of its weight and make it a _DecodeLinear; False if unavailable."""
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), 1)
-    except (AttributeError, RuntimeError):
-        return False
-    linear.__class__ = _DecodeLinear  # same parameters and state dict; only forward differs
-    linear._packed = _PackedWeight(packed, linear.weight)
-    return True
-
-
-class _PackedWeight:
-    """oneDNN's packed (opaque) copy of a weight and the weight's version when it was made. Copies
-    and pickles of a model carry no packed copy (opaque tensors have no storage to copy); their
-    Linears use the plain product until `optimize_for_decoding` is called on them."""
-
-    def __init__(self, packed: torch.Tensor, weight: torch.Tensor):
-        self.packed, self.version, self.pointer = packed, weight._version, weight.data_ptr()
-
-    def matches(self, w: torch.Tensor) -> bool:
-        return (w._version, w.data_ptr(), w.dtype, w.device.type) == (self.version, self.pointer, torch.float32, "cpu")
-
-    def __deepcopy__(self, memo):
-        return None
-
-    def __reduce__(self):
-        return (_no_packed_weight, ())
-
-
-def _no_packed_weight() -> None:
-    return None
-
-
 class _DecodeLinear(torch.nn.Linear):
-    """nn.Linear serving calls that need no gradient from oneDNN's packed copy of its weight (see
-    `optimize_for_decoding`); the copy is dropped as soon as the weight changes (training, loading,
-    `.to()`), and every other call is the plain product."""
-
-    _packed: _PackedWeight | None = None
+    """nn.Linear that serves calls of a few rows needing no gradient from a column-major float32
+    CPU weight with `split_product` (see `optimize_for_decoding`); every other call (training,
+    long inputs, autocast, another layout or dtype) is the plain product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if self._packed is not None and not self._packed.matches(w):
-            self._packed = None  # stale
-        if (self._packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+        if (w.stride() == (1, w.shape[0]) and x.dtype == w.dtype == torch.float32 and x.device.type == "cpu"
+                and x.numel() <= 64 * w.shape[1] and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed.packed, self.bias, "none", [], "")
+            return split_product(x, w, self.bias)
         return torch.nn.functional.linear(x, w, self.bias)
+
+
+def split_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) @ weight (out, in)^T + bias for a column-major weight, as one batched product
+    over slices of the inner dimension, one slice per thread (see `optimize_for_decoding`)."""
+    out_features, in_features = weight.shape
+    b = _slices(in_features, torch.get_num_threads())
+    k = in_features // b
+    xs = x.reshape(-1, b, k).transpose(0, 1)  # (b, rows, in/b)
+    y = torch.bmm(xs, weight.t().view(b, k, out_features)).sum(0)  # (rows, out): b partial products, summed
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], out_features)
+
+
+@functools.cache
+def _slices(in_features: int, threads: int) -> int:
+    """The smallest divisor of in_features that gives every thread a slice (1 for one thread)."""
+    return next(d for d in range(max(1, threads), in_features + 1) if in_features % d == 0)
 
 
 @contextlib.contextmanager
