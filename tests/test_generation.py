@@ -246,11 +246,12 @@ def test_optimized_model_still_trains_and_notices_changed_weights(tok):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(("shape", "rows"), [((48, 32), (1,)), ((33, 21), (2, 3)), ((50, 7), (64,)), ((16, 64), (1, 1, 1))])
+@pytest.mark.parametrize(("shape", "rows"), [((48, 32), (1,)), ((33, 21), (2, 3)), ((50, 7), (64,)), ((16, 64), (1, 1, 1)),
+                                             ((5, 13), (1,)), ((4, 8), (0,)), ((1, 6), (2,))])
 @pytest.mark.parametrize("bias", [True, False])
 def test_split_product_matches_linear(threads, shape, rows, bias):
-    """The per-thread slices of the inner dimension (3 threads on 32 inputs: 4 slices; on 7: 7)
-    add up to the plain product, for any number of rows and leading dimensions."""
+    """The per-thread slices of the inner dimension (3 threads on 32 inputs: 4 slices; on 7: 7; on
+    13 with 2 threads none fits: 1) add up to the plain product, for any rows and leading dimensions."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(*shape, generator=g).t().contiguous().t()  # column-major (out, in)
     b = torch.randn(shape[0], generator=g) if bias else None

@@ -242,8 +242,10 @@ def split_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 @functools.cache
 def _slices(in_features: int, threads: int) -> int:
-    """The smallest divisor of in_features that gives every thread a slice (1 for one thread)."""
-    return next(d for d in range(max(1, threads), in_features + 1) if in_features % d == 0)
+    """How many slices to cut in_features into: its smallest divisor that gives every thread one,
+    up to 4 per thread; 1 (a single product) when there is none."""
+    threads = max(1, threads)
+    return next((d for d in range(threads, 4 * threads + 1) if in_features % d == 0), 1)
 
 
 @contextlib.contextmanager
