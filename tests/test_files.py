@@ -1,5 +1,7 @@
 """scratchllm.files: atomic writes keep the old file on failure; reads fail with one-line errors."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,15 @@ def test_read_text_errors_name_the_file(tmp_path: Path, name, content, message):
 def test_read_text_drops_a_byte_order_mark(tmp_path: Path):
     (tmp_path / "sheet.tsv").write_bytes("\ufefflabel\ttext\n".encode("utf-8"))
     assert read_text(tmp_path / "sheet.tsv") == "label\ttext\n"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """The temporary file is private (mkstemp); what lands at the destination follows the umask."""
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.txt", "x")
+        write_json(tmp_path / "b.json", {"k": 1})
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640

@@ -37,6 +37,7 @@ import torch
 
 from scratchllm.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import umask
 
 if TYPE_CHECKING:
     from scratchllm.model import GPT
@@ -131,14 +132,13 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def _finish_tree(directory: Path) -> None:
     """Give a temporary tree the permissions of a normal one and flush its files to disk."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)  # mkdtemp makes it private (0700)
+    mask = umask()
+    os.chmod(directory, 0o777 & ~mask)  # mkdtemp makes it private (0700)
     for path in directory.rglob("*"):
         if path.is_dir():
-            os.chmod(path, 0o777 & ~umask)
+            os.chmod(path, 0o777 & ~mask)
         elif path.is_file():
-            os.chmod(path, 0o666 & ~umask)
+            os.chmod(path, 0o666 & ~mask)
             # Without the fsync, a power cut just after the rename can leave the new name
             # pointing at files whose data never reached the disk.
             fd = os.open(path, os.O_RDONLY)

@@ -46,6 +46,7 @@ import regex
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import umask
 
 FORMAT = "scratchllm-tokens"
 VERSION = 1
@@ -508,9 +509,7 @@ def prepare(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_path.name}.tmp-", dir=out_path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's private 0700 would otherwise stay on the DATADIR
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's private 0700 would otherwise stay on the DATADIR
     writers: list[_ShardWriter] = []
     try:
         lengths = _token_byte_lengths(tok)

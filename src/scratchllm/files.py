@@ -19,6 +19,14 @@ from typing import Any
 from scratchllm.errors import ScratchLLMError
 
 
+def umask() -> int:
+    """The process's file-creation mask: temporary files and directories (mkstemp, mkdtemp) are
+    private (0600 / 0700), so what is renamed into place is given the permissions of a normal file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _label(path: Path, what: str) -> str:
     return f"{what} {path}" if what else str(path)
 
@@ -37,6 +45,7 @@ def atomic_path(path: str | os.PathLike[str], what: str = "", suffix: str = ".tm
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would otherwise stay on the result
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
