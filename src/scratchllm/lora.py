@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.files import write_atomic, write_json
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -213,14 +214,9 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
 
     config = _config_of(model)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in lora_state_dict(model).items()}
-    tmp = directory / (ADAPTER_WEIGHTS + ".tmp")
-    tmp.write_bytes(save(tensors, metadata={"format": "pt"}))  # a plain file: the usual permissions
-    os.replace(tmp, directory / ADAPTER_WEIGHTS)
-    tmp = directory / (ADAPTER_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / ADAPTER_CONFIG)
+    write_atomic(directory / ADAPTER_WEIGHTS, save(tensors, metadata={"format": "pt"}))
+    write_json(directory / ADAPTER_CONFIG, asdict(config), ensure_ascii=True)
     return directory
 
 
