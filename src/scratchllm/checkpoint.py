@@ -295,7 +295,7 @@ def write_tokenizer(directory: Path, tokenizer: "Tokenizer | None", spec: dict[s
     this temporary directory."""
     if spec.get("type") == "gpt2":
         return spec
-    blob = json.dumps(tokenizer.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    blob = tokenizer.to_json_bytes()
     (directory / TOKENIZER_FILE).write_bytes(blob)
     return {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
 

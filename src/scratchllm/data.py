@@ -572,7 +572,7 @@ def prepare(
                 shutil.copyfile(src, tmp / TOKENIZER_FILE)
                 blob = (tmp / TOKENIZER_FILE).read_bytes()
             else:
-                blob = json.dumps(tok.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                blob = tok.to_json_bytes()
                 (tmp / TOKENIZER_FILE).write_bytes(blob)
             spec = {"type": "bpe", "file": str((out_path / TOKENIZER_FILE).absolute()),
                     "sha256": hashlib.sha256(blob).hexdigest()}

@@ -547,6 +547,11 @@ class Tokenizer:
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{source}: {exc}") from None
 
+    def to_json_bytes(self) -> bytes:
+        """The tokenizer file's bytes (compact UTF-8 JSON of `to_dict`): what `save`, model
+        directories and prepared data directories write, and what their SHA-256 records."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
     def to_dict(self) -> dict[str, Any]:
         """The vocabulary as a JSON-able object: pattern, merges as hex byte pairs, special tokens."""
         data: dict[str, Any] = {"type": FILE_TYPE, "version": FILE_VERSION, "pattern": self._pattern_str}
@@ -559,7 +564,7 @@ class Tokenizer:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer as one JSON file (atomically) and point `spec` at it."""
         path = Path(path)
-        blob = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        blob = self.to_json_bytes()
         write_atomic(path, blob, "tokenizer file")
         self._spec = {"type": "bpe", "file": str(path), "sha256": hashlib.sha256(blob).hexdigest()}
         return path
