@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import read_text, write_atomic
+from scratchllm.files import read_text, write_atomic, write_json
 
 if TYPE_CHECKING:
     from scratchllm.model import GPT
@@ -890,7 +890,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     accuracy, OUT/final/ the last model), then reports test accuracy, per-class precision, recall and
     F1 and the confusion matrix of the final model, and plots loss and accuracy per epoch.
     """
-    from scratchllm.checkpoint import load
+    from scratchllm.checkpoint import load, read_model_config
     from scratchllm.train import TrainConfig, fit, resolve_device
 
     for name, value, choices in (("balance", cfg.balance, BALANCE), ("trainable", cfg.trainable, TRAINABLE),
@@ -956,7 +956,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     best_report = None
     if (out / "best" / HEAD_FILE).is_file():
         best = Classifier.from_pretrained(out / "best", device=device)
-        info = json.loads((out / "best" / "config.json").read_text(encoding="utf-8")).get("training", {})
+        info = read_model_config(out / "best").get("training", {})
         best_loss, best_metrics = evaluate_split(best, *encoded["test"], cfg.eval_batch_size, weight)
         best_report = {"epoch": info.get("epoch"), "val_accuracy": info.get("val_accuracy"),
                        "test_loss": best_loss, "test_accuracy": best_metrics["accuracy"]}
@@ -978,7 +978,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         "time_s": round(train_time, 1),
         "run_dir": str(out),
     }
-    write_atomic(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
+    write_json(out / METRICS_FILE, report, ensure_ascii=True)
     plots = plot_epochs(task.history, out)
     print(format_history(task.history))
     print()
