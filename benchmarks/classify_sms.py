@@ -45,13 +45,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scratchllm.checkpoint import save_pretrained
-from scratchllm.classify import ClassifyConfig, _prepare_splits, finetune_classifier, load_labelled
-from scratchllm.config import GPTConfig
+from scratchllm.checkpoint import save_model
+from scratchllm.core.device import resolve_device
+from scratchllm.data.labelled import load_labelled
+from scratchllm.evaluation.metrics import classification_report, format_classification
+from scratchllm.recipes.classify import finetune_classifier, format_history, prepare_splits
+from scratchllm.recipes.config import ClassifyConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.data import TokenData, TokenStream
-from scratchllm.model import GPT
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.train import PretrainTask, TrainConfig, _time_steps, fit, resolve_device
+from scratchllm.recipes.demo import time_steps
+from scratchllm.recipes.pretrain import PretrainTask
+from scratchllm.training.config import TrainConfig
+from scratchllm.training.loop import fit
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -96,14 +103,14 @@ def pretraining_data(tok: Tokenizer, shakespeare: str, messages: list[str], repe
 
 def ensemble_metrics(run_dirs: list[Path], texts: list[str], labels: list[str]) -> dict:
     """Test metrics of the mean class probabilities of several fine-tuned classifiers."""
-    from scratchllm.classify import Classifier, classification_metrics
+    from scratchllm.checkpoint import load
 
     total = None
     for d in run_dirs:
-        clf = Classifier.from_pretrained(d)
+        clf = load(d, kind="classifier")[0]
         p = np.array([[x.probabilities[name] for name in clf.labels] for x in clf.predict(texts)])  # (N, K)
         total = p if total is None else total + p
-    return classification_metrics([clf.labels.index(x) for x in labels], total.argmax(1).tolist(), clf.labels)
+    return classification_report(list(labels), [clf.labels[i] for i in total.argmax(1).tolist()], clf.labels)
 
 
 def quietly(fn, *args, **kwargs):
@@ -162,7 +169,7 @@ def main() -> None:
     # 1. the same split as finetune classify; only the training texts are used unlabelled
     sms_file = SHARED / "sms_spam_collection.tsv"
     ft_cfg = ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False)
-    (train, val, test), _ = quietly(_prepare_splits, ft_cfg)
+    (train, val, test), _ = quietly(prepare_splits, ft_cfg)
     log(f"split: train {train.counts()}, validation {val.counts()}, test {test.counts()}")
 
     texts = train.texts
@@ -186,7 +193,7 @@ def main() -> None:
                           n_layers=args.n_layers, n_heads=args.n_heads, drop_rate=0.0)
     probe = TrainConfig(batch_size=args.batch_size, dtype=args.dtype)
     torch.manual_seed(pseed)
-    step_s = _time_steps(GPT(model_cfg), data, probe, device, args.context_length)
+    step_s = time_steps(GPT(model_cfg), data, probe, device, args.context_length)
     reserve = args.finetune_minutes * 60 * (args.ft_seeds if args.ensemble else 1)
     pretrain_s = budget - (time.perf_counter() - t0) - reserve
     max_steps = max(50, int(pretrain_s * 0.92 / step_s))  # the cosine schedule needs a step count
@@ -240,7 +247,7 @@ def main() -> None:
     # 5. the same fine-tuning from random weights of the same shape
     if not args.no_baseline:
         torch.manual_seed(args.seed)
-        save_pretrained(GPT(model_cfg), out / "random-init", tok)
+        save_model(GPT(model_cfg), out / "random-init", tok)
         for seed in seeds:
             reports["random_init"].append(finetune(out / "random-init", f"random-init-seed{seed}", seed))
             log(f"random init seed {seed}: test accuracy {100 * reports['random_init'][-1]['test']['accuracy']:.2f}%")
@@ -268,15 +275,14 @@ def main() -> None:
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
-    from scratchllm.classify import format_history, format_metrics
 
     print(f"\n== pretrained here ({summary['steps']} steps, {summary['tokens']:,} tokens) then fine-tuned, seed {seeds[0]} ==")
     print(format_history(report["epochs"]))
-    print(format_metrics(report["test"], "test"))
+    print(format_classification(report["test"], "test"))
     if reports["random_init"]:
         print(f"\n== randomly initialised, same fine-tuning, seed {seeds[0]} ==")
         print(format_history(reports["random_init"][0]["epochs"]))
-        print(format_metrics(reports["random_init"][0]["test"], "test"))
+        print(format_classification(reports["random_init"][0]["test"], "test"))
     print(f"\npipeline (tokenizer + pretraining + fine-tuning): {total_s / 60:.1f} min wall, "
           f"{total_cpu / 60:.1f} min CPU; load average start {load_start[0]:.2f}, end {load_end[0]:.2f}")
     for name, values in accuracy.items():
@@ -285,7 +291,7 @@ def main() -> None:
                   + f" (seeds {', '.join(map(str, seeds))}; mean {100 * sum(values) / len(values):.2f}%)")
     for name, metrics in ensembles.items():
         print(f"test accuracy, {name}, ensemble of {len(seeds)}: {100 * metrics['accuracy']:.2f}%")
-        print(format_metrics(metrics, f"{name} ensemble, test"))
+        print(format_classification(metrics, f"{name} ensemble, test"))
     print(f"details: {out / 'result.json'}")
 
 

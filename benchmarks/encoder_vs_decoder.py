@@ -28,12 +28,18 @@ import time
 import torch
 
 from benchmarks.classify_sms import SHARED, fresh_out, log, pretraining_data, quietly
-from scratchllm.classify import ClassifyConfig, _prepare_splits, finetune_classifier
-from scratchllm.config import GPTConfig
-from scratchllm.mlm import MLMTask, with_mask_token
-from scratchllm.model import GPT
+from scratchllm.core.device import resolve_device
+from scratchllm.recipes.classify import finetune_classifier, prepare_splits
+from scratchllm.recipes.config import ClassifyConfig
+from scratchllm.models.config import GPTConfig
+from scratchllm.inference.fill_mask import with_mask_token
+from scratchllm.recipes.mlm import MLMTask
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.train import PretrainTask, TrainConfig, fit, make_optimizer, resolve_device
+from scratchllm.recipes.pretrain import PretrainTask
+from scratchllm.training.config import TrainConfig
+from scratchllm.training.loop import fit
+from scratchllm.training.optim import make_optimizer
 
 
 def seconds_per_step(model: GPT, task, cfg: TrainConfig, device, n: int = 3) -> float:
@@ -80,7 +86,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, device {device}")
 
     sms_file = SHARED / "sms_spam_collection.tsv"
-    (train, val, test), _ = quietly(_prepare_splits, ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False))
+    (train, val, test), _ = quietly(prepare_splits, ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False))
     shakespeare = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")
     tok = Tokenizer.train([shakespeare, *train.texts], args.vocab_size)
     mlm_tok = with_mask_token(tok)

@@ -4,7 +4,7 @@ Run from the repository root:  python -m benchmarks.generation [--dtype bfloat16
                                python -m benchmarks.generation --kernels   (matrix-vector kernels only)
 
 GPT-2 small with random weights: a Hugging Face GPT2LMHeadModel(GPT2Config()) is built first and
-its state dict converted into ours (`checkpoint.state_dict_from_hf`), so both decode with the same
+its state dict converted into ours (`checkpoint.hf.GPT2Adapter.from_hf`), so both decode with the same
 numbers. Batch 1, a 32-token prompt, 128 new tokens, greedy, no end-of-text stop. Every method
 must produce transformers' tokens (float32) or the benchmark says so.
 
@@ -33,10 +33,11 @@ import time
 
 import torch
 
-from scratchllm.checkpoint import model_from_state_dict, state_dict_from_hf
-from scratchllm.config import GPTConfig
-from scratchllm.generation import generate_ids, optimize_for_decoding, split_product
-from scratchllm.model import GPT
+from scratchllm.checkpoint.hf import GPT2Adapter
+from scratchllm.checkpoint.model_dir import gpt_from_state_dict
+from scratchllm.models.config import GPTConfig
+from scratchllm.inference.generation import generate_ids, optimize_for_decoding, split_product
+from scratchllm.models.gpt import GPT
 
 
 def best_gbs(run, nbytes: int) -> float:
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     hf.generation_config.eos_token_id = None  # run all new tokens, as ours does without eos_id
     hf.generation_config.pad_token_id = 0
     config = GPTConfig.from_preset("gpt2-small")
-    state = {name: t.clone() for name, t in state_dict_from_hf(hf.state_dict(), config).items()}  # no shared memory
-    ours = model_from_state_dict(config, state, dtype=args.dtype)
+    state = {name: t.clone() for name, t in GPT2Adapter().from_hf(hf.state_dict(), config).items()}  # no shared memory
+    ours = gpt_from_state_dict(config, state, dtype=args.dtype)
 
     prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
     n = args.new_tokens

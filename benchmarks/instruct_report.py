@@ -4,7 +4,7 @@ Run from the repository root:  python -m benchmarks.instruct_report [--work runs
                                    [--pretrain-steps 600] [--epochs 2] [--max-new-tokens 64] [--threads 1]
 
 1. pretrain: a byte-level BPE (1,024 tokens) and a 4-layer GPT (emb 128, context 256) trained by
-   `scratchllm.train.pretrain` on tinyshakespeare + the instruction / input / output texts of the
+   `scratchllm.recipes.pretrain.pretrain` on tinyshakespeare + the instruction / input / output texts of the
    instruction split's training part (plain text, no prompt template).
 2. full / lora: `finetune_instruct` on the 1,100 records of ../shared/data/instruction-data.json
    (the book's seeded 85/5/10 split), once updating every weight (lr 3e-4) and once with rank-8
@@ -49,7 +49,7 @@ def load_avg() -> float:
 
 def score(model_dir: Path, work: Path, name: str, max_new_tokens: int) -> dict:
     """ROUGE-L / exact match of greedy responses on the test split written by the fine-tuning run."""
-    from scratchllm.instruct import evaluate_responses, respond
+    from scratchllm.evaluation.responses import evaluate_responses, respond
 
     t = time.perf_counter()
     responses = respond(str(model_dir), work / "full" / "test.json", work / f"responses-{name}.json",
@@ -61,10 +61,10 @@ def score(model_dir: Path, work: Path, name: str, max_new_tokens: int) -> dict:
 
 
 def stage_pretrain(work: Path, steps: int) -> dict:
-    from scratchllm.config import GPTConfig
-    from scratchllm.instruct import split_records
+    from scratchllm.models.config import GPTConfig
+    from scratchllm.data.instructions import split_records
     from scratchllm.tokenizer import Tokenizer
-    from scratchllm.train import pretrain
+    from scratchllm.recipes.pretrain import pretrain
 
     records = json.loads(INSTRUCTIONS.read_text(encoding="utf-8"))
     train, _, _ = split_records(records, seed=123)
@@ -87,7 +87,7 @@ def stage_pretrain(work: Path, steps: int) -> dict:
 
 
 def stage_finetune(work: Path, name: str, epochs: int, max_new_tokens: int) -> dict:
-    from scratchllm.instruct import finetune_instruct
+    from scratchllm.recipes.instruct import finetune_instruct
 
     lora = name == "lora"
     t = time.perf_counter()
@@ -115,7 +115,7 @@ def stage_base_score(work: Path, max_new_tokens: int) -> dict:
 
 
 def stage_dpo(work: Path, max_new_tokens: int) -> dict:
-    from scratchllm.instruct import finetune_dpo
+    from scratchllm.recipes.dpo import finetune_dpo
 
     t = time.perf_counter()
     summary = finetune_dpo(str(work / "full"), PREFERENCES, work / "dpo", beta=0.1, epochs=1, batch_size=8, lr=2e-5,

@@ -67,14 +67,14 @@ def rss_mb(pid: int) -> float:
 def make_model(directory: Path) -> Path:
     import torch
 
-    from scratchllm.checkpoint import save_pretrained
-    from scratchllm.config import GPTConfig
-    from scratchllm.model import GPT
+    from scratchllm.checkpoint import save_model
+    from scratchllm.models.config import GPTConfig
+    from scratchllm.models.gpt import GPT
     from scratchllm.tokenizer import Tokenizer
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=50257)).eval()  # emb 64, 2 layers, context 128
-    return save_pretrained(model, directory / "tiny", Tokenizer.gpt2(), extra={"prompt_style": "phi3"})
+    return save_model(model, directory / "tiny", Tokenizer.gpt2(), extra={"prompt_style": "phi3"})
 
 
 def request(port: int, kind: str, max_tokens: int, rng: random.Random) -> Result:

@@ -23,7 +23,8 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from scratchllm.tokenizer import ENDOFTEXT, GPT2_FILES, Tokenizer
+from scratchllm.tokenizer import ENDOFTEXT, Tokenizer
+from scratchllm.tokenizer.gpt2 import GPT2_FILES
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,6 +1,6 @@
 """Training-step throughput: scratchllm's step against transformers' GPT2LMHeadModel, in one process.
 
-A step is what `scratchllm.train.fit` does per optimizer step: forward, loss, backward, gradient
+A step is what `scratchllm.training.loop.fit` does per optimizer step: forward, loss, backward, gradient
 clipping, AdamW, zeroing the gradients. Ours uses the chunked linear + cross-entropy loss
 (`GPT.loss`, no (B, T, V) logits) and fused AdamW with weight decay on 2-D weights; the reference is
 transformers' GPT2LMHeadModel with the same shape (attn_implementation="sdpa", its own loss from
@@ -24,9 +24,12 @@ from pathlib import Path
 
 import torch
 
-from scratchllm.config import GPTConfig
-from scratchllm.model import GPT
-from scratchllm.train import TrainConfig, make_optimizer, measure_matmul_peak
+from scratchllm.models.config import GPTConfig
+from scratchllm.models.gpt import GPT
+from scratchllm.core import device as device_mod
+from scratchllm.core.device import measure_matmul_peak
+from scratchllm.training.config import TrainConfig
+from scratchllm.training.optim import make_optimizer
 
 CONFIGS = {
     # name: (GPTConfig overrides, batch size); context 256, GPT-2 vocabulary
@@ -120,15 +123,14 @@ def bench_config(name: str, args, peak: dict[str, float]) -> dict[str, float]:
 
 
 def _flops(config: GPTConfig) -> float:
-    from scratchllm.model import flops_per_token
+    from scratchllm.models.gpt import flops_per_token
 
     return flops_per_token(config, CONTEXT, training=True)
 
 
 def _peak(dtype: torch.dtype) -> float:
-    from scratchllm import train
 
-    train._MEASURED_PEAK.clear()  # measure again: the best figure is the least disturbed one
+    device_mod._MEASURED_PEAK.clear()  # measure again: the best figure is the least disturbed one
     return measure_matmul_peak(torch.device("cpu"), dtype)
 
 

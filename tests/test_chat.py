@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchllm.chat import ChatSession, ChatSettings, chat_command, load_for_chat
-from scratchllm.checkpoint import load, save_pretrained
-from scratchllm.config import GPTConfig
+from scratchllm.checkpoint import load, save_model
+from scratchllm.cli import chat_repl
+from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation import generate
-from scratchllm.model import GPT
+from scratchllm.inference.generation import generate
+from scratchllm.models.gpt import GPT
 from scratchllm.prompts import get_style
 from scratchllm.tokenizer import Tokenizer
 
@@ -35,7 +36,7 @@ def tiny_model(seed: int = 0) -> GPT:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return save_pretrained(tiny_model(), tmp_path_factory.mktemp("chat") / "tiny", Tokenizer.gpt2(),
+    return save_model(tiny_model(), tmp_path_factory.mktemp("chat") / "tiny", Tokenizer.gpt2(),
                            extra={"prompt_style": "phi3"})
 
 
@@ -72,7 +73,7 @@ def test_answers_follow_the_prompt_style_and_the_history(loaded):
 
 def test_a_base_model_gets_plain_continuation(tmp_path, loaded):
     model, tok = loaded
-    base = save_pretrained(model, tmp_path / "base", tok)  # no prompt_style: a base model
+    base = save_model(model, tmp_path / "base", tok)  # no prompt_style: a base model
     net, tokenizer, style, name = load_for_chat(str(base), device="cpu")
     assert (style.name, name) == ("plain", "base")
     chat = ChatSession(net, tokenizer, style, ChatSettings(temperature=0, max_new_tokens=10))
@@ -148,11 +149,12 @@ def test_bad_commands_are_errors(loaded, line, message):
     assert str(err.value) == message
 
 
-def test_chat_command_reads_lines_and_prints_notes(model_dir, loaded):
+def test_chat_repl_reads_lines_and_prints_notes(model_dir, loaded):
     out = io.StringIO()
     lines = "Hello\n/bogus\n/temperature 0\n" + " word" * 200 + "\n/quit\nnever read\n"
-    assert chat_command(str(model_dir), temperature=0, max_new_tokens=12, device="cpu",
-                        stdin=io.StringIO(lines), out=out) == 0
+    net, tokenizer, style, name = load_for_chat(str(model_dir), device="cpu")
+    chat = ChatSession(net, tokenizer, style, ChatSettings(temperature=0, max_new_tokens=12))
+    assert chat_repl(chat, name, stdin=io.StringIO(lines), out=out) == 0
     text = out.getvalue()
     answer = expected(loaded, [{"role": "user", "content": "Hello"}])
     assert f"you> bot> {answer}\nyou> [unknown command '/bogus';" in text

@@ -16,11 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchllm import checkpoint as ck
+from scratchllm.checkpoint import hf
+from scratchllm.checkpoint.convert import export_hf
+from scratchllm.checkpoint.hf import GPT2Adapter, config_from_hf
+from scratchllm.checkpoint.loader import load
+from scratchllm.checkpoint.model_dir import read_model_config, resolve_model_dir, save_model
+from scratchllm.core.download import download_file
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
+from scratchllm.models.gpt import GPT
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -97,7 +102,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_hf_import_matches_transformers_logits_and_greedy_tokens(tmp_path, name, layout):
     hf = hf_gpt2(name)
     d = write_hf_dir(hf, tmp_path / "hf", layout)
-    model = ck.load_model(d)
+    model = load(d)[0]
     vocab = HF_CONFIGS[name][4]
     torch.manual_seed(1)
     ids = torch.randint(0, vocab, (3, 40))
@@ -125,7 +130,7 @@ def test_import_gpt2_cli_writes_our_format(tmp_path, capsys):
     assert config["model"] == GPTConfig(vocab_size=517, context_length=64, emb_dim=96, n_layers=3, n_heads=3,
                                         tie_embeddings=False).to_dict()
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["config.json", "model.safetensors"]
-    model, tokenizer = ck.load(tmp_path / "ours")
+    model, tokenizer = load(tmp_path / "ours")
     ids = torch.arange(30)[None] * 7 % 517
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-5
@@ -137,25 +142,25 @@ def test_state_dict_from_hf_transposes_conv1d_and_drops_buffers():
     w = torch.arange(4 * 12, dtype=torch.float32).reshape(4, 12)  # Conv1D: (in, out)
     sd = {"transformer.h.0.attn.c_attn.weight": w, "h.0.attn.bias": torch.ones(1, 1, 8, 8),
           "transformer.h.0.attn.masked_bias": torch.tensor(-1e4), "lm_head.weight": torch.zeros(10, 4)}
-    out = ck.state_dict_from_hf(sd, config)
+    out = GPT2Adapter().from_hf(sd, config)
     assert list(out) == ["blocks.0.attn.qkv.weight"]
     assert torch.equal(out["blocks.0.attn.qkv.weight"], w.t())
     with pytest.raises(ScratchLLMError, match=r"^w.bin: unexpected tensor 'h.0.attn.rotary' for a GPT-2 model$"):
-        ck.state_dict_from_hf({"h.0.attn.rotary": torch.ones(1)}, config, source="w.bin")
+        GPT2Adapter().from_hf({"h.0.attn.rotary": torch.ones(1)}, config, source="w.bin")
 
 
 @pytest.mark.parametrize("setting, message", [
     ({"activation_function": "relu"}, "unsupported GPT-2 setting activation_function 'relu' (only gelu_new)"),
     ({"scale_attn_by_inverse_layer_idx": True}, "unsupported GPT-2 setting scale_attn_by_inverse_layer_idx true"),
     ({"reorder_and_upcast_attn": True}, "unsupported GPT-2 setting reorder_and_upcast_attn true"),
-    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2' and 'llama' models can be imported"),
+    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2', 'llama' models can be imported"),
     ({"n_inner": 100}, "n_inner 100 is not a multiple of n_embd 64"),
     ({"n_head": 5}, "config: emb_dim (64) must be divisible by n_heads (5)"),
 ])
 def test_config_from_hf_rejects_unsupported_settings(setting, message):
     hf = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100, **setting}
     with pytest.raises(ScratchLLMError) as info:
-        ck.config_from_hf(hf, source="x/config.json")
+        config_from_hf(hf, source="x/config.json")
     assert str(info.value) == f"x/config.json: {message}"
 
 
@@ -173,7 +178,7 @@ def test_export_hf_loads_in_transformers_with_same_logits(tmp_path, capsys, over
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    ck.save_pretrained(model, tmp_path / "ours")
+    save_model(model, tmp_path / "ours")
     code, out, _ = run_cli(capsys, "export-hf", "--model", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"))
     assert (code, out.strip()) == (0, str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -184,14 +189,14 @@ def test_export_hf_loads_in_transformers_with_same_logits(tmp_path, capsys, over
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["activation_function"] == "gelu_new" and config["architectures"] == ["GPT2LMHeadModel"]
     assert config["n_inner"] == (None if model.config.mlp_ratio == 4 else 128)
-    again = ck.load_model(tmp_path / "hf")  # and back: identical except a zero q/k/v bias
+    again = load(tmp_path / "hf")[0]  # and back: identical except a zero q/k/v bias
     with torch.no_grad():
         assert (again(ids) - model(ids)).abs().max().item() < 1e-6
 
 
 def test_export_hf_tokenizer_files_load_in_transformers(tmp_path):
-    ck.save_pretrained(tiny_gpt(), tmp_path / "ours")
-    ck.export_hf(tmp_path / "ours", tmp_path / "hf")
+    save_model(tiny_gpt(), tmp_path / "ours")
+    export_hf(tmp_path / "ours", tmp_path / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer("Hello world, it's a test.")["input_ids"] == [15496, 995, 11, 340, 338, 257, 1332, 13]
     assert tokenizer.eos_token_id == 50256
@@ -199,34 +204,34 @@ def test_export_hf_tokenizer_files_load_in_transformers(tmp_path):
 
 def test_save_load_round_trip_is_exact_and_reties_embeddings(tmp_path):
     model = tiny_gpt()
-    path = model.save_pretrained(tmp_path / "m")
+    path = save_model(model, tmp_path / "m")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
-    loaded = GPT.from_pretrained(tmp_path / "m")
+    loaded = load(tmp_path / "m")[0]
     assert same_weights(model, loaded) and not loaded.training
     assert loaded.out_head.weight is loaded.tok_emb.weight
     assert loaded.out_head.weight.data_ptr() == loaded.tok_emb.weight.data_ptr()
     ids = torch.randint(0, 1000, (2, 20))
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))
-    half = ck.load_model(tmp_path / "m", dtype="bfloat16")
+    half = load(tmp_path / "m", dtype="bfloat16")[0]
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert half.out_head.weight.data_ptr() == half.tok_emb.weight.data_ptr()
     assert torch.equal(half.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight.to(torch.bfloat16))
-    assert ck.load_model(tmp_path / "m", dtype=torch.float16).tok_emb.weight.dtype == torch.float16
+    assert load(tmp_path / "m", dtype=torch.float16)[0].tok_emb.weight.dtype == torch.float16
     with pytest.raises(ScratchLLMError, match=r"^dtype 'int8': expected one of float32, bfloat16, float16$"):
-        ck.load_model(tmp_path / "m", dtype="int8")
+        load(tmp_path / "m", dtype="int8")[0]
 
 
 def test_untied_model_and_extra_keys_round_trip(tmp_path):
     model = tiny_gpt(tie_embeddings=False)
-    ck.save_pretrained(model, tmp_path / "m", extra={"prompt_style": "alpaca", "task": {"labels": ["ham", "spam"]}})
-    config = ck.read_model_config(tmp_path / "m")
+    save_model(model, tmp_path / "m", extra={"prompt_style": "alpaca", "task": {"labels": ["ham", "spam"]}})
+    config = read_model_config(tmp_path / "m")
     assert config["prompt_style"] == "alpaca" and config["task"] == {"labels": ["ham", "spam"]}
-    loaded = ck.load_model(tmp_path / "m")
+    loaded = load(tmp_path / "m")[0]
     assert same_weights(model, loaded)
     assert loaded.out_head.weight.data_ptr() != loaded.tok_emb.weight.data_ptr()
     with pytest.raises(ScratchLLMError, match=r"extra key\(s\) \['model'\] are reserved"):
-        ck.save_pretrained(model, tmp_path / "n", extra={"model": 1})
+        save_model(model, tmp_path / "n", extra={"model": 1})
 
 
 def test_trained_tokenizer_is_saved_beside_the_weights(tmp_path, shared_data):
@@ -235,16 +240,16 @@ def test_trained_tokenizer_is_saved_beside_the_weights(tmp_path, shared_data):
     text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
     tokenizer = Tokenizer.train([text], vocab_size=300)
     spec_before = tokenizer.spec
-    ck.save_pretrained(tiny_gpt(vocab_size=300), tmp_path / "m", tokenizer)
+    save_model(tiny_gpt(vocab_size=300), tmp_path / "m", tokenizer)
     assert tokenizer.spec == spec_before  # the caller's tokenizer still points where it did
-    spec = ck.read_model_config(tmp_path / "m")["tokenizer"]
+    spec = read_model_config(tmp_path / "m")["tokenizer"]
     blob = (tmp_path / "m" / "tokenizer.json").read_bytes()
     assert spec == {"type": "bpe", "file": "tokenizer.json", "sha256": hashlib.sha256(blob).hexdigest()}
     shutil.move(tmp_path / "m", tmp_path / "moved")  # the directory is self-contained
-    model, loaded = ck.load(tmp_path / "moved")
+    model, loaded = load(tmp_path / "moved")
     assert loaded.encode(text[:500]) == tokenizer.encode(text[:500])
     with pytest.raises(ScratchLLMError, match=r"the tokenizer has 300 ids but the model's vocab_size is 299"):
-        ck.save_pretrained(tiny_gpt(vocab_size=299), tmp_path / "small", tokenizer)
+        save_model(tiny_gpt(vocab_size=299), tmp_path / "small", tokenizer)
 
 
 def test_resolve_model_dir_prefers_final_then_best_then_newest_step(tmp_path):
@@ -252,18 +257,18 @@ def test_resolve_model_dir_prefers_final_then_best_then_newest_step(tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"lr": 3e-4}))  # a run's training config, not a model
     with pytest.raises(ScratchLLMError, match=r"not a model config .* and no final/, best/ or checkpoints/step-N/"):
-        ck.resolve_model_dir(run)
+        resolve_model_dir(run)
     model = tiny_gpt()
     for step in (100, 2000, 300):
-        ck.save_pretrained(model, run / "checkpoints" / f"step-{step}")
+        save_model(model, run / "checkpoints" / f"step-{step}")
     (run / "checkpoints" / "step-9999").mkdir()  # an empty leftover is not a checkpoint
-    assert ck.resolve_model_dir(run) == run / "checkpoints" / "step-2000"
-    ck.save_pretrained(model, run / "best")
-    assert ck.resolve_model_dir(run) == run / "best"
-    ck.save_pretrained(model, run / "final")
-    assert ck.resolve_model_dir(run) == run / "final"
-    assert ck.resolve_model_dir(run / "final" / "model.safetensors") == run / "final"
-    assert same_weights(ck.load(run)[0], model)
+    assert resolve_model_dir(run) == run / "checkpoints" / "step-2000"
+    save_model(model, run / "best")
+    assert resolve_model_dir(run) == run / "best"
+    save_model(model, run / "final")
+    assert resolve_model_dir(run) == run / "final"
+    assert resolve_model_dir(run / "final" / "model.safetensors") == run / "final"
+    assert same_weights(load(run)[0], model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +323,7 @@ def _missing_dir(d: Path) -> str:
                                      _missing_dir])
 def test_bad_model_directory_is_one_line_error(tmp_path, capsys, breaker):
     d = tmp_path / "m"
-    ck.save_pretrained(tiny_gpt(), d)
+    save_model(tiny_gpt(), d)
     expected = breaker(d)
     code, out, err = run_cli(capsys, "export-hf", "--model", str(d), "--out", str(tmp_path / "hf"))
     assert code == 2 and out == ""
@@ -347,7 +352,7 @@ def test_import_gpt2_rejects_unsupported_hf_config(tmp_path, capsys):
 
 def test_load_unknown_name():
     with pytest.raises(ScratchLLMError, match=r"^'gpt-7b': no such model directory, and not a GPT-2 name"):
-        ck.load("gpt-7b")
+        load("gpt-7b")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +362,7 @@ def test_load_unknown_name():
 def test_failed_save_keeps_previous_directory_and_leaves_no_temp(tmp_path, monkeypatch):
     import safetensors.torch
 
-    ck.save_pretrained(tiny_gpt(seed=0), tmp_path / "m", extra={"task": "old"})
+    save_model(tiny_gpt(seed=0), tmp_path / "m", extra={"task": "old"})
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
 
     def broken_save(*args, **kwargs):
@@ -365,21 +370,21 @@ def test_failed_save_keeps_previous_directory_and_leaves_no_temp(tmp_path, monke
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
     with pytest.raises(ScratchLLMError, match=r"m: cannot write \(No space left on device\)$"):
-        ck.save_pretrained(tiny_gpt(seed=1), tmp_path / "m", extra={"task": "new"})
+        save_model(tiny_gpt(seed=1), tmp_path / "m", extra={"task": "new"})
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     monkeypatch.undo()
-    ck.save_pretrained(tiny_gpt(seed=1), tmp_path / "m", extra={"task": "new"})
-    assert ck.read_model_config(tmp_path / "m")["task"] == "new"
-    assert same_weights(ck.load_model(tmp_path / "m"), tiny_gpt(seed=1))
+    save_model(tiny_gpt(seed=1), tmp_path / "m", extra={"task": "new"})
+    assert read_model_config(tmp_path / "m")["task"] == "new"
+    assert same_weights(load(tmp_path / "m")[0], tiny_gpt(seed=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_save_refuses_to_replace_a_directory_that_is_not_a_model(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(ScratchLLMError, match=r"notes: exists and is not a scratchllm model directory; refusing"):
-        ck.save_pretrained(tiny_gpt(), tmp_path / "notes")
+    with pytest.raises(ScratchLLMError, match=r"notes: exists and is not a scratchllm model directory of the same kind \(gpt\); refusing"):
+        save_model(tiny_gpt(), tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
@@ -393,14 +398,14 @@ def test_download_file_checks_sha256_and_size(tmp_path):
     src.write_bytes(b"weights" * 1000)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     dest = tmp_path / "cache" / "w.bin"
-    assert ck.download_file(src.as_uri(), dest, sha256=sha, progress=False) == dest
+    assert download_file(src.as_uri(), dest, sha256=sha, progress=False) == dest
     assert dest.read_bytes() == src.read_bytes()
     with pytest.raises(ScratchLLMError, match=rf"SHA-256 is {sha}, expected {'0' * 64}$"):
-        ck.download_file(src.as_uri(), tmp_path / "cache" / "x.bin", sha256="0" * 64, progress=False)
+        download_file(src.as_uri(), tmp_path / "cache" / "x.bin", sha256="0" * 64, progress=False)
     with pytest.raises(ScratchLLMError, match=r"got 7000 bytes, expected 7001 \(interrupted\?\)$"):
-        ck.download_file(src.as_uri(), tmp_path / "cache" / "x.bin", size=7001, progress=False)
+        download_file(src.as_uri(), tmp_path / "cache" / "x.bin", size=7001, progress=False)
     with pytest.raises(ScratchLLMError, match=r"^download file://.*missing.bin: "):
-        ck.download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "cache" / "x.bin", progress=False)
+        download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "cache" / "x.bin", progress=False)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["w.bin"]
 
 
@@ -442,11 +447,11 @@ def test_download_file_verifies_the_hubs_linked_etag(tmp_path, monkeypatch):
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        assert ck.download_file(f"{base}/resolve/good.bin", tmp_path / "good.bin", progress=False).read_bytes() == data
+        assert download_file(f"{base}/resolve/good.bin", tmp_path / "good.bin", progress=False).read_bytes() == data
         with pytest.raises(ScratchLLMError, match=rf"bad.bin: SHA-256 is {_Hub.etags['good.bin']}, expected {'f' * 64}$"):
-            ck.download_file(f"{base}/resolve/bad.bin", tmp_path / "bad.bin", progress=False)
+            download_file(f"{base}/resolve/bad.bin", tmp_path / "bad.bin", progress=False)
         with pytest.raises(ScratchLLMError, match=r"nope.bin: Not Found$"):
-            ck.download_file(f"{base}/resolve/nope.bin", tmp_path / "nope.bin", progress=False)
+            download_file(f"{base}/resolve/nope.bin", tmp_path / "nope.bin", progress=False)
     finally:
         server.shutdown()
         server.server_close()
@@ -456,16 +461,16 @@ def test_download_file_verifies_the_hubs_linked_etag(tmp_path, monkeypatch):
 def test_load_gpt2_name_downloads_once_into_the_cache(tmp_path, monkeypatch):
     hub = write_hf_dir(hf_gpt2("tiny"), tmp_path / "hub" / "gpt2", "safetensors")
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ck, "HF_URL", (tmp_path / "hub").as_uri() + "/{name}/{file}")
-    model, tokenizer = ck.load("gpt2-small")  # alias of "gpt2"
+    monkeypatch.setattr(hf, "HF_URL", (tmp_path / "hub").as_uri() + "/{name}/{file}")
+    model, tokenizer = load("gpt2-small")  # alias of "gpt2"
     cached = tmp_path / "cache" / "hf" / "gpt2"
     assert sorted(p.name for p in cached.iterdir()) == ["config.json", "model.safetensors"]
     assert (cached / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
     assert tokenizer.eot_id == 50256
     shutil.rmtree(tmp_path / "hub")  # from now on only the cache can answer
-    again = ck.load_model("gpt2", dtype="bfloat16")
+    again = load("gpt2", dtype="bfloat16")[0]
     assert again.tok_emb.weight.dtype == torch.bfloat16
     assert torch.equal(again.tok_emb.weight, model.tok_emb.weight.to(torch.bfloat16))
     with pytest.raises(ScratchLLMError, match=r"^download file://.*/gpt2-medium/config.json: .*; without network, "
                                               r"put config.json, model.safetensors of gpt2-medium in .*/hf/gpt2-medium"):
-        ck.load("gpt2-medium")
+        load("gpt2-medium")

@@ -11,24 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchllm.checkpoint import save_pretrained
-from scratchllm.classify import (
-    HEAD_FILE,
-    ClassificationTask,
-    Classifier,
-    classification_metrics,
-    encode_texts,
-    label_names,
-    load_labelled,
-    load_sms_spam,
-    pad_batch,
-    stratified_split,
-    undersample,
-)
+from scratchllm.checkpoint import save_model
+from scratchllm.checkpoint.loader import load
+from scratchllm.checkpoint.model_dir import HEAD_FILE
+from scratchllm.data.labelled import label_names, load_labelled, load_sms_spam, stratified_split, undersample
+from scratchllm.evaluation.metrics import classification_report
+from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
+from scratchllm.recipes.classify import ClassificationTask
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
 
 
@@ -51,7 +44,7 @@ def tiny_gpt(tokenizer, seed=0, context_length=64) -> GPT:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
     d = tmp_path_factory.mktemp("tiny") / "model"
-    save_pretrained(tiny_gpt(tokenizer), d, tokenizer)
+    save_model(tiny_gpt(tokenizer), d, tokenizer)
     return d
 
 
@@ -225,15 +218,15 @@ def test_save_load_round_trip_predicts_identically(tokenizer, tmp_path, trainabl
                 p.add_(0.05 * torch.randn_like(p))
     texts = ["Call now to claim your prize", "where are you?", "ok", "a much longer text " * 5]
     before = clf.eval().predict(texts)
-    clf.save_pretrained(tmp_path / "clf")
-    back = Classifier.from_pretrained(tmp_path / "clf")
+    save_model(clf, tmp_path / "clf")
+    back = load(tmp_path / "clf", kind="classifier")[0]
     after = back.predict(texts)
     assert [p.label for p in after] == [p.label for p in before]
     for a, b in zip(after, before):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
     assert (back.labels, back.pooling, back.max_length) == (["ham", "spam", "other"], "last", 16)
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
-    assert config["task"] == "classification" and config["labels"] == ["ham", "spam", "other"]
+    assert config["kind"] == "classifier" and config["labels"] == ["ham", "spam", "other"]
     from safetensors.torch import load_file
 
     body = load_file(tmp_path / "clf" / "model.safetensors")
@@ -252,8 +245,8 @@ def test_save_load_round_trip_predicts_identically(tokenizer, tmp_path, trainabl
 
 
 def test_metrics_per_class_and_confusion_matrix():
-    m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
-    assert m["accuracy"] == pytest.approx(4 / 6)
+    m = classification_report(list("aaabbc"), list("aabbcc"), ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["correct"] == 4 and m["n"] == 6
     assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
     assert m["per_class"]["b"]["precision"] == 0.5 and m["per_class"]["c"]["precision"] == 0.5
@@ -320,7 +313,7 @@ def test_pipeline_learns_on_a_small_slice(trained):
 
 def test_classify_verb_text_and_jsonl(trained, tmp_path, capsys):
     texts = ["WINNER!! Claim your FREE prize now, call 09061701461", "I'll be home late tonight, save me dinner"]
-    expected = Classifier.from_pretrained(trained).predict(texts)
+    expected = load(trained, kind="classifier")[0].predict(texts)
     code, out, _ = run_cli(["classify", "--model", trained, "--text", texts[0], "--text", texts[1]], capsys)
     assert code == 0
     assert out.splitlines() == [f"{p.label}\t{p.probability:.4f}" for p in expected]

@@ -18,20 +18,10 @@ import pytest
 import torch
 
 from scratchllm.cli import main
-from scratchllm.data import (
-    RandomWindowLoader,
-    SequentialLoader,
-    SlidingWindowDataset,
-    TokenData,
-    TokenStream,
-    eval_batches,
-    iter_text_chunks,
-    load_corpus,
-    prepare,
-    safe_cut,
-    token_dtype,
-    val_tokens_for,
-)
+from scratchllm.data import (RandomWindowLoader, SequentialLoader, SlidingWindowDataset, TokenData, TokenStream,
+                             eval_batches, load_corpus, prepare)
+from scratchllm.data.prepare import iter_text_chunks, safe_cut, val_tokens_for
+from scratchllm.data.tokens import token_dtype
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import Tokenizer
 

@@ -16,12 +16,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from scratchllm import evaluate as ev
-from scratchllm.checkpoint import export_hf, save_pretrained
+from scratchllm.data.labelled import Examples, load_labelled, stratified_split
+from scratchllm.evaluation import lm as ev
+from scratchllm.evaluation.metrics import classification_report
+from scratchllm.checkpoint import save_model
+from scratchllm.checkpoint.convert import export_hf
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.data import TokenData, prepare
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
 
 
@@ -141,7 +145,6 @@ def test_stride_one_equals_brute_force_with_full_context(tmp_path, small_tok):
 
 
 def test_perplexity_on_a_data_directory_scores_its_val_split(tmp_path, small_tok, shared_data):
-    from scratchllm.data import TokenData, prepare
 
     tok_file = small_tok.save(tmp_path / "tok.json")
     prepare([str(shared_data / "the-verdict.txt")], str(tok_file), str(tmp_path / "data"), val_fraction=0.2,
@@ -162,7 +165,7 @@ def test_perplexity_on_a_data_directory_scores_its_val_split(tmp_path, small_tok
 
 
 def test_perplexity_max_tokens_and_cli_report(tmp_path, capsys, small_tok, shared_data):
-    model_dir = save_pretrained(tiny_gpt(small_tok.vocab_size), tmp_path / "model", small_tok)
+    model_dir = save_model(tiny_gpt(small_tok.vocab_size), tmp_path / "model", small_tok)
     out = tmp_path / "report.json"
     rc, stdout, _ = run_cli(capsys, "evaluate", "perplexity", "--model", model_dir, "--data",
                             shared_data / "the-verdict.txt", "--max-tokens", 300, "--stride", 32, "--device", "cpu",
@@ -274,7 +277,7 @@ def trained(tmp_path_factory):
     model.eval()
     # ~0.17 nats/token is the floor: which sentence comes next is random; the rest is determined.
     assert loss.item() < 0.5
-    directory = save_pretrained(model, tmp_path_factory.mktemp("trained") / "model", tok)
+    directory = save_model(model, tmp_path_factory.mktemp("trained") / "model", tok)
     return model, tok, directory
 
 
@@ -313,7 +316,7 @@ def sms_slice(tmp_path_factory, shared_data) -> Path:
 
 @pytest.fixture(scope="module")
 def gpt2_model_dir(tmp_path_factory):
-    return save_pretrained(tiny_gpt(50257, seed=5), tmp_path_factory.mktemp("gpt2tiny") / "model")
+    return save_model(tiny_gpt(50257, seed=5), tmp_path_factory.mktemp("gpt2tiny") / "model")
 
 
 @pytest.mark.parametrize("shots", [0, 1, 3, 5])
@@ -324,7 +327,7 @@ def test_fewshot_on_sms_reports_consistent_counts(tmp_path, capsys, sms_slice, g
     assert rc == 0
     r = json.loads(out.read_text())
     rows = [line.split("\t") for line in sms_slice.read_text().splitlines()]
-    matrix = r["confusion_matrix"]["rows_true_cols_predicted"]
+    matrix = r["confusion_matrix"]
     assert r["labels"] == ["ham", "spam"] and r["candidates"] == [" ham", " spam"]
     assert r["n"] + r["train_examples"] == len(rows) == 90
     assert sum(map(sum, matrix)) == r["n"] == len(r["predictions"])
@@ -354,10 +357,10 @@ def test_fewshot_prompt_is_exact_and_shots_come_from_train(tmp_path, capsys, gpt
         f"SMS: {first['text']}\nClass:"
     assert first["prompt"] == expected and not first["truncated"]
     assert first["prompt_tokens"] == len(gpt2_tok.encode(expected))
-    train_idx, test_idx = ev.stratified_split([label for label, _ in rows], 0.7, 7)
-    train_texts = {rows[i][1] for i in train_idx}
+    train, test = stratified_split(Examples([t for _, t in rows], [label for label, _ in rows]), (0.7, 0.3), 7)
+    train_texts = set(train.texts)
     assert all(s["text"] in train_texts for s in first["shots"]) and first["text"] not in train_texts
-    assert first["text"] == rows[test_idx[0]][1]
+    assert first["text"] == test.texts[0]
     again = ev.evaluate_fewshot(model, data, 3, tokenizer=gpt2_tok, seed=7, template="SMS: {text}\nClass:")
     assert again["predictions"] == r["predictions"]  # seeded: the same shots, the same scores
 
@@ -376,22 +379,25 @@ def test_fewshot_predicts_the_label_the_logits_favour(tmp_path, gpt2_tok, sms_sl
 
 
 def test_classification_metrics_by_hand():
-    m = ev.classification_metrics(["a", "a", "b", "b", "c"], ["a", "b", "b", "b", "a"], ["a", "b", "c"])
-    assert m["confusion_matrix"]["rows_true_cols_predicted"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    m = classification_report(["a", "a", "b", "b", "c"], ["a", "b", "b", "b", "a"], ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert m["accuracy"] == 3 / 5
     assert m["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
     assert m["per_class"]["c"]["f1"] == 0.0
-    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["macro"]["f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
 def test_read_labelled_header_and_jsonl(tmp_path):
     tsv = tmp_path / "h.tsv"
     tsv.write_text("id\tbody\tclass\n1\thello\tham\n2\tbuy now\tspam\n", encoding="utf-8")
-    assert ev.read_labelled(tsv, "body", "class") == [("hello", "ham"), ("buy now", "spam")]
-    assert ev.read_labelled(tsv, "1", "2")[1:] == [("hello", "ham"), ("buy now", "spam")]  # positional: no header
+    got = load_labelled(tsv, "body", "class")
+    assert (got.texts, got.labels) == (["hello", "buy now"], ["ham", "spam"])
+    got = load_labelled(tsv, "1", "2")  # positional: no header, so the header row is data
+    assert (got.texts[1:], got.labels[1:]) == (["hello", "buy now"], ["ham", "spam"])
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "hi", "label": "ham"}\n\n{"text": "win", "label": "spam"}\n', encoding="utf-8")
-    assert ev.read_labelled(jsonl) == [("hi", "ham"), ("win", "spam")]
+    got = load_labelled(jsonl)
+    assert (got.texts, got.labels) == (["hi", "win"], ["ham", "spam"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,10 +406,10 @@ def test_read_labelled_header_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize("verb, content, suffix, extra, message", [
     ("fewshot", "id\tbody\tclass\n1\thello\tham\n", ".tsv", ["--text-column", "text", "--label-column", "class"],
-     "text column 'text' not in the header (id, body, class)"),
-    ("fewshot", "", ".tsv", [], "empty, expected labelled examples"),
-    ("fewshot", '{"text": "hi"}\n', ".jsonl", [], "line 1: missing field 'label' (fields: text)"),
-    ("fewshot", "ham\thi\nspam\n", ".tsv", [], "line 2: has 1 column(s), expected a text column 1 and a label column 0"),
+     "no text column 'text'; columns found: 'id', 'body', 'class'"),
+    ("fewshot", "", ".tsv", [], "empty file (expected rows with a text and a label)"),
+    ("fewshot", '{"text": "hi"}\n', ".jsonl", [], "no label column 'label'; columns found: 'text'"),
+    ("fewshot", "ham\thi\nspam\n", ".tsv", [], "line 2: 1 tab-separated fields, expected 2"),
     ("fewshot", "ham\thi\nspam\tyo\n", ".tsv", ["--shots", "5"], "shots 5: the train split has only 2 examples"),
     ("fewshot", "ham\thi\nspam\tyo\nham\tok\n", ".tsv", ["--labels", "ham,eggs"], "label 'spam' is not one of the labels ham, eggs"),
     ("choice", "", ".jsonl", [], "empty, expected JSON lines with context, choices, label"),
@@ -441,9 +447,9 @@ def test_exported_model_gives_the_same_loglikelihoods_in_transformers(tmp_path, 
     hf_dir = export_hf(gpt2_model_dir, tmp_path / "hf")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    ours, _ = ev.load_model(gpt2_model_dir, device="cpu")
+    ours, _ = ev.model_and_tokenizer(gpt2_model_dir, device="cpu")
     context, choices = "The capital of France is", [" Paris", " a large city in Europe"]
-    ctx, conts = ev._encode_request(gpt2_tok, context, choices)
+    ctx, conts = ev.encode_request(gpt2_tok, context, choices)
     assert hf_tok(context)["input_ids"] == ctx and [hf_tok(c)["input_ids"] for c in choices] == conts
     expected = []
     with torch.no_grad():

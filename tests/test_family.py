@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.checkpoint import load_model
+from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.info import model_info, parameter_breakdown
-from scratchllm.model import GPT, KVCache
+from scratchllm.evaluation.info import model_info, parameter_breakdown
+from scratchllm.models.gpt import GPT, KVCache
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,7 +35,7 @@ def hf_llama(tmp_path, **overrides):
 )
 def test_llama_logits_match_transformers(tmp_path, overrides):
     hf = hf_llama(tmp_path, **overrides)
-    ours = load_model(tmp_path)
+    ours = load(tmp_path)[0]
     assert ours.config.norm == "rmsnorm" and ours.config.position == "rope" and ours.config.mlp == "swiglu"
     ids = torch.randint(0, 300, (2, 50))
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_llama_logits_match_transformers(tmp_path, overrides):
 
 def test_llama_greedy_decoding_matches_transformers_generate(tmp_path):
     hf = hf_llama(tmp_path)
-    ours = load_model(tmp_path)
+    ours = load(tmp_path)[0]
     prompt = torch.randint(0, 300, (1, 7))
     expected = hf.generate(prompt, do_sample=False, max_new_tokens=25, pad_token_id=0)[0, 7:].tolist()
     ids, got = prompt, []

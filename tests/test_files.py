@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.files import atomic_path, read_text, write_atomic, write_json
+from scratchllm.core.files import atomic_path, read_text, write_atomic, write_json
 
 
 def test_write_json_replaces_whole_file_and_leaves_no_temporaries(tmp_path: Path):

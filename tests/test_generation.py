@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation import (
+from scratchllm.inference.generation import (
     TextAssembler,
     _DecodeLinear,
     generate,
@@ -26,7 +26,7 @@ from scratchllm.generation import (
     stream,
     window_start,
 )
-from scratchllm.model import GPT
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
 
 
@@ -458,10 +458,10 @@ def test_token_level_errors(model):
 
 
 def test_cli_generate(tok, model, tmp_path, capsys):
-    from scratchllm.checkpoint import save_pretrained
+    from scratchllm.checkpoint import save_model
     from scratchllm.cli import main
 
-    save_pretrained(model, tmp_path / "tiny", tok)
+    save_model(model, tmp_path / "tiny", tok)
     expected = generate(model, tok, "Hello there", 15, temperature=0.8, top_k=50, seed=1)
     base = ["generate", "--model", str(tmp_path / "tiny"), "--prompt", "Hello there", "--max-new-tokens", "15", "--seed", "1"]
     assert main(base) == 0

@@ -12,11 +12,11 @@ import re
 import pytest
 import torch
 
-from scratchllm import inspect_model as im
-from scratchllm.checkpoint import save_pretrained
+from scratchllm.evaluation import inspect as im
+from scratchllm.checkpoint import save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
-from scratchllm.model import GPT
+from scratchllm.models.config import GPTConfig
+from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +41,7 @@ def model() -> GPT:
 
 @pytest.fixture(scope="module")
 def model_dir(model, tmp_path_factory):
-    return save_pretrained(model, tmp_path_factory.mktemp("inspect") / "model")
+    return save_model(model, tmp_path_factory.mktemp("inspect") / "model")
 
 
 def assert_png(path) -> None:

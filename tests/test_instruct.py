@@ -13,34 +13,19 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from scratchllm.checkpoint import load, read_model_config, save_pretrained
+from scratchllm.checkpoint import load, read_model_config, save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generation import generate
-from scratchllm.instruct import (
-    IGNORE_INDEX,
-    InstructionTask,
-    PreferenceTask,
-    collate_instructions,
-    dpo_loss,
-    encode_example,
-    encode_preference,
-    evaluate_responses,
-    exact_match,
-    judge_prompt,
-    lcs_length,
-    load_instruction_data,
-    load_preference_data,
-    parse_score,
-    prompt_and_response,
-    respond,
-    rouge_l,
-    sequence_logprobs,
-    split_records,
-)
-from scratchllm.lora import load_model_with_adapters
-from scratchllm.model import GPT
+from scratchllm.inference.generation import generate
+from scratchllm.checkpoint.adapter_dir import load_adapters
+from scratchllm.data.instructions import (encode_example, encode_preference, load_instruction_data, load_preference_data,
+                                          prompt_and_response, split_records)
+from scratchllm.evaluation.responses import (evaluate_responses, exact_match, judge_prompt, lcs_length, parse_score,
+                                             respond, rouge_l)
+from scratchllm.recipes.dpo import PreferenceTask, dpo_loss, sequence_logprobs
+from scratchllm.recipes.instruct import IGNORE_INDEX, InstructionTask, collate_instructions
+from scratchllm.models.gpt import GPT
 from scratchllm.prompts import get_style
 
 ALPACA = get_style("alpaca")
@@ -77,7 +62,7 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
     d = tmp_path_factory.mktemp("model") / "base"
-    save_pretrained(tiny_model(tokenizer.vocab_size), d, tokenizer)
+    save_model(tiny_model(tokenizer.vocab_size), d, tokenizer)
     return d
 
 
@@ -382,7 +367,7 @@ def test_evaluate_responses_errors(tmp_path, capsys):
 
 def test_respond_is_greedy_generation_with_the_stored_style(tmp_path, tokenizer, records):
     model = tiny_model(tokenizer.vocab_size, seed=4)
-    save_pretrained(model, tmp_path / "m", tokenizer, extra={"prompt_style": "phi3"})
+    save_model(model, tmp_path / "m", tokenizer, extra={"prompt_style": "phi3"})
     data = write(tmp_path / "test.json", records[:3])
     assert main(["respond", "--model", str(tmp_path / "m"), "--data", data, "--out", str(tmp_path / "r.json"),
                  "--max-new-tokens", "12", "--batch-size", "2", "--device", "cpu"]) == 0
@@ -432,10 +417,8 @@ def test_finetune_instruct_full_and_lora_then_dpo(tmp_path, model_dir, records, 
     final, _ = load(tmp_path / "lora")
     config = read_model_config(tmp_path / "lora")
     assert config["prompt_style"] == "phi3" and config["lora_merged"]["rank"] == 4
-    step, _, _ = load_model_with_adapters(tmp_path / "lora" / "checkpoints" / "step-0000005")
+    step, _ = load(tmp_path / "lora" / "checkpoints" / "step-0000005")
     base, _ = load(model_dir)
-    from scratchllm.lora import load_adapters
-
     adapted = load_adapters(base, tmp_path / "lora" / "adapter").eval()
     idx = torch.randint(0, 512, (2, 20))
     with torch.no_grad():

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from scratchllm.checkpoint import load
-from scratchllm.classify import Classifier
-from scratchllm.evaluate import evaluate_perplexity
-from scratchllm.generation import generate
-from scratchllm.mlm import fill_mask, load_encoder
-from scratchllm.seq2seq import load_seq2seq, translate
-from scratchllm.train import pretrain
+from scratchllm.evaluation.lm import evaluate_perplexity
+from scratchllm.inference.fill_mask import fill_mask
+from scratchllm.inference.generation import generate
+from scratchllm.inference.translate import translate
+from scratchllm.recipes.pretrain import pretrain
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0_1_layout"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
@@ -39,7 +38,7 @@ def test_gpt_directory_gives_the_same_perplexity():
 
 @pytest.mark.parametrize("name", ["classifier", "classifier-lora"])
 def test_classifiers_predict_the_same_probabilities(name):
-    predictions = Classifier.from_pretrained(FIXTURES / name).predict(TEXTS)
+    predictions = load(FIXTURES / name, kind="classifier")[0].predict(TEXTS)
     for p, (label, probability) in zip(predictions, EXPECTED[name]):
         assert p.label == label
         assert p.probability == pytest.approx(probability, abs=1e-6)
@@ -51,14 +50,14 @@ def test_lora_step_checkpoint_loads_with_its_adapters_merged():
 
 
 def test_encoder_fills_masks_as_before():
-    encoder, tok = load_encoder(FIXTURES / "encoder")
+    encoder, tok = load(FIXTURES / "encoder", kind="encoder")
     got = fill_mask(encoder, tok, "The [MASK] of the house", top_k=3)[0]
     assert [f.token for f in got] == [t for t, _ in EXPECTED["fill_mask"]]
     assert [f.probability for f in got] == pytest.approx([p for _, p in EXPECTED["fill_mask"]], abs=1e-6)
 
 
 def test_seq2seq_translates_as_before():
-    model, tok = load_seq2seq(FIXTURES / "seq2seq")
+    model, tok = load(FIXTURES / "seq2seq", kind="seq2seq")
     assert translate(model, tok, "house", beam=2) == EXPECTED["translate"]
 
 

@@ -10,23 +10,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from scratchllm.checkpoint import load, save_pretrained
+from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.lora import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    LoRALinear,
-    apply_lora,
-    count_parameters,
-    load_adapters,
-    load_model_with_adapters,
-    lora_state_dict,
-    merge_lora,
-    save_adapters,
-)
-from scratchllm.model import GPT
+from scratchllm.checkpoint.adapter_dir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapters, save_adapters
+from scratchllm.models.lora import LoRALinear, apply_lora, count_parameters, lora_state_dict, merge_lora
+from scratchllm.models.gpt import GPT
 
 VOCAB = 300  # a byte-level BPE trained below: 256 bytes + 43 merges + <|endoftext|>
 
@@ -135,7 +125,7 @@ def test_adapters_save_alone_and_load_onto_a_fresh_base(tmp_path, tokenizer):
     config = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())
     assert config == {"rank": 4, "alpha": 16.0, "targets": ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
                       "dropout": 0.0, "trainable": [], "base_model": None}
-    save_pretrained(tiny(), tmp_path / "base", tokenizer)
+    save_model(tiny(), tmp_path / "base", tokenizer)
     size = (tmp_path / "adapter" / ADAPTER_WEIGHTS).stat().st_size
     assert size < (tmp_path / "base" / "model.safetensors").stat().st_size / 5  # 8,192 of ~120k floats
     fresh = load_adapters(tiny(seed=0), tmp_path / "adapter")
@@ -157,7 +147,7 @@ def _logits(model, idx):
 
 
 def test_merge_lora_cli_from_base_plus_adapter_and_from_a_checkpoint_with_lora_tensors(tmp_path, tokenizer):
-    save_pretrained(tiny(), tmp_path / "base", tokenizer)
+    save_model(tiny(), tmp_path / "base", tokenizer)
     model = apply_lora(tiny(), rank=4, alpha=16.0, verbose=False, base_model=str(tmp_path / "base"))
     randomise_adapters(model)
     idx = torch.randint(0, VOCAB, (2, 25))
@@ -168,7 +158,7 @@ def test_merge_lora_cli_from_base_plus_adapter_and_from_a_checkpoint_with_lora_t
     merged, _ = load(tmp_path / "m1")
     torch.testing.assert_close(_logits(merged, idx), want, atol=1e-5, rtol=0)
     # 2. --model: a training checkpoint holding base + lora tensors with "lora" in config.json
-    save_pretrained(model, tmp_path / "ckpt", tokenizer, extra={"lora": json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text()),
+    save_model(model, tmp_path / "ckpt", tokenizer, extra={"lora": json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text()),
                                                       "prompt_style": "alpaca"})
     assert main(["merge-lora", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m2")]) == 0
     merged, _ = load(tmp_path / "m2")
@@ -178,13 +168,13 @@ def test_merge_lora_cli_from_base_plus_adapter_and_from_a_checkpoint_with_lora_t
     # 3. --model: a base directory with the adapter files beside its weights
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         (tmp_path / "base" / name).write_bytes((tmp_path / "adapter" / name).read_bytes())
-    unmerged, _, _ = load_model_with_adapters(tmp_path / "base", merge=False)
+    unmerged, _ = load(tmp_path / "base", merge=False)
     assert isinstance(unmerged.blocks[0].mlp.fc, LoRALinear)
     torch.testing.assert_close(_logits(unmerged, idx), want, atol=0, rtol=0)
 
 
 def test_merge_lora_cli_errors(tmp_path, capsys, tokenizer):
-    save_pretrained(tiny(), tmp_path / "plain", tokenizer)
+    save_model(tiny(), tmp_path / "plain", tokenizer)
     assert main(["merge-lora", "--model", str(tmp_path / "plain"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"scratchllm merge-lora: error: {tmp_path / 'plain'}: no LoRA adapters found")
@@ -200,7 +190,7 @@ def test_a_lora_step_checkpoint_loads_through_the_common_loader_merged(tmp_path,
 
     model = apply_lora(tiny(), rank=4, alpha=8.0, verbose=False)
     randomise_adapters(model)
-    save_pretrained(model, tmp_path / "step", tokenizer, extra={"lora": asdict(model.lora_config)})
+    save_model(model, tmp_path / "step", tokenizer, extra={"lora": asdict(model.lora_config)})
     loaded, _ = load(tmp_path / "step")
     assert not any(isinstance(m, LoRALinear) for m in loaded.modules())
     ids = torch.randint(0, VOCAB, (2, 17))

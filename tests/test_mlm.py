@@ -9,16 +9,17 @@ import random
 import pytest
 import torch
 
-from scratchllm.checkpoint import load, save_pretrained
-from scratchllm.classify import Classifier
+from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.data import load_corpus
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.mlm import (MASK_TOKEN, MLMTask, MaskingConfig, fill_mask, mask_token_id, mask_tokens, mlm_loss,
-                            with_mask_token)
-from scratchllm.model import GPT
+from scratchllm.inference.fill_mask import MASK_TOKEN, fill_mask, mask_token_id, with_mask_token
+from scratchllm.models.classifier import Classifier
+from scratchllm.models.gpt import GPT
+from scratchllm.recipes.mlm import MaskingConfig, MLMTask, mask_tokens, mlm_loss
+from scratchllm.recipes.pretrain import pretrain
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.train import pretrain
 
 SENTENCES = ["the cat sat on the mat.", "the dog ran in the park.", "a bird sang in the tree.", "my fish swam in the bowl."]
 
@@ -35,7 +36,7 @@ def test_mask_token_is_appended_after_the_vocabulary_and_survives_a_model_direct
     assert tok.encode("Hello world") == gpt2.encode("Hello world") == [15496, 995]
     assert tok.encode(f"a {MASK_TOKEN}", allowed_special={MASK_TOKEN}) == [64, 220, 50257]
     model = GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=tok.vocab_size, causal=False))
-    save_pretrained(model, tmp_path / "enc", tok)
+    save_model(model, tmp_path / "enc", tok)
     _, loaded = load(tmp_path / "enc")
     assert loaded.special_tokens == {"<|endoftext|>": 50256, MASK_TOKEN: 50257}
     assert loaded.encode("Hello world") == [15496, 995]
@@ -200,12 +201,12 @@ def test_fill_mask_cli_prints_fillers_and_rejects_bad_input(trained_encoder, tmp
     assert out[4].split()[1] == "mat"
 
     decoder = tmp_path / "decoder"
-    save_pretrained(GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=301)), decoder, load(root / "run")[1])
+    save_model(GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=301)), decoder, load(root / "run")[1])
     for args, message in [
         (["--model", str(root / "run"), "--text", "no marker here"], "the text has no [MASK] marker: 'no marker here'"),
         (["--model", str(root / "run"), "--text", "  "], "--text is empty; give a sentence with [MASK] in it"),
         (["--model", str(tmp_path / "missing"), "--text", "a [MASK]"], "missing: no such directory"),
-        (["--model", str(decoder), "--text", "a [MASK]"], "a causal decoder (config field 'causal' is true), not an encoder"),
+        (["--model", str(decoder), "--text", "a [MASK]"], "a GPT decoder, not an encoder (causal false)"),
     ]:
         assert main(["fill-mask", *args]) == 2
         err = capsys.readouterr().err
@@ -213,8 +214,6 @@ def test_fill_mask_cli_prints_fillers_and_rejects_bad_input(trained_encoder, tmp
 
 
 def test_mlm_task_resumes_with_the_same_masks(trained_encoder):
-    from scratchllm.data import load_corpus
-
     root, _, _ = trained_encoder
     tok = with_mask_token(Tokenizer.load(root / "tok.json"))
     corpus = load_corpus(root / "corpus.txt", tok)

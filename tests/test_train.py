@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchllm.config import GPTConfig
+from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
-from scratchllm.model import GPT
-from scratchllm.train import (
-    PretrainTask,
-    TrainConfig,
-    checkpoint_dirs,
-    derive_grad_accum,
-    fit,
-    learning_rate,
-    make_optimizer,
-    pretrain,
-    weight_decay_groups,
-)
+from scratchllm.models.gpt import GPT
+from scratchllm.recipes.pretrain import PretrainTask, pretrain
+from scratchllm.training.config import TrainConfig, derive_grad_accum
+from scratchllm.training.loop import fit
+from scratchllm.training.optim import learning_rate, make_optimizer, weight_decay_groups
+from scratchllm.training.run_dir import checkpoint_dirs
 
 TINY = dict(emb_dim=64, n_layers=2, n_heads=4, context_length=32)  # gpt-tiny at context 32
 RUN_MODEL = dict(emb_dim=96, n_layers=3, n_heads=4, context_length=32)  # learns visibly in 80 steps
@@ -207,7 +201,7 @@ def test_run_directory_loads_for_generation(run):
     from safetensors.torch import load_file
 
     from scratchllm.checkpoint import load
-    from scratchllm.generation import generate
+    from scratchllm.inference.generation import generate
 
     out, _ = run
     model, tok = load(out)  # resolves RUNDIR/final/
@@ -382,7 +376,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ve
 
 def test_demo_runs_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
     from scratchllm.checkpoint import load
-    from scratchllm.train import demo
+    from scratchllm.recipes.demo import demo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -23,11 +23,11 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from conftest import serving  # noqa: E402
-from scratchllm.config import GPTConfig  # noqa: E402
-from scratchllm.generation import generate  # noqa: E402
-from scratchllm.model import GPT  # noqa: E402
+from scratchllm.models.config import GPTConfig  # noqa: E402
+from scratchllm.inference.generation import generate  # noqa: E402
+from scratchllm.models.gpt import GPT  # noqa: E402
 from scratchllm.prompts import get_style  # noqa: E402
-from scratchllm.serve import ServeSettings, create_app  # noqa: E402
+from scratchllm.inference.serve import ServeSettings, create_app  # noqa: E402
 from scratchllm.tokenizer import Tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,10 @@
 """scratchllm: GPT-style language models built from scratch, from tokenizer to serving.
 
 The public names are imported lazily so that `scratchllm --help` and small tools start fast.
+The layers, bottom to top (a module imports only from its own layer or the ones below):
+
+    core/  ->  tokenizer/, data/, prompts.py  ->  models/  ->  checkpoint/  ->  inference/
+           ->  evaluation/  ->  training/  ->  recipes/  ->  cli.py
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ScratchLLMError": "scratchllm.errors",
-    "GPTConfig": "scratchllm.config",
-    "GPT": "scratchllm.model",
-    "Tokenizer": "scratchllm.tokenizer",
-    "generate": "scratchllm.generation",
-    "stream": "scratchllm.generation",
-    "load": "scratchllm.checkpoint",
+    "GPTConfig": "scratchllm.models.config",
+    "GPT": "scratchllm.models.gpt",
+    "Tokenizer": "scratchllm.tokenizer.tokenizer",
+    "generate": "scratchllm.inference.generation",
+    "stream": "scratchllm.inference.generation",
+    "load": "scratchllm.checkpoint.loader",
+    "save_model": "scratchllm.checkpoint.model_dir",
 }
 
 __all__ = list(_EXPORTS)
@@ -30,9 +35,10 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # for editors and type checkers
-    from scratchllm.checkpoint import load
-    from scratchllm.config import GPTConfig
+    from scratchllm.checkpoint.loader import load
+    from scratchllm.checkpoint.model_dir import save_model
     from scratchllm.errors import ScratchLLMError
-    from scratchllm.generation import generate, stream
-    from scratchllm.model import GPT
-    from scratchllm.tokenizer import Tokenizer
+    from scratchllm.inference.generation import generate, stream
+    from scratchllm.models.config import GPTConfig
+    from scratchllm.models.gpt import GPT
+    from scratchllm.tokenizer.tokenizer import Tokenizer

@@ -51,7 +51,7 @@ def add_info(sub):
     p.add_argument("--out", default=None, help="also draw a chart to this PNG: the parameter breakdown, or with --compare the parameter counts")
 
     def run(args):
-        from scratchllm.info import format_comparison, format_info, model_info
+        from scratchllm.evaluation.info import format_comparison, format_info, model_info
 
         if bool(args.model) == bool(args.compare):
             raise ScratchLLMError("give either --model or --compare (not both, not neither)")
@@ -59,14 +59,14 @@ def add_info(sub):
             infos = [model_info(m) for m in args.compare]
             print(json.dumps(infos, indent=2) if args.json else format_comparison(infos))
             if args.out:
-                from scratchllm.inspect_model import plot_parameter_comparison
+                from scratchllm.evaluation.inspect import plot_parameter_comparison
 
                 print(f"wrote {plot_parameter_comparison(infos, args.out)}", file=sys.stderr)
             return
         info = model_info(args.model)
         print(json.dumps(info, indent=2) if args.json else format_info(info))
         if args.out:
-            from scratchllm.inspect_model import plot_parameter_breakdown
+            from scratchllm.evaluation.inspect import plot_parameter_breakdown
 
             print(f"wrote {plot_parameter_breakdown(info, args.out)}", file=sys.stderr)
 
@@ -94,14 +94,14 @@ def add_tokenizer(sub):
     def run(args):
         import time
 
-        from scratchllm.tokenizer import encode_command, train_tokenizer
+        from scratchllm.tokenizer import Tokenizer, token_pieces, train_tokenizer
 
         if args.action == "train":
             start = time.perf_counter()
             tok = train_tokenizer(args.input, args.vocab_size, args.out, special_tokens=args.special_tokens)
             print(f"trained {tok.vocab_size} tokens in {time.perf_counter() - start:.1f} s -> {args.out}")
             return
-        pairs = encode_command(args.tokenizer, args.text)
+        pairs = token_pieces(Tokenizer.from_spec(args.tokenizer), args.text)
         if args.json:
             print(json.dumps(pairs, ensure_ascii=False))
             return
@@ -124,9 +124,9 @@ def add_import_gpt2(sub):
     p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16 (default: as stored)")
 
     def run(args):
-        from scratchllm.checkpoint import import_gpt2
+        from scratchllm.checkpoint.convert import import_hf
 
-        print(import_gpt2(args.source, args.out, dtype=args.dtype))
+        print(import_hf(args.source, args.out, dtype=args.dtype))
 
     p.set_defaults(func=run)
 
@@ -138,7 +138,7 @@ def add_export_hf(sub):
     p.add_argument("--out", required=True, help="Hugging Face directory to write")
 
     def run(args):
-        from scratchllm.checkpoint import export_hf
+        from scratchllm.checkpoint.convert import export_hf
 
         print(export_hf(args.model, args.out))
 
@@ -167,7 +167,7 @@ def eval_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def print_report(report: dict, out: str | None) -> None:
-    from scratchllm.evaluate import format_report, write_report
+    from scratchllm.evaluation.lm import format_report, write_report
 
     if out:
         write_report(report, out)
@@ -199,7 +199,7 @@ def add_evaluate_perplexity(tasks):
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens")
 
     def run(args):
-        from scratchllm.evaluate import evaluate_perplexity
+        from scratchllm.evaluation.lm import evaluate_perplexity
 
         print_report(evaluate_perplexity(
             args.model, args.data, context_length=args.context_length, stride=args.stride,
@@ -225,7 +225,7 @@ def add_evaluate_fewshot(tasks):
     p.add_argument("--train-data", default=None, help="draw shots from this file instead, and test on all of --data")
 
     def run(args):
-        from scratchllm.evaluate import evaluate_fewshot
+        from scratchllm.evaluation.lm import evaluate_fewshot
 
         labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
         template = args.template.replace("\\n", "\n").replace("\\t", "\t")
@@ -246,7 +246,7 @@ def add_evaluate_choice(tasks):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks")
 
     def run(args):
-        from scratchllm.evaluate import evaluate_choice
+        from scratchllm.evaluation.lm import evaluate_choice
 
         print_report(evaluate_choice(args.model, args.data, limit=args.limit, device=args.device, dtype=args.dtype,
                                      progress=sys.stderr.isatty()), args.out)
@@ -272,7 +272,7 @@ def add_inspect(sub):
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
     def run_attention(args):
-        from scratchllm.inspect_model import inspect_attention
+        from scratchllm.evaluation.inspect import inspect_attention
 
         result = inspect_attention(args.model, args.text, args.out, layers=args.layers, heads=args.heads,
                                    device=args.device)
@@ -289,7 +289,7 @@ def add_inspect(sub):
     n.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
     def run_next_token(args):
-        from scratchllm.inspect_model import format_next_token, inspect_next_token
+        from scratchllm.evaluation.inspect import format_next_token, inspect_next_token
 
         result = inspect_next_token(args.model, args.text, top_k=args.top_k, out=args.out, device=args.device)
         print(format_next_token(result))
@@ -302,7 +302,7 @@ def add_inspect(sub):
     t.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the tokens (auto: when stdout is a terminal)")
 
     def run_tokens(args):
-        from scratchllm.inspect_model import inspect_tokens
+        from scratchllm.evaluation.inspect import inspect_tokens
 
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
         print(inspect_tokens(args.tokenizer, args.text, color))
@@ -337,7 +337,7 @@ def add_prepare(sub):
     def run(args):
         import time
 
-        from scratchllm.data import prepare, summary_line
+        from scratchllm.data.prepare import prepare, summary_line
 
         start = time.perf_counter()
         meta = prepare(args.input, args.tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers,
@@ -420,7 +420,7 @@ def add_pretrain(sub):
     add_train_flags(p)
 
     def run(args):
-        from scratchllm.train import pretrain
+        from scratchllm.recipes.pretrain import pretrain
 
         summary = pretrain(args.data, args.model, args.out, tokenizer=args.tokenizer, resume=args.resume,
                            config_file=args.config, val_fraction=args.val_fraction, objective=args.objective,
@@ -452,7 +452,7 @@ def add_demo(sub):
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
     def run(args):
-        from scratchllm.train import demo
+        from scratchllm.recipes.demo import demo
 
         summary = demo(args.out, data=args.data, minutes=args.minutes, device=args.device, vocab_size=args.vocab_size,
                        n_layers=args.layers, emb_dim=args.emb_dim, n_heads=args.heads, context_length=args.context_length,
@@ -486,7 +486,7 @@ def add_respond(sub):
     p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16")
 
     def run(args):
-        from scratchllm.instruct import respond
+        from scratchllm.evaluation.responses import respond
 
         records = respond(args.model, args.data, args.out, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size,
@@ -507,7 +507,7 @@ def add_merge_lora(sub):
     p.add_argument("--out", required=True, help="model directory to write")
 
     def run(args):
-        from scratchllm.lora import merge_lora_dir
+        from scratchllm.checkpoint.convert import merge_lora_dir
 
         print(merge_lora_dir(args.out, model=args.model, base=args.base, adapter=args.adapter))
 
@@ -526,7 +526,7 @@ def add_evaluate_responses(tasks):
     def run(args):
         import os
 
-        from scratchllm.instruct import evaluate_responses, format_evaluation
+        from scratchllm.evaluation.responses import evaluate_responses, format_evaluation
 
         report = evaluate_responses(args.data, judge_url=args.judge_url, judge_model=args.judge_model, out=args.out,
                                     timeout=args.timeout, api_key=os.environ.get("OPENAI_API_KEY"),
@@ -611,10 +611,19 @@ def add_finetune_classify(recipes):
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
 
     def run(args):
-        from scratchllm.classify import ClassifyConfig, finetune_classifier
+        from scratchllm.evaluation.metrics import format_classification
+        from scratchllm.recipes.classify import finetune_classifier, format_history
+        from scratchllm.recipes.config import ClassifyConfig
 
         fields = {k: v for k, v in vars(args).items() if k not in ("verb", "recipe", "func")}
-        finetune_classifier(ClassifyConfig(**fields, progress=sys.stderr.isatty()))
+        report = finetune_classifier(ClassifyConfig(**fields, progress=sys.stderr.isatty()))
+        print(format_history(report["epochs"]))
+        print()
+        print(format_classification(report["test"], "test"))
+        best = report["best"]
+        if best is not None and best["epoch"] is not None:
+            print(f"(best/ is epoch {best['epoch']:g}: validation accuracy {100 * best['val_accuracy']:.2f}%, "
+                  f"test accuracy {100 * best['test_accuracy']:.2f}%)")
 
     p.set_defaults(func=run)
 
@@ -631,7 +640,7 @@ def add_classify(sub):
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
 
     def run(args):
-        from scratchllm.classify import classify_texts
+        from scratchllm.inference.classify import classify_texts
 
         rows = classify_texts(args.model, texts=args.text, input=args.input, out=args.out, device=args.device,
                               batch_size=args.batch_size)
@@ -688,7 +697,7 @@ def add_finetune_instruct(recipes):
     _instruct_args(p, lr=5e-5, epochs=2, weight_decay=0.1)
 
     def run(args):
-        from scratchllm.instruct import finetune_instruct
+        from scratchllm.recipes.instruct import finetune_instruct
 
         summary = finetune_instruct(**_instruct_kwargs(args))
         print(json.dumps(summary))
@@ -706,7 +715,7 @@ def add_finetune_dpo(recipes):
     _instruct_args(p, lr=5e-6, epochs=1, weight_decay=0.01)
 
     def run(args):
-        from scratchllm.instruct import finetune_dpo
+        from scratchllm.recipes.dpo import finetune_dpo
 
         summary = finetune_dpo(**_instruct_kwargs(args))
         print(json.dumps(summary))
@@ -734,13 +743,94 @@ def add_chat(sub):
     p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16")
 
     def run(args):
-        from scratchllm.chat import chat_command
+        from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat, token_delay_from_env
+        from scratchllm.inference.generation import check_sampling
 
-        return chat_command(args.model, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                            system=args.system, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            prompt_style=args.prompt_style, device=args.device, dtype=args.dtype)
+        check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+        settings = ChatSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed, system=args.system, token_delay=token_delay_from_env())
+        net, tokenizer, style, name = load_for_chat(args.model, args.device, args.dtype, args.prompt_style)
+        return chat_repl(ChatSession(net, tokenizer, style, settings), name)
 
     p.set_defaults(func=run)
+
+
+def chat_repl(session, name: str, stdin=None, out=None) -> int:
+    """The terminal loop of `scratchllm chat` until /quit or end of input (Ctrl-D); returns the exit code.
+
+    The answer streams as it is decoded. Ctrl-C during an answer stops it (the part shown is kept in
+    the conversation); Ctrl-C at the prompt only prints a hint.
+    """
+    from scratchllm.inference.chat import ChatSession
+
+    out = out or sys.stdout
+    use_input = stdin is None and out is sys.stdout  # the terminal: input() gives line editing
+    stdin = stdin or sys.stdin
+    if use_input:
+        try:
+            import readline  # noqa: F401  (arrow keys and history for input())
+        except ImportError:
+            pass
+
+    def read_line() -> str | None:
+        if use_input:
+            try:
+                return input("you> ")
+            except EOFError:
+                return None
+        out.write("you> ")
+        out.flush()
+        line = stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    def note(text: str) -> None:
+        out.write(f"[{text}]\n")
+        out.flush()
+
+    note(f"chatting with {name} (prompt style {session.style.name}, context {session.context_length} tokens); "
+         f"commands: {ChatSession.COMMANDS}")
+    while True:
+        try:
+            line = read_line()
+        except KeyboardInterrupt:
+            out.write("\n")
+            note("Ctrl-C stops an answer; type /quit or press Ctrl-D to leave")
+            continue
+        if line is None:  # end of input (Ctrl-D)
+            out.write("\n")
+            return 0
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            try:
+                result = session.handle(line)
+            except ScratchLLMError as exc:
+                note(str(exc))
+                continue
+            if result is None:
+                return 0
+            note(result)
+            continue
+        try:
+            answer = session.send(line)
+        except ScratchLLMError as exc:
+            note(str(exc))
+            continue
+        if session.dropped:
+            note(f"dropped the oldest {session.dropped} message(s) to fit the context of {session.context_length} tokens")
+        out.write("bot> ")
+        out.flush()
+        pieces = iter(answer)
+        try:
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+        except KeyboardInterrupt:
+            pieces.close()  # records the partial answer in the history
+            out.write("\n")
+            note(f"stopped after {answer.tokens} tokens")
+        out.flush()
 
 
 @verb
@@ -760,13 +850,21 @@ def add_serve(sub):
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn's log level")
 
     def run(args):
-        from scratchllm.serve import serve_command
+        from scratchllm.inference.chat import token_delay_from_env
+        from scratchllm.inference.serve import API_KEY_ENV, ServeSettings, is_loopback, serve
 
-        return serve_command(args.model, host=args.host, port=args.port, api_key=args.api_key,
-                             max_tokens_cap=args.max_tokens_cap, queue_size=args.queue_size,
-                             max_body_bytes=args.max_body_bytes, prompt_style=args.prompt_style,
-                             model_name=args.model_name, device=args.device, dtype=args.dtype,
-                             log_level=args.log_level)
+        settings = ServeSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                                 max_tokens_cap=args.max_tokens_cap, queue_size=args.queue_size,
+                                 max_body_bytes=args.max_body_bytes, prompt_style=args.prompt_style,
+                                 model_name=args.model_name, token_delay=token_delay_from_env())
+        settings.check()
+        if not is_loopback(args.host) and not settings.api_key:
+            print(f"scratchllm serve: warning: listening on {args.host} without an API key; anyone who can reach "
+                  "this port can use the model (set --api-key or $SCRATCHLLM_API_KEY)", file=sys.stderr)
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"scratchllm serve: chat page at http://{shown}:{args.port}/ ; OpenAI API at http://{shown}:{args.port}/v1",
+              file=sys.stderr)
+        return serve(args.model, settings, device=args.device, dtype=args.dtype, log_level=args.log_level)
 
     p.set_defaults(func=run)
 
@@ -793,12 +891,25 @@ def add_generate(sub):
     p.add_argument("--no-cache", action="store_true", help="recompute the whole window every step (slow; for checking)")
 
     def run(args):
-        from scratchllm.generation import generate_command
+        from scratchllm.checkpoint.loader import load
+        from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding, stream
 
-        generate_command(args.model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                         stream_output=args.stream, dtype=args.dtype, device=args.device,
-                         use_cache=not args.no_cache)
+        top_k = args.top_k or None
+        check_sampling(args.max_new_tokens, args.temperature, top_k, args.top_p)
+        gpt, tokenizer = load(args.model, device=args.device, dtype=args.dtype, kind="gpt")
+        optimize_for_decoding(gpt)  # inference only: a faster weight layout for CPU decoding
+        options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=top_k,
+                       top_p=args.top_p, seed=args.seed, stop=args.stop, use_cache=not args.no_cache)
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        if args.stream:
+            for piece in stream(gpt, tokenizer, args.prompt, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(generate(gpt, tokenizer, args.prompt, **options))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
     p.set_defaults(func=run)
 
@@ -813,9 +924,19 @@ def add_fill_mask(sub):
     p.add_argument("--json", action="store_true", help="print [[{token, probability, text}, ...], ...] as JSON")
 
     def run(args):
-        from scratchllm.mlm import fill_mask_command
+        from dataclasses import asdict
 
-        fill_mask_command(args.model, args.text, top_k=args.top_k, device=args.device, as_json=args.json)
+        from scratchllm.checkpoint.loader import load
+        from scratchllm.inference.fill_mask import fill_mask, format_fillers
+
+        if not args.text.strip():
+            raise ScratchLLMError("--text is empty; give a sentence with [MASK] in it")
+        encoder, tokenizer = load(args.model, device=args.device, kind="encoder")
+        results = fill_mask(encoder, tokenizer, args.text, args.top_k)
+        if args.json:
+            print(json.dumps([[asdict(f) for f in fillers] for fillers in results], ensure_ascii=False))
+        else:
+            print(format_fillers(results))
 
     p.set_defaults(func=run)
 
@@ -832,10 +953,13 @@ def add_translate(sub):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
 
     def run(args):
-        from scratchllm.seq2seq import translate_command
+        from scratchllm.checkpoint.loader import load
+        from scratchllm.inference.translate import translate
 
-        translate_command(args.model, args.text, beam=args.beam, max_new_tokens=args.max_new_tokens,
-                          length_penalty=args.length_penalty, device=args.device)
+        if not args.text.strip():
+            raise ScratchLLMError("--text is empty; give the source text to translate")
+        net, tokenizer = load(args.model, device=args.device, kind="seq2seq")
+        print(translate(net, tokenizer, args.text, args.beam, args.max_new_tokens, args.length_penalty))
 
     p.set_defaults(func=run)
 

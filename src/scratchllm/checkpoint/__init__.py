@@ -1,0 +1,9 @@
+"""The checkpoint layer: model directories (model_dir.py: one writer, one reader per kind), loading
+from any source (load.py), Hugging Face families (hf.py), LoRA adapter directories (adapter_dir.py)
+and directory conversions (convert.py)."""
+
+from scratchllm.checkpoint.loader import load, load_tokenizer, read_config, resolve_tokenizer
+from scratchllm.checkpoint.model_dir import load_weights, read_model_config, resolve_model_dir, save_model
+
+__all__ = ["load", "load_tokenizer", "load_weights", "read_config", "read_model_config", "resolve_model_dir",
+           "resolve_tokenizer", "save_model"]

@@ -1,0 +1,127 @@
+"""Directory to directory: Hugging Face checkpoints into scratchllm model directories (`import_hf`),
+scratchllm models out to Hugging Face directories (`export_hf`), and LoRA adapters folded into a
+plain model directory (`merge_lora_dir`). Each reads with `checkpoint.load` and writes with the one
+writer (`save_model`) or, for Hugging Face, through the family's adapter (hf.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from scratchllm.checkpoint.adapter_dir import ADAPTER_WEIGHTS, load_adapters, read_adapter_config
+from scratchllm.checkpoint.hf import ADAPTERS, GPT2_NAMES, gpt2_name
+from scratchllm.checkpoint.loader import load, locate
+from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_kind, read_model_config,
+                                             resolve_model_dir, save_model)
+from scratchllm.core.files import atomic_directory, write_json
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models.lora import merge_lora
+from scratchllm.tokenizer import ENDOFTEXT, gpt2_files
+
+
+def import_hf(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Convert a Hugging Face checkpoint (a hub name such as "gpt2-medium", downloaded once, or a
+    Hugging Face directory of a supported family) into a scratchllm model directory at `out`."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / CONFIG_FILE).is_file():
+            raise ScratchLLMError(f"{path}: not a Hugging Face model directory (no {CONFIG_FILE})")
+        if path.is_file() and path.name != CONFIG_FILE and path.suffix not in (".safetensors", ".bin"):
+            raise ScratchLLMError(f"{path}: not a Hugging Face model directory (a file; expected a directory "
+                                  f"holding {CONFIG_FILE} and the weights)")
+        if dir_kind(resolve_model_dir(path)) == "scratchllm":
+            raise ScratchLLMError(f"{resolve_model_dir(path)}: already a scratchllm model directory; nothing to import")
+    elif gpt2_name(text) is None and (os.sep in text or text.startswith(".")):
+        raise ScratchLLMError(f"{path}: no such directory")
+    elif gpt2_name(text) is None:
+        raise ScratchLLMError(f"{text!r}: no such Hugging Face directory, and not a GPT-2 name (one of {', '.join(GPT2_NAMES)})")
+    model, tokenizer = load(text, dtype=dtype, kind="gpt")
+    return save_model(model, out, tokenizer=None if tokenizer.spec.get("type") == "gpt2" else tokenizer,
+                      extra={"imported_from": text})
+
+
+def _is_hf_dir(directory: Path) -> bool:
+    return dir_kind(directory, strict=False) == "hf"
+
+
+def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Write a scratchllm model (directory, run directory or anything `load` takes) as a Hugging Face
+    directory that `transformers.AutoModelForCausalLM.from_pretrained` loads (GPT-2 layout).
+
+    With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
+    trained tokenizer is copied as scratchllm_tokenizer.json (transformers cannot read it).
+    """
+    from safetensors.torch import save_file
+
+    where, d = locate(model_dir)
+    model, tokenizer = load(d, kind="gpt")
+    config = model.config
+    adapter = ADAPTERS["llama" if config.position == "rope" else "gpt2"]
+    is_gpt2 = tokenizer.spec.get("type") == "gpt2"
+    eos_id = tokenizer.special_tokens.get(ENDOFTEXT)
+    state = adapter.to_hf(model.state_dict(), config)
+    with atomic_directory(out_dir, _is_hf_dir, "a Hugging Face model directory") as tmp:
+        write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id))
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if is_gpt2:
+            encoder, merges = gpt2_files()
+            shutil.copyfile(encoder, tmp / "vocab.json")  # OpenAI's encoder.json is HF's vocab.json
+            shutil.copyfile(merges, tmp / "merges.txt")  # and vocab.bpe its merges.txt
+            write_json(tmp / "tokenizer_config.json", {
+                "tokenizer_class": "GPT2Tokenizer",
+                "model_max_length": config.context_length,
+                "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
+                "add_prefix_space": False,
+            })
+        elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():
+            shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")
+    return Path(out_dir)
+
+
+def merge_lora_dir(
+    out: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    adapter: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The function behind `scratchllm merge-lora`: write a plain model directory with the adapters folded in.
+
+    Either `model`: a directory holding base weights + adapters (a LoRA run's checkpoint, or a model
+    directory with adapter.safetensors beside its weights), or `base` + `adapter` (a directory
+    written by `save_adapters`; `base` defaults to the adapter's recorded base_model).
+    """
+    if (model is None) == (adapter is None):
+        raise ScratchLLMError("merge-lora: give --model DIR (base + adapter in one directory) or --adapter DIR [--base DIR]")
+    if model is not None:
+        if base is not None:
+            raise ScratchLLMError("merge-lora: --base goes with --adapter, not with --model")
+        net, tokenizer = load(model, kind="gpt", merge=False)
+        config = getattr(net, "lora_config", None)
+        if config is None:
+            raise ScratchLLMError(
+                f"{model}: no LoRA adapters found (no \"lora\" in config.json, no {ADAPTER_WEIGHTS} beside the weights); "
+                "a LoRA run's final/ is already merged and its adapter/ holds the adapters alone"
+            )
+        data = read_model_config(model) if locate(model)[0] == "scratchllm" else {}
+    else:
+        config = read_adapter_config(adapter)
+        base = base if base is not None else config.base_model
+        if base is None:
+            raise ScratchLLMError(f"{adapter}: its adapter config names no base_model; pass --base DIR")
+        net, tokenizer = load(base, kind="gpt")
+        load_adapters(net, adapter)
+        data = {}
+    info = {k: v for k, v in data.items() if k not in (*RESERVED_KEYS, "lora")}
+    info["lora_merged"] = {"rank": config.rank, "alpha": config.alpha, "targets": config.targets,
+                           "base_model": config.base_model}
+    merge_lora(net)
+    return save_model(net, out, tokenizer, extra=info)

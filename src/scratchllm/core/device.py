@@ -1,0 +1,178 @@
+"""The one place that decides where and in what precision tensors live, and how processes join up.
+
+- `resolve_device("auto" | "cpu" | "cuda" | "cuda:N" | "mps")`: auto takes CUDA (this process's GPU
+  under torchrun), else Apple MPS, else the CPU; a device that is not there is an error.
+- `parse_dtype`: weight dtypes by name ("bfloat16", "bf16", ...); `autocast_dtype`: the training
+  precision ("auto" is bf16 autocast on CUDA, float32 elsewhere).
+- `init_distributed`: join the process group when launched by torchrun.
+- `peak_flops`: the FLOP/s an MFU figure divides by (a datasheet for known GPUs, else measured).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """torch.bfloat16 or a name ("float32", "bfloat16", "float16", "bf16", ...) -> torch.dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            raise ScratchLLMError(f"dtype {dtype}: expected a floating-point dtype")
+        return dtype
+    name = str(dtype).removeprefix("torch.").lower()
+    if name not in _DTYPES:
+        raise ScratchLLMError(f"dtype {dtype!r}: expected one of float32, bfloat16, float16")
+    return _DTYPES[name]
+
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits among the `torchrun` processes (all zeros/ones when alone)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" (or None) -> cuda (this process's GPU under torchrun), else mps, else cpu. An explicit
+    device is checked: asking for CUDA or MPS where there is none is an error, not a crash later."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = "auto" if name is None else str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ScratchLLMError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScratchLLMError(f"device {name!r}: CUDA is not available in this PyTorch build / machine")
+        device = torch.device(name) if ":" in name else torch.device("cuda", local_rank)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ScratchLLMError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if name == "mps" and not _mps_available():
+        raise ScratchLLMError("device 'mps': Apple MPS is not available here")
+    return torch.device(name)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32.
+
+    bf16 keeps float32's exponent range, so unlike fp16 it needs no loss scaling (Kalamkar et al.
+    2019); autocast runs matmuls in bf16 and keeps weights, softmax and the loss in float32.
+    """
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+
+def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_name)
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    device = resolve_device(device_name, info.local_rank)
+    if device.type == "mps":
+        raise ScratchLLMError("device 'mps': multi-process training is not supported on MPS")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Peak FLOP/s for MFU (model FLOPs utilisation, PaLM appendix B)
+
+# Dense bf16 tensor-core FLOP/s from the vendors' datasheets (no sparsity), matched against
+# torch.cuda.get_device_name(); the first matching entry wins, so specific names come first.
+GPU_PEAK_BF16 = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H200", 989e12), ("H100", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+_MEASURED_PEAK: dict[tuple[str, str, int], float] = {}
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """Best FLOP/s of square matmuls on `device` over about `seconds` (cached per device and dtype).
+
+    Used as the MFU denominator where no datasheet figure applies (every CPU): a CPU's real peak
+    depends on its cores, vector units and clock, so a fixed number would be wrong almost everywhere.
+    On a CPU the rate is also taken per second of this process's CPU time (times the threads), which
+    other processes on a shared machine do not shrink the way they shrink wall-clock time.
+    """
+    key = (str(device), str(dtype), torch.get_num_threads())
+    if key in _MEASURED_PEAK:
+        return _MEASURED_PEAK[key]
+    n = 1024 if device.type == "cpu" else 4096
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):  # warm-up: thread pools, kernel selection
+        a @ b
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t, cpu = time.perf_counter(), time.process_time()
+        for _ in range(3):
+            a @ b
+        sync()
+        flops = 3 * 2 * n**3
+        best = max(best, flops / (time.perf_counter() - t))
+        if device.type == "cpu":
+            best = max(best, flops / max(time.process_time() - cpu, 1e-9) * torch.get_num_threads())
+    _MEASURED_PEAK[key] = best
+    return best
+
+
+def peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> tuple[float, str]:
+    """(peak FLOP/s of one device for this precision, where the figure comes from)."""
+    if device.type == "cuda" and amp_dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16:
+            if key in name:
+                return value, f"{name} bf16 datasheet"
+    dtype = amp_dtype or torch.float32
+    value = measure_matmul_peak(device, dtype)
+    return value, f"measured {str(dtype).replace('torch.', '')} matmul on {device.type}"
+

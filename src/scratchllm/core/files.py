@@ -1,0 +1,205 @@
+"""Files written whole or not at all, and files read with one-line errors (the bottom layer: core).
+
+Everything scratchllm writes (reports, metrics, JSON, plots, tokenizers) goes to a temporary file
+beside its destination that is renamed into place (`os.replace` is atomic within a directory), so
+an interrupted or failed write never leaves a half-written file and never replaces a good one.
+Directories (model directories, checkpoints, prepared data) get the same treatment as a whole:
+`atomic_directory` builds them beside the target and swaps them in with renames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+
+def umask() -> int:
+    """The process's file-creation mask: temporary files and directories (mkstemp, mkdtemp) are
+    private (0600 / 0700), so what is renamed into place is given the permissions of a normal file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _label(path: Path, what: str) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], what: str = "", suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path` for the block to write; rename it to `path` when the
+    block succeeds, remove it when the block fails. `what` names the file in errors ("report file")."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ScratchLLMError(f"{_label(path, what)}: cannot write ({exc.strerror or exc})") from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would otherwise stay on the result
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, what: str = "") -> Path:
+    """Write bytes (or UTF-8 text) to `path` through a temporary file."""
+    path = Path(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with atomic_path(path, what) as tmp:
+            tmp.write_bytes(blob)
+    except OSError as exc:
+        raise ScratchLLMError(f"{_label(path, what)}: cannot write ({exc.strerror or exc})") from None
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any, what: str = "", **dumps: Any) -> Path:
+    """`data` as indented JSON (non-ASCII kept) plus a newline, written atomically."""
+    try:
+        text = json.dumps(data, **{"indent": 2, "ensure_ascii": False, **dumps})
+    except (TypeError, ValueError) as exc:
+        raise ScratchLLMError(f"{_label(Path(path), what)}: cannot write as JSON ({exc})") from None
+    return write_atomic(path, text + "\n", what)
+
+
+def read_text(path: str | os.PathLike[str], what: str = "", expected: str = "a UTF-8 text file") -> str:
+    """The UTF-8 text of `path` (a leading byte-order mark, as spreadsheets write, is dropped)."""
+    path = Path(path)
+    label = _label(path, what)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ScratchLLMError(f"{label}: is a directory, expected {expected}") from None
+    except UnicodeDecodeError as exc:
+        raise ScratchLLMError(f"{label}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ScratchLLMError(f"{label}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_json(path: str | os.PathLike[str], what: str = "") -> dict[str, Any]:
+    """The JSON object in `path` (a file that holds anything else is an error naming it)."""
+    path = Path(path)
+    label = _label(path, what)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{label}: not found") from None
+    except IsADirectoryError:
+        raise ScratchLLMError(f"{label}: is a directory, expected a JSON file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScratchLLMError(f"{label}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ScratchLLMError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ScratchLLMError(f"{label}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Directories written all at once
+
+
+def _finish_tree(directory: Path) -> None:
+    """Give a temporary tree the permissions of a normal one and flush its files to disk."""
+    mask = umask()
+    os.chmod(directory, 0o777 & ~mask)  # mkdtemp makes it private (0700)
+    for path in directory.rglob("*"):
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        elif path.is_file():
+            os.chmod(path, 0o666 & ~mask)
+            # Without the fsync, a power cut just after the rename can leave the new name
+            # pointing at files whose data never reached the disk.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike[str],
+    may_replace: Callable[[Path], bool] = lambda path: False,
+    what: str = "a directory of this kind",
+) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `target`; on success it becomes `target`.
+
+    The files are written into `.NAME.tmp-*`, then an existing `target` is renamed aside to
+    `.NAME.old-*`, the new directory is renamed to `target`, and only then is the old one removed.
+    If anything fails before that, the temporary directory is deleted and `target` is untouched;
+    a crash between the two renames leaves the previous directory intact as `.NAME.old-*`
+    (`recover_directory` puts it back). An existing `target` is only replaced when it is empty or
+    `may_replace(target)` says it is `what` the caller writes, so a mistyped path never deletes,
+    say, a run directory or $HOME.
+    """
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise ScratchLLMError(f"{target}: exists and is not a directory")
+        if any(target.iterdir()) and not may_replace(target):
+            raise ScratchLLMError(
+                f"{target}: exists and is not {what}; refusing to replace it (remove it or choose another path)"
+            )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise ScratchLLMError(f"{target}: cannot create directory ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        _finish_tree(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, target)
+            raise
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise ScratchLLMError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+
+
+def recover_directory(target: str | os.PathLike[str]) -> Path | None:
+    """After a crash between `atomic_directory`'s two renames, `target` is missing and its previous
+    contents wait in `.NAME.old-*`: rename the newest back. Returns the recovered path, or None."""
+    target = Path(target)
+    if target.exists():
+        return None
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return None
+    os.rename(olds[-1], target)
+    return target

@@ -1,0 +1,553 @@
+"""Text generation: turning a trained model's next-token distributions into text.
+
+This sits after the model and training in the pipeline: a prompt is encoded, the model predicts the
+next token, a token is chosen from its logits (greedy, temperature, top-k, top-p), appended, and the
+loop repeats. Three layers, each reusable on its own:
+
+- `sample_next`: logits (B, V) -> next ids (B,). The sampling rules, nothing else.
+- `generate_tokens` / `generate_ids`: the token-level decode loop (KV cache, left-padded batches,
+  a context window that jumps when the sequence outgrows the model). Chat, serving and evaluation
+  build on these.
+- `generate` / `stream`: text in, text out; stops at <|endoftext|> or a stop string, and `stream`
+  yields whole characters only.
+
+Decoding with the KV cache gives the same tokens as recomputing the whole window every step
+(`use_cache=False`), also past the context window: both paths condition on exactly the tokens that
+`window_start` names. A batch gives each prompt the same text as generating it alone.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models.gpt import GPT, KVCache
+
+# ------------------------------------------------------------------------------------------------
+# The context window
+
+
+def default_keep(context_length: int) -> int:
+    """Tokens kept when the window jumps: three quarters of the context."""
+    return max(1, context_length * 3 // 4)
+
+
+def window_start(n: int, ctx: int, keep: int) -> int:
+    """Index of the first token the model sees when `n` tokens exist: it conditions on tokens[s:n].
+
+    GPT-2 has learned absolute positions, so a cached key belongs to the position it was computed
+    at: a window sliding by one token would invalidate the whole cache at every step. Instead the
+    window jumps. While n <= ctx it is the whole sequence. When token ctx + 1 arrives, the model
+    restarts from the last `keep` tokens (the cache is re-filled with them in one forward pass) and
+    the window grows again until it is full, then jumps again: a jump every p = ctx + 1 - keep
+    tokens. keep = ctx is a true sliding window (a re-fill at every step); a small keep re-fills
+    rarely but conditions on little context just after a jump.
+    """
+    if n <= ctx:
+        return 0
+    period = ctx + 1 - keep
+    jumps = (n - ctx - 1) // period  # jumps before the latest one
+    return ctx + 1 + jumps * period - keep
+
+
+# ------------------------------------------------------------------------------------------------
+# Choosing the next token
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> torch.Tensor:
+    """Next token of each row of logits (B, V) -> (B,) int64.
+
+    temperature == 0 is greedy (argmax). Otherwise the logits are divided by the temperature and
+    softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
+    all kept); top_p keeps the nucleus, the smallest set of most likely tokens whose probability
+    sums to >= top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"); one
+    token is then drawn from what is left. `generators` has one torch.Generator per row (None: the
+    global RNG), so a row's draws never depend on the other rows of the batch.
+    """
+    logits = logits.float()  # exact for bfloat16 logits, and argmax is 4x faster in float32
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature  # (B, V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+        # Drop a token when the more likely tokens before it already reach top_p; what stays is
+        # the smallest prefix of the sorted list with mass >= top_p (never empty).
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        probs = probs.masked_fill(drop, 0.0)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)  # multinomial renormalises each row
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One RNG per batch row: row i is seeded with seed + i.
+
+    So `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`: what a prompt samples
+    does not depend on which other prompts share its batch. With seed=None a base seed is drawn
+    from torch's global RNG, so `torch.manual_seed` still makes a run reproducible.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ScratchLLMError for a sampling parameter outside its range."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ScratchLLMError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The token-level decode loop
+
+
+def _left_pad(windows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token windows of different lengths -> ids (B, W) padded on the left, mask (B, W) or None.
+
+    Left padding puts every row's newest token in the last column, so one decode step appends one
+    column for all rows. The mask (1 = real token) is None when no row is padded.
+    """
+    width = max(map(len, windows))
+    if all(len(w) == width for w in windows):
+        return torch.tensor(windows, device=device), None
+    idx = torch.tensor([[0] * (width - len(w)) + w for w in windows], device=device)  # pad id is masked out
+    mask = torch.tensor([[0] * (width - len(w)) + [1] * len(w) for w in windows], device=device)
+    return idx, mask
+
+
+def _prepare(
+    model: GPT, batch_ids: Sequence[Sequence[int]], keep: int | None, stacklevel: int = 3
+) -> tuple[list[list[int]], int]:
+    """Check the prompts' ids and `keep`; left-truncate prompts longer than the context (warning).
+    stacklevel: frames up to the user's call, for the warning's location."""
+    ctx, vocab = model.config.context_length, model.config.vocab_size
+    keep = default_keep(ctx) if keep is None else keep
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= ctx:
+        raise ScratchLLMError(f"keep must be an integer in [1, {ctx}] (the context length), got {keep!r}")
+    rows = []
+    for i, ids in enumerate(batch_ids):
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ScratchLLMError(f"prompt {i} has no tokens; start it with a BOS token such as <|endoftext|>")
+        if min(ids) < 0 or max(ids) >= vocab:
+            bad = next(t for t in ids if not 0 <= t < vocab)
+            raise ScratchLLMError(f"prompt {i}: token id {bad} is outside the model's vocabulary 0..{vocab - 1}")
+        if len(ids) > ctx:
+            warnings.warn(
+                f"prompt {i} has {len(ids)} tokens but the context holds {ctx}: keeping its last {ctx} tokens",
+                stacklevel=stacklevel,
+            )
+            ids = ids[-ctx:]
+        rows.append(ids)
+    return rows, keep
+
+
+def _matrix_vector_kernels(weight: torch.Tensor, positions: int):
+    """Fast matmul kernels for a forward pass over `positions` token positions in all (B * T).
+
+    With one position (one sequence, one new token) every matmul is a matrix-vector product. On
+    CPU, oneDNN (PyTorch's default for bfloat16 matmuls) re-packs the whole weight matrix on every
+    call, which then costs more than the product itself; PyTorch's own bfloat16 kernel just streams
+    the weights (2x faster here: see docs/LOG.md). With more positions oneDNN is much faster again
+    (7x at 32), so the switch, process-wide while the step runs, is for single positions only.
+    """
+    if positions == 1 and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
+        return _onednn_disabled()
+    return contextlib.nullcontext()
+
+
+def optimize_for_decoding(model: GPT) -> GPT:
+    """Give the float32 weight matrices of a CPU model a faster layout for decoding, in place.
+
+    Decoding one token multiplies each weight matrix W (out, in) by one vector x, which streams W
+    from memory. PyTorch's default for nn.Linear's row-major W (MKL) does that on one thread at ~13
+    GB/s here, oneDNN's packed weights on two threads at 20-30 GB/s. This layout reaches 25-47 GB/s
+    over GPT-2's shapes (`python -m benchmarks.generation --kernels`):
+
+    - W is stored column-major, i.e. W^T (in, out) row-major, so that x @ W^T reads W^T row after
+      row, adding x_k * row_k into the output: one plain stream through memory;
+    - the inner dimension is cut into one slice per thread: W^T viewed as (b, in/b, out) times x
+      viewed as (b, 1, in/b) is one batched product, whose b partial outputs are then summed.
+      PyTorch runs the slices of a batched product in parallel (MKL), where it would run a single
+      such product on one thread.
+
+    Each Linear becomes a `_DecodeLinear` (an nn.Linear subclass: same parameters, state dict and
+    pickling) that takes this path for calls of up to 64 rows that need no gradient, and the
+    plain product otherwise. The view costs no memory; values, shapes, parameter objects and saved
+    checkpoints stay the same, and results agree with the plain model to float32 rounding (the
+    sums run in another order). Meant for models loaded for inference (`generate`, `chat` and
+    `serve` call it). bfloat16 weights are left alone (PyTorch's own bfloat16 kernel on row-major
+    weights is faster, see `_matrix_vector_kernels`), and so are GPU models.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight
+            if w.dtype != torch.float32 or w.device.type != "cpu":
+                continue
+            if w.is_contiguous():  # (a weight shared by two Linears is converted once)
+                w.data = w.data.t().contiguous().t()  # same (out, in) tensor, strides (1, out)
+            module.__class__ = _DecodeLinear
+    return model
+
+
+class _DecodeLinear(torch.nn.Linear):
+    """nn.Linear that serves calls of a few rows needing no gradient from a column-major float32
+    CPU weight with `split_product` (see `optimize_for_decoding`); every other call (training,
+    long inputs, autocast, another layout or dtype) is the plain product."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (w.stride() == (1, w.shape[0]) and x.dtype == w.dtype == torch.float32 and x.device.type == "cpu"
+                and x.numel() <= 64 * w.shape[1] and not torch.is_autocast_enabled("cpu")
+                and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            return split_product(x, w, self.bias)
+        return torch.nn.functional.linear(x, w, self.bias)
+
+
+def split_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) @ weight (out, in)^T + bias for a column-major weight, as one batched product
+    over slices of the inner dimension, one slice per thread (see `optimize_for_decoding`)."""
+    out_features, in_features = weight.shape
+    b = _slices(in_features, torch.get_num_threads())
+    k = in_features // b
+    xs = x.reshape(-1, b, k).transpose(0, 1)  # (b, rows, in/b)
+    y = torch.bmm(xs, weight.t().view(b, k, out_features)).sum(0)  # (rows, out): b partial products, summed
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], out_features)
+
+
+@functools.cache
+def _slices(in_features: int, threads: int) -> int:
+    """How many slices to cut in_features into: its smallest divisor that gives every thread one,
+    up to 4 per thread; 1 (a single product) when there is none."""
+    threads = max(1, threads)
+    return next((d for d in range(threads, 4 * threads + 1) if in_features % d == 0), 1)
+
+
+@contextlib.contextmanager
+def _onednn_disabled():
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _decode(
+    model: GPT,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generators: Sequence[torch.Generator | None] | None,
+    use_cache: bool,
+    keep: int,
+    eos_id: int | None,
+    finished: list[bool],
+) -> Iterator[dict[int, int]]:
+    """The decode loop behind every entry point; yields {row: new token} for the running rows.
+
+    rows: each sequence's token ids (extended here). A row stops running once it samples eos_id or
+    once the caller sets finished[row] = True between steps (for a stop string): its cache rows
+    are dropped and it is never extended again.
+    """
+    ctx = model.config.context_length
+    weight = model.tok_emb.weight
+    active = [r for r in range(len(rows)) if not finished[r]]
+    cache: KVCache | None = None
+    starts: list[int] = []  # window start of each active row's cached tokens
+    mask: torch.Tensor | None = None  # (B, max_len) 1 = real token, 0 = left padding; None if unpadded
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            alive = [k for k, r in enumerate(active) if not finished[r]]
+            if not alive:
+                return
+            # inference_mode is entered per step, never across a `yield`: the caller's code between
+            # steps must not run inside it.
+            with torch.inference_mode():
+                if len(alive) < len(active):  # drop finished rows from the batch and its cache
+                    active = [active[k] for k in alive]
+                    if cache is not None:
+                        index = torch.tensor(alive, device=weight.device)
+                        cache.reorder(index)
+                        starts = [starts[k] for k in alive]
+                        mask = mask.index_select(0, index) if mask is not None else None
+                new_starts = [window_start(len(rows[r]), ctx, keep) for r in active]
+                if not use_cache:  # recompute the whole window every step
+                    idx, pad = _left_pad([rows[r][s:] for r, s in zip(active, new_starts)], weight.device)
+                elif cache is None or new_starts != starts or cache.length >= cache.max_len:
+                    # (Re-)fill the cache with each row's window: at the start and when a window jumps.
+                    windows = [rows[r][s:] for r, s in zip(active, new_starts)]
+                    idx, pad = _left_pad(windows, weight.device)
+                    if cache is None:
+                        longest = max(map(len, windows)) + max_new_tokens
+                        cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, weight.dtype)
+                    cache.length = 0
+                    mask = None
+                    if pad is not None:  # later steps extend the padding mask by one column each
+                        mask = torch.ones(len(active), cache.max_len, dtype=torch.long, device=weight.device)
+                        mask[:, : pad.shape[1]] = pad
+                    starts = new_starts
+                else:  # one new token per row
+                    idx = torch.tensor([[rows[r][-1]] for r in active], device=weight.device)  # (B, 1)
+                    pad = mask[:, : cache.length + 1] if mask is not None else None
+                with _matrix_vector_kernels(weight, idx.numel()):
+                    h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
+                    logits = model.out_head(h[:, -1])  # (B, V): the head for the last position only
+                gens = [generators[r] for r in active] if generators is not None else None
+                next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
+            step = {}
+            for r, token in zip(active, next_ids):
+                rows[r].append(token)
+                step[r] = token
+                if token == eos_id:
+                    finished[r] = True
+            yield step
+    finally:
+        model.train(was_training)
+
+
+def generate_tokens(
+    model: GPT,
+    ids: Sequence[int],
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    keep: int | None = None,
+    eos_id: int | None = None,
+) -> Iterator[int]:
+    """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before eos_id.
+
+    generator: the RNG for sampling (None: torch's global RNG). keep: tokens kept when the context
+    window jumps (see `window_start`; default 3/4 of the context). Parameters are checked here,
+    before the first token is asked for.
+    """
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    rows, keep = _prepare(model, [ids], keep)
+
+    def tokens() -> Iterator[int]:
+        finished = [False]
+        gens = [generator] if generator is not None else None
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, eos_id, finished):
+            if step[0] == eos_id:
+                return
+            yield step[0]
+
+    return tokens()
+
+
+def generate_ids(
+    model: GPT,
+    batch_ids: Sequence[Sequence[int]],
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+    use_cache: bool = True,
+    keep: int | None = None,
+    eos_id: int | None = None,
+) -> list[list[int]]:
+    """New token ids for each prompt of a batch (eos_id not included), decoded together.
+
+    Prompts of different lengths are left-padded with an attention mask; each row gets the same
+    tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
+    """
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    rows, keep = _prepare(model, batch_ids, keep)
+    if generators is not None and len(generators) != len(rows):
+        raise ScratchLLMError(f"generators: expected one per prompt ({len(rows)}), got {len(generators)}")
+    out: list[list[int]] = [[] for _ in rows]
+    finished = [False] * len(rows)
+    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eos_id, finished):
+        for r, token in step.items():
+            if token != eos_id:
+                out[r].append(token)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Text in, text out
+
+
+class TextAssembler:
+    """Token ids -> text pieces that are safe to show: whole characters, and no text that may yet
+    turn out to be the start of a stop string.
+
+    A token can end in the middle of a UTF-8 character (GPT-2 splits most CJK characters and emoji
+    over two or three byte tokens), so bytes go through an incremental UTF-8 decoder that releases
+    only complete characters. Then the longest suffix that is a prefix of some stop string is held
+    back until the next token settles it.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded but not yet released
+        self.stopped = False  # a stop string was found; nothing more will be released
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it makes safe to release (often "")."""
+        return self._release(self.utf8.decode(self.tokenizer.token_bytes(token_id)), final=False)
+
+    def finish(self) -> str:
+        """The end of generation: release what was held back (a cut character becomes U+FFFD)."""
+        return self._release(self.utf8.decode(b"", final=True), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        found = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if found:  # cut before the earliest stop string; it is not part of the output
+            self.stopped = True
+            out, self.pending = self.pending[: min(found)], ""
+            return out
+        hold = 0 if final else _stop_prefix_length(self.pending, self.stops)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out) :]
+        return out
+
+
+def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(text), len(s) - 1), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ScratchLLMError(f"stop strings must be non-empty strings, got {s!r}")
+    return stops
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt ids; special-token text such as <|endoftext|> is allowed. An empty prompt starts from
+    <|endoftext|>, GPT-2's beginning-of-text token."""
+    if not isinstance(prompt, str):
+        raise ScratchLLMError(f"prompt must be a str, got {type(prompt).__name__}")
+    return tokenizer.encode(prompt, allowed_special="all") or [tokenizer.eot_id]
+
+
+def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
+    """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    stops = _stop_list(stop)
+    rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
+    device = model.tok_emb.weight.device
+    generators = make_generators(seed, len(rows), device) if temperature > 0 else None
+    eot = tokenizer.eot_id
+
+    def pieces() -> Iterator[tuple[int, str]]:
+        texts = [TextAssembler(tokenizer, stops) for _ in rows]
+        finished = [False] * len(rows)
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eot, finished):
+            for r, token in step.items():
+                if token == eot:
+                    continue
+                piece = texts[r].push(token)
+                if texts[r].stopped:
+                    finished[r] = True
+                if piece:
+                    yield r, piece
+        for r, text in enumerate(texts):
+            if piece := text.finish():
+                yield r, piece
+
+    return pieces()
+
+
+def generate(
+    model: GPT,
+    tokenizer,
+    prompt: str | Sequence[str],
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    use_cache: bool = True,
+    keep: int | None = None,
+) -> str | list[str]:
+    """The completion of `prompt` (without the prompt); a list of prompts gives a list of completions.
+
+    temperature 0 is greedy; top_k / top_p restrict sampling (see `sample_next`). Generation ends
+    after max_new_tokens tokens, at <|endoftext|>, or at the first stop string (not included).
+    A list of prompts is decoded as one left-padded batch; prompt i samples with seed + i, so
+    `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`. use_cache=False recomputes
+    the window every step (same tokens, slower); keep: see `window_start`.
+    """
+    single = isinstance(prompt, str)
+    if not single and (not isinstance(prompt, Sequence) or not all(isinstance(p, str) for p in prompt)):
+        raise ScratchLLMError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+    prompts = [prompt] if single else list(prompt)
+    if not prompts:
+        return []
+    out = [""] * len(prompts)
+    for r, piece in _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
+        out[r] += piece
+    return out[0] if single else out
+
+
+def stream(
+    model: GPT,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    use_cache: bool = True,
+    keep: int | None = None,
+) -> Iterator[str]:
+    """Like `generate` for one prompt, yielding the completion piece by piece as it is decoded.
+
+    Pieces are whole characters, and text that might begin a stop string is held back until the
+    next tokens settle it, so "".join(stream(...)) == generate(...) with the same arguments.
+    """
+    if not isinstance(prompt, str):
+        raise ScratchLLMError(f"stream: prompt must be a str, got {type(prompt).__name__}")
+    pieces = _text_decode(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep)
+    return (piece for _, piece in pieces)

@@ -1,0 +1,381 @@
+"""The GPT model: embeddings -> causal self-attention blocks -> final norm -> LM head.
+
+This is GPT-2's architecture (Radford et al. 2019): token and learned position embeddings,
+pre-LayerNorm transformer blocks (causal multi-head self-attention and a GELU feed-forward network,
+each wrapped in a residual connection), a final LayerNorm and a linear head to vocabulary logits.
+The same parts, switched by config fields, give a Llama-style decoder (RMSNorm, rotary positions,
+SwiGLU, grouped-query attention, no biases), a bidirectional encoder (`causal=False`), and the
+decoder half of an encoder-decoder (blocks with cross-attention).
+Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), C = emb_dim,
+H = heads, K = key/value heads, D = head_dim, V = vocab_size.
+
+Also here: the key/value cache used for fast decoding. The training loss (`GPT.loss`) is the
+chunked "linear + cross-entropy" of loss.py, which never materialises the (B, T, V) logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scratchllm.models.config import GPTConfig
+from scratchllm.models.loss import chunked_cross_entropy
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len`.
+
+    Writing a decode step is a slice assignment; no tensor grows or is re-allocated per token.
+    `length` is how many positions are filled (the same for every row of the batch).
+    """
+
+    keys: list[torch.Tensor]  # n_layers x (B, K, max_len, D)
+    values: list[torch.Tensor]  # n_layers x (B, K, max_len, D)
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> "KVCache":
+        """A cache for `batch_size` rows of `max_len` positions. Half-precision models on a CPU get a
+        float32 cache: attention there runs in float32 (see CausalSelfAttention), and a float32 cache
+        converts each new position once instead of every cached one at every step."""
+        if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+        return cls(
+            keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+            values=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) at positions [length, length + T); return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]  # (B, K, S, D)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (used when some sequences of a batch are dropped)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+
+def manual_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0, causal: bool = False):
+    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1): the readable reference.
+
+    q: (B, H, T, D), k/v: (B, H, S, D); mask: bool (B or 1, 1, T, S), True = may attend.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, H, T, D)
+
+
+def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B or 1, 1, T, D) for rotary position embeddings (Su et al. 2021, RoFormer).
+
+    Uses the "rotate half" pairing of Hugging Face's Llama (dimension i pairs with i + D/2), so its
+    weights load unchanged."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    angles = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair of x (B, H, T, D) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention: causal self-attention by default; bidirectional when config.causal is
+    False; cross-attention (queries from x, keys/values from an encoder's `memory`) when cross=True.
+    With n_kv_heads < n_heads, groups of query heads share one key/value head (Ainslie et al. 2023)."""
+
+    def __init__(self, config: GPTConfig, cross: bool = False):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(config.emb_dim, q_dim, bias=config.qkv_bias)
+            self.kv = nn.Linear(config.emb_dim, 2 * kv_dim, bias=config.qkv_bias)
+        else:
+            self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
+        self.causal = config.causal and not cross
+        self.dropout = config.drop_rate
+        self.resid_drop = nn.Dropout(config.drop_rate)
+        self.impl = config.attn_impl
+        self.record_weights = False  # set by `inspect attention` to keep the weights of the last call
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, rope=None, memory=None):
+        B, T, C = x.shape
+        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if memory is None:
+            q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=2)  # (B, T, H*D), 2 x (B, T, K*D)
+            S_new = T
+        else:
+            q = self.q(x)
+            k, v = self.kv(memory).split(K * D, dim=2)  # 2 x (B, S, K*D)
+            S_new = memory.shape[1]
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, S_new, K, D).transpose(1, 2)  # (B, K, S, D)
+        v = v.view(B, S_new, K, D).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        if q.device.type == "cpu" and q.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
+            # Half-precision weights on a CPU (inference): attention itself runs in float32, which
+            # PyTorch's CPU kernels do several times faster (decode: 20 us vs 105 us per layer).
+            q, k, v = q.float(), k.float(), v.float()
+        if K != H:  # each key/value head serves H // K query heads
+            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(H // K, dim=1)
+        # With no explicit mask, queries are the last T of S positions: causal when T == S, and
+        # a single decode query may see everything. Any other case comes with a mask.
+        causal = self.causal and mask is None and T > 1
+        dropout_p = self.dropout if self.training else 0.0
+        if self.record_weights:
+            self.last_weights = _attention_weights(q, k, mask, causal)
+        if self.impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        else:
+            y = manual_attention(q, k, v, mask, dropout_p, causal)
+        y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H*D): heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+def _attention_weights(q, k, mask, causal) -> torch.Tensor:
+    with torch.no_grad():
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if causal:
+            T, S = scores.shape[-2:]
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).detach().cpu()  # (B, H, T, S)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP. "gelu": C -> hidden -> GELU (tanh approximation, as GPT-2) -> C.
+    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.hidden_dim
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            self.gate = nn.Linear(config.emb_dim, hidden, bias=config.bias)
+        self.fc = nn.Linear(config.emb_dim, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.emb_dim, bias=config.bias)
+        self.drop = nn.Dropout(config.drop_rate)
+
+    def forward(self, x):
+        if self.swiglu:
+            h = F.silu(self.gate(x)) * self.fc(x)  # (B, T, hidden)
+        else:
+            h = F.gelu(self.fc(x), approximate="tanh")
+        return self.drop(self.proj(h))
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.emb_dim, eps=config.layer_norm_eps)  # Zhang & Sennrich 2019
+    return nn.LayerNorm(config.emb_dim, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """Fixed position encodings of "Attention Is All You Need" (section 3.5): (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div)[:, : dim // 2]
+    return table
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), [x + cross_attn(norm(x), memory)], x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig, cross_attention: bool = False):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        if cross_attention:
+            self.norm_cross = make_norm(config)
+            self.cross_attn = CausalSelfAttention(config, cross=True)
+        self.norm2 = make_norm(config)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, mask=None, cache=None, layer=0, rope=None, memory=None, memory_mask=None):
+        x = x + self.attn(self.norm1(x), mask, cache, layer, rope)
+        if memory is not None:
+            x = x + self.cross_attn(self.norm_cross(x), memory_mask, memory=memory)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        if config.position == "learned":
+            self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        elif config.position == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.context_length, config.emb_dim), persistent=False)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = make_norm(config)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layers),
+        # since each block adds two such branches and the residual variance grows with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ----------------------------------------------------------------------------------------------
+    # forward passes
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> final-normed hidden states (B, T, C).
+
+        cache: keys/values of earlier positions; the new ones are appended.
+        attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, covering the cached
+            positions and the new ones; positions then count real tokens only, as in Hugging Face.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        S = past + T
+        if S > self.config.context_length:
+            raise ValueError(f"sequence of {S} tokens exceeds the context length {self.config.context_length}")
+        mask = None
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(torch.bool)
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            # (B, 1, T, S): causal AND key is a real token; a query may always see itself so that
+            # padding rows never softmax over nothing (their outputs are ignored anyway).
+            allowed = torch.ones(T, S, dtype=torch.bool, device=idx.device)
+            if self.config.causal:
+                allowed = allowed.tril(diagonal=past)
+            mask = allowed & attention_mask[:, None, None, :]
+            mask = mask | torch.eye(T, S, dtype=torch.bool, device=idx.device).roll(past, dims=1)
+        elif past > 0 and T > 1:  # a chunk after cached positions: causal with an offset
+            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[None, None]
+        if position_ids is None:
+            position_ids = torch.arange(past, S, device=idx.device)[None]  # (1, T)
+        x = self.embed(idx, position_ids)  # (B, T, C)
+        rope = None
+        if self.config.position == "rope":
+            rope = rope_tables(position_ids, self.config.head_dim, self.config.rope_theta)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cache, i, rope)
+        if cache is not None:
+            cache.length = S
+        return self.final_norm(x)
+
+    def embed(self, idx: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings plus absolute positions (learned or sinusoidal; rotary ones are added
+        inside attention instead), with dropout: (B, T) -> (B, T, C)."""
+        x = self.tok_emb(idx)
+        if self.config.position == "learned":
+            x = x + self.pos_emb(position_ids)
+        elif self.config.position == "sinusoidal":
+            x = x + self.pos_table[position_ids]
+        return self.drop_emb(x)
+
+    def forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, V). Keyword arguments as in `hidden_states`."""
+        return self.out_head(self.hidden_states(idx, **kwargs))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, **kwargs) -> torch.Tensor:
+        """Mean next-token cross-entropy of targets (B, T) given idx (B, T), without full logits."""
+        h = self.hidden_states(idx, **kwargs)  # (B, T, C)
+        return chunked_cross_entropy(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index)
+
+    # ----------------------------------------------------------------------------------------------
+    # accounting
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied head counts once); non_embedding drops the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.position == "learned":
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        return parameter_groups(self)
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per token (Kaplan et al. 2020 / PaLM appendix B): forward = 2 * weights used
+        in matmuls + 4 * n_layers * seq_len * emb_dim for attention scores and the weighted sum;
+        training (forward + backward) is three times the forward."""
+        return flops_per_token(self.config, seq_len, training)
+
+
+def parameter_groups(model: nn.Module) -> dict[str, int]:
+    """Parameters per accounting group (embeddings, attention, mlp, norms, head) of any model built
+    from these parts; tied or shared tensors count once."""
+    groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
+    for name, p in model.named_parameters():
+        if "tok_emb" in name or "pos_emb" in name:
+            groups["embeddings"] += p.numel()
+        elif ".attn." in name or ".cross_attn." in name:
+            groups["attention"] += p.numel()
+        elif ".mlp." in name:
+            groups["mlp"] += p.numel()
+        elif "norm" in name:
+            groups["norms"] += p.numel()
+        else:
+            groups["head"] += p.numel()
+    return groups
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
+    C, L = config.emb_dim, config.n_layers
+    T = seq_len or config.context_length
+    q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    mlp_matrices = 3 if config.mlp == "swiglu" else 2
+    per_block = C * (q_dim + 2 * kv_dim) + q_dim * C + mlp_matrices * C * config.hidden_dim  # qkv, proj, mlp
+    matmul_weights = L * per_block + C * config.vocab_size  # + LM head
+    forward = 2 * matmul_weights + 4 * L * T * C
+    return 3.0 * forward if training else float(forward)

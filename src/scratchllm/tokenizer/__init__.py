@@ -1,0 +1,8 @@
+"""The tokenizer layer: byte-level BPE (bpe.py), OpenAI's GPT-2 files (gpt2.py), and `Tokenizer`."""
+
+from scratchllm.tokenizer.bpe import GPT2_PATTERN, bytes_to_unicode
+from scratchllm.tokenizer.gpt2 import ENDOFTEXT, GPT2_ENDOFTEXT_ID, gpt2_files
+from scratchllm.tokenizer.tokenizer import Tokenizer, token_pieces, train_tokenizer
+
+__all__ = ["ENDOFTEXT", "GPT2_ENDOFTEXT_ID", "GPT2_PATTERN", "Tokenizer", "bytes_to_unicode", "gpt2_files",
+           "token_pieces", "train_tokenizer"]

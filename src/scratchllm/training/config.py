@@ -1,0 +1,185 @@
+"""How to train: `TrainConfig` (every option of the loop, declared once: the CLI's flags are generated
+from its fields) and run files (TOML, JSON or YAML). Torch-free, so `scratchllm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import ScratchLLMError
+
+@dataclass
+class TrainConfig:
+    """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task)."""
+
+    # how long
+    max_steps: int = 1000  # optimizer steps
+    max_time: float | None = None  # seconds of wall time (all resumes together); stops early, cleanly
+    # batch: tokens per optimizer step = batch_size * context_length * grad_accum * world_size
+    batch_size: int = 8  # sequences per micro-batch, per process
+    context_length: int | None = None  # tokens per sequence; None = the model's context_length
+    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    tokens_per_step: int | None = None  # if set, grad_accum is derived from it (and printed)
+    # optimizer and schedule
+    lr: float = 6e-4  # peak learning rate, reached after warmup
+    min_lr: float = 6e-5  # floor of the cosine decay, reached at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on 2-D weights only (matrices, embeddings), not biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    fused_adamw: bool = True  # torch's fused AdamW kernel where the device has one (~5x faster on CPU)
+    schedule: str = "steps"  # "steps": warmup + cosine over max_steps; "time": over max_time (see learning_rate)
+    # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
+    eval_every: int = 200
+    eval_batches: int = 20  # validation batches per evaluation (None-like 0 = the whole split)
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2  # step checkpoints kept (best/ and final/ are kept besides)
+    sample_every: int = 0  # 0 = no samples; else at step 0, every N steps and at the end
+    sample_prompt: str = "\n"
+    sample_tokens: int = 64
+    # execution
+    seed: int = 1337
+    device: str = "auto"  # auto -> cuda, mps, cpu
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA when supported, else float32; bfloat16; float32
+    compile: bool = False  # torch.compile the loss computation
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
+    progress: bool = True  # tqdm bar on stderr (shown only when stderr is a terminal)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_field_type(f"train config field {f.name!r}", getattr(self, f.name), f.type)
+        positive = ("max_steps", "batch_size", "grad_accum", "log_every", "sample_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ScratchLLMError(f"train config field {name!r} must be >= 1, got {getattr(self, name)!r}")
+        non_negative = ("warmup_steps", "eval_every", "eval_batches", "save_every", "sample_every",
+                        "weight_decay", "grad_clip", "min_lr")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ScratchLLMError(f"train config field {name!r} must be >= 0, got {getattr(self, name)!r}")
+        if self.keep_last < 1:
+            raise ScratchLLMError(f"train config field 'keep_last' must be >= 1, got {self.keep_last!r}")
+        if not self.lr > 0:
+            raise ScratchLLMError(f"train config field 'lr' must be > 0, got {self.lr!r}")
+        if self.min_lr > self.lr:
+            raise ScratchLLMError(f"train config: min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ScratchLLMError(f"train config field {name!r} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("context_length", "tokens_per_step", "max_time"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
+        if self.schedule not in ("steps", "time"):
+            raise ScratchLLMError(f"train config field 'schedule' must be steps or time, got {self.schedule!r}")
+        if self.schedule == "time" and self.max_time is None:
+            raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ScratchLLMError(f"train config field 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ScratchLLMError(f"{source}: expected a mapping of train config fields, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ScratchLLMError(
+                f"{source}: unknown train config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+        """Read run.toml / run.yaml / run.json (a flat mapping of fields); `overrides` (e.g. CLI flags) win."""
+        return cls.from_dict({**read_run_file(path), **overrides}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_field_type(what: str, value: Any, annotation: str) -> None:
+    """Check a value against a dataclass field annotation such as 'int', 'float | None' or 'str'."""
+    allowed = [a.strip() for a in str(annotation).split("|")]
+    if value is None and "None" in allowed:
+        return
+    ok = (
+        ("bool" in allowed and isinstance(value, bool))
+        or ("int" in allowed and isinstance(value, int) and not isinstance(value, bool))
+        or ("float" in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or ("str" in allowed and isinstance(value, str))
+    )
+    if not ok:
+        raise ScratchLLMError(f"{what} must be {annotation}, got {value!r}")
+
+
+def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run file as a dict: TOML (tomllib), JSON, or YAML (only if PyYAML is installed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchLLMError(f"{path}: no such run config file")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ScratchLLMError(f"{path}: reading TOML needs Python >= 3.11 (tomllib); use JSON") from None
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ScratchLLMError(
+                    f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as TOML or JSON"
+                ) from None
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from None
+        else:
+            raise ScratchLLMError(f"{path}: unknown run file type {suffix!r}; expected .toml, .json, .yaml or .yml")
+    except ScratchLLMError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOML and JSON errors are ValueErrors
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScratchLLMError(f"{path}: cannot parse ({first})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ScratchLLMError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def derive_grad_accum(cfg: TrainConfig, context_length: int, world_size: int) -> tuple[int, str]:
+    """Micro-batches per optimizer step, and the formula that produced it (printed at start)."""
+    b, t, w = cfg.batch_size, context_length, world_size
+    if cfg.tokens_per_step is None:
+        accum = cfg.grad_accum
+        return accum, f"tokens_per_step = batch_size * context_length * grad_accum * world_size = {b} * {t} * {accum} * {w} = {b * t * accum * w:,}"
+    per_micro = b * t * w
+    if cfg.tokens_per_step % per_micro:
+        raise ScratchLLMError(
+            f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * context_length * world_size "
+            f"= {b} * {t} * {w} = {per_micro}"
+        )
+    accum = cfg.tokens_per_step // per_micro
+    if cfg.grad_accum not in (1, accum):
+        raise ScratchLLMError(
+            f"grad_accum={cfg.grad_accum} contradicts tokens_per_step={cfg.tokens_per_step} (which gives {accum}); set one of them"
+        )
+    return accum, f"grad_accum = tokens_per_step / (batch_size * context_length * world_size) = {cfg.tokens_per_step} / ({b} * {t} * {w}) = {accum}"
+
