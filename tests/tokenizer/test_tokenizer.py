@@ -32,7 +32,7 @@ from scratchllm.tokenizer.gpt2 import GPT2_FILES
 def encode_command(spec: str, text: str) -> list[tuple[int, str]]:
     return token_pieces(Tokenizer.from_spec(spec), text)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Fail loudly rather than skip: without the shared data these tests would prove nothing.
 assert SHARED.is_dir(), f"test data folder {SHARED} is missing (expected ../shared/data beside the repo)"
 GPT2_DIR = SHARED / "gpt2"

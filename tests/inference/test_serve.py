@@ -26,7 +26,7 @@ openai = pytest.importorskip("openai")
 
 from scratchllm.checkpoint import load, save_model  # noqa: E402
 from scratchllm.cli import main  # noqa: E402
-from conftest import serving  # noqa: E402
+from tests.conftest import serving  # noqa: E402
 from scratchllm.models.config import GPTConfig  # noqa: E402
 from scratchllm.inference.generation import generate  # noqa: E402
 from scratchllm.models.gpt import GPT  # noqa: E402

@@ -22,7 +22,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from conftest import serving  # noqa: E402
+from tests.conftest import serving  # noqa: E402
 from scratchllm.models.config import GPTConfig  # noqa: E402
 from scratchllm.inference.generation import generate  # noqa: E402
 from scratchllm.models.gpt import GPT  # noqa: E402
@@ -30,7 +30,7 @@ from scratchllm.prompts import get_style  # noqa: E402
 from scratchllm.inference.serve import ServeSettings, create_app  # noqa: E402
 from scratchllm.tokenizer import Tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
