@@ -65,6 +65,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     where, d = locate(model_dir)
     model, tokenizer = load(d, kind="gpt")
     config = model.config
+    if config.mlp == "relu2" or config.logit_softcap is not None:  # exporting would change the logits
+        raise ScratchLLMError(f"{d}: mlp={config.mlp!r}, logit_softcap={config.logit_softcap!r}: Hugging Face's GPT-2 "
+                              "and Llama have no squared-ReLU MLP or logit soft-capping; cannot export")
     adapter = ADAPTERS["llama" if config.position == "rope" else "gpt2"]
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
     eos_id = tokenizer.special_tokens.get(ENDOFTEXT)

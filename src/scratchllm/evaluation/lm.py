@@ -106,7 +106,7 @@ def target_logprobs(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
     """
     if isinstance(model, GPT):
         h = model.hidden_states(inputs)  # (B, T, C)
-        logits = model.out_head(h[mask]).float()  # (N, V)
+        logits = model.logits(h[mask]).float()  # (N, V)
     else:
         out = model(inputs)
         logits = getattr(out, "logits", out)[mask].float()  # (N, V)

@@ -321,7 +321,7 @@ def _decode(
                     pad = mask[:, : cache.length + 1] if mask is not None else None
                 with _matrix_vector_kernels(weight, idx.numel()):
                     h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
-                    logits = model.out_head(h[:, -1])  # (B, V): the head for the last position only
+                    logits = model.logits(h[:, -1])  # (B, V): the head for the last position only
                 gens = [generators[r] for r in active] if generators is not None else None
                 next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
             step = {}

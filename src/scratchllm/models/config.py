@@ -32,12 +32,15 @@ class GPTConfig:
     # Options beyond GPT-2 (the Llama family, Touvron et al. 2023; encoders, Devlin et al. 2019):
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     position: str = "learned"  # "learned" absolute embeddings, "rope" rotary, or "sinusoidal" (fixed)
-    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu" (gated SiLU)
+    mlp: str = "gelu"  # "gelu" (GPT-2), "swiglu" (gated SiLU) or "relu2" (squared ReLU, So et al. 2021)
     mlp_hidden_dim: int | None = None  # feed-forward width; None = mlp_ratio * emb_dim
     n_kv_heads: int | None = None  # grouped-query attention: key/value heads (None = n_heads)
     bias: bool = True  # biases in the output projection, feed-forward and norms
     rope_theta: float = 10000.0
     causal: bool = True  # False: bidirectional attention (an encoder)
+    # Switches of small-budget training recipes (the modded-nanogpt speedrun, Jordan et al. 2024):
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (each block starts as the identity)
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c) (Gemma 2, Team et al. 2024); None = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "mlp_ratio"):
@@ -54,7 +57,7 @@ class GPTConfig:
             ("attn_impl", ("sdpa", "manual")),
             ("norm", ("layernorm", "rmsnorm")),
             ("position", ("learned", "rope", "sinusoidal")),
-            ("mlp", ("gelu", "swiglu")),
+            ("mlp", ("gelu", "swiglu", "relu2")),
         ):
             if getattr(self, name) not in allowed:
                 raise ScratchLLMError(
@@ -64,6 +67,12 @@ class GPTConfig:
             raise ScratchLLMError(
                 f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
             )
+        if self.logit_softcap is not None and not (
+            isinstance(self.logit_softcap, (int, float)) and not isinstance(self.logit_softcap, bool) and self.logit_softcap > 0
+        ):
+            raise ScratchLLMError(f"config field 'logit_softcap' must be a positive number or null, got {self.logit_softcap!r}")
+        if not isinstance(self.zero_init_proj, bool):
+            raise ScratchLLMError(f"config field 'zero_init_proj' must be true or false, got {self.zero_init_proj!r}")
         if self.position == "rope" and self.head_dim % 2:
             raise ScratchLLMError(f"config: rotary positions need an even head_dim, got {self.head_dim}")
 
