@@ -36,6 +36,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     fused_adamw: bool = True  # torch's fused AdamW kernel where the device has one (~5x faster on CPU)
     schedule: str = "steps"  # "steps": warmup + cosine over max_steps; "time": over max_time (see learning_rate)
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the matrices inside the blocks, AdamW (lr) for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (follows the same warmup and decay as lr)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
     eval_every: int = 200
     eval_batches: int = 20  # validation batches per evaluation (None-like 0 = the whole split)
@@ -82,6 +85,15 @@ class TrainConfig:
             raise ScratchLLMError(f"train config field 'schedule' must be steps or time, got {self.schedule!r}")
         if self.schedule == "time" and self.max_time is None:
             raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ScratchLLMError(f"train config field 'optimizer' must be adamw or muon, got {self.optimizer!r}")
+        if not self.muon_lr > 0:
+            raise ScratchLLMError(f"train config field 'muon_lr' must be > 0, got {self.muon_lr!r}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ScratchLLMError(f"train config field 'muon_momentum' must be in [0, 1), got {self.muon_momentum!r}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise ScratchLLMError("train config: optimizer 'muon' does not work with fsdp (Muon orthogonalises whole "
+                                  "matrices, which FSDP shards across processes); use DDP (no fsdp) or optimizer adamw")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ScratchLLMError(f"train config field 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

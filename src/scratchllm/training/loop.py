@@ -376,8 +376,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
                     lr = learning_rate(min(1.0, spent) * cfg.max_steps, cfg)
                 else:
                     lr = learning_rate(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for group in optimizer.param_groups:  # Muon's groups run at muon_lr / lr times the schedule
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 loss_sum = torch.zeros((), device=device)
                 step_tokens = 0
                 for micro in range(accum):
