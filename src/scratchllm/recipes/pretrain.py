@@ -36,8 +36,9 @@ class PretrainTask(Task):
 
     Each process draws its own share of every global batch (rank / world_size); validation loss is
     averaged over up to `eval_batches` fixed batches, also split across processes. Reported too:
-    perplexity exp(loss) and bits per byte = loss / ln 2 / bytes_per_token, which compares models
-    with different tokenizers.
+    perplexity exp(loss) and bits per byte, which compares models with different tokenizers: the
+    summed loss in bits over the UTF-8 bytes of the evaluated target tokens (when the tokenizer is
+    known; else over validation's own bytes per token times the tokens).
     """
 
     best_metric = "val_loss"
@@ -56,6 +57,9 @@ class PretrainTask(Task):
             )
         self.loader = RandomWindowLoader(data.train, batch_size, context_length, seed, rank=rank,
                                          world_size=world_size, device=self.device)
+        self.token_bytes = None  # id -> UTF-8 bytes of its text, for exact bits per byte
+        if tokenizer is not None and getattr(tokenizer, "vocab_size", None) == getattr(data, "vocab_size", None):
+            self.token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.float64, device=self.device)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loader.next_batch()  # x, y: (B, T) on device
@@ -68,7 +72,7 @@ class PretrainTask(Task):
         return batch[1].numel()
 
     def evaluate(self, model) -> dict[str, float]:
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, tokens
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # summed loss, tokens, their bytes
         max_batches = self.eval_batches or None
         for i, (x, y) in enumerate(eval_batches(self.data.val, self.batch_size, self.context_length, max_batches)):
             if i % self.world_size != self.rank:
@@ -76,15 +80,19 @@ class PretrainTask(Task):
             x, y = x.to(self.device), y.to(self.device)
             total[0] += model.loss(x, y).double() * y.numel()
             total[1] += y.numel()
+            if self.token_bytes is not None:
+                total[2] += self.token_bytes[y].sum()
         if self.world_size > 1:
             torch.distributed.all_reduce(total)
         if total[1] == 0:
             return {}  # validation split shorter than one window
         loss = (total[0] / total[1]).item()
         metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        bpt = getattr(self.data, "bytes_per_token", None)
-        if bpt:
-            metrics["val_bpb"] = loss / math.log(2) / bpt
+        n_bytes = total[2].item()
+        if not n_bytes and hasattr(self.data, "split_bytes_per_token"):
+            n_bytes = (self.data.split_bytes_per_token("val") or 0.0) * total[1].item()
+        if n_bytes:
+            metrics["val_bpb"] = total[0].item() / math.log(2) / n_bytes
         return metrics
 
     def sample(self, model) -> str:
@@ -168,7 +176,8 @@ def pretrain_lm(data, model, out, tok, cfg: TrainConfig, resume: bool = False, v
     meta = dict(getattr(corpus, "meta", {}) or {})
     extra = {
         "data": {"path": str(Path(data).resolve()), "val_fraction": val_fraction, **meta,
-                 "bytes_per_token": getattr(corpus, "bytes_per_token", None)},
+                 "bytes_per_token": getattr(corpus, "bytes_per_token", None),
+                 "val_bytes_per_token": corpus.split_bytes_per_token("val")},
         "tokenizer": {"vocab_size": tok.vocab_size, **{k: v for k, v in tok.spec.items() if k != "merges"}},
     }
     finished = False
