@@ -383,24 +383,3 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ve
     ref, _ = load(one_process)
     assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
 
-
-def test_demo_runs_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
-    from scratchllm.checkpoint import load
-    from scratchllm.recipes.demo import demo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        summary = demo(tmp_path / "demo", max_steps=6, vocab_size=300, n_layers=1, emb_dim=32, n_heads=2,
-                       context_length=32, batch_size=4, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
-    err = capsys.readouterr().err
-    assert "demo: trained a 300-token byte-level BPE tokenizer on 466,27" in err  # pydoc_data.topics
-    assert "demo: samples before and after training (prompt 'The'):\n--- step 0 ---\nThe" in err
-    assert summary["steps"] == 6 and summary["stopped"] == "max_steps"
-    model, tok = load(tmp_path / "demo")
-    assert tok.vocab_size == 300 and model.config.n_layers == 1
-    assert (tmp_path / "demo/loss.png").stat().st_size > 0
-    with pytest.raises(ScratchLLMError, match=r"demo: already exists; pass --overwrite to replace it or choose another --out"):
-        demo(tmp_path / "demo", max_steps=1)
