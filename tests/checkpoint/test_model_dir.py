@@ -194,6 +194,16 @@ def test_export_hf_loads_in_transformers_with_same_logits(tmp_path, capsys, over
         assert (again(ids) - model(ids)).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("switch", [{"mlp": "relu2"}, {"logit_softcap": 15.0}])
+def test_export_hf_refuses_what_hugging_face_cannot_express(tmp_path, switch):
+    save_model(tiny_gpt(**switch), tmp_path / "ours")
+    with pytest.raises(ScratchLLMError, match="Hugging Face's GPT-2 and Llama have no squared-ReLU MLP or logit "
+                                              "soft-capping; cannot export"):
+        export_hf(tmp_path / "ours", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    model, _ = load(tmp_path / "ours")  # our own format keeps them
+    assert {k: getattr(model.config, k) for k in switch} == switch
+
 def test_export_hf_tokenizer_files_load_in_transformers(tmp_path):
     save_model(tiny_gpt(), tmp_path / "ours")
     export_hf(tmp_path / "ours", tmp_path / "hf")
