@@ -4,6 +4,7 @@ embedded corpus is Python's own library, and a faster machine gets a larger mode
 
 from __future__ import annotations
 
+import json
 import math
 import sysconfig
 
@@ -25,7 +26,8 @@ def verdict_text(shared_data) -> str:
 
 
 def test_demo_on_a_file_holds_out_its_last_tenth_from_model_and_tokenizer(tmp_path, verdict_text, shared_data, capsys):
-    summary = demo(tmp_path / "demo", data=shared_data / "the-verdict.txt", max_steps=6, vocab_size=300, **TINY)
+    summary = demo(tmp_path / "demo", data=shared_data / "the-verdict.txt", max_steps=6, vocab_size=300, batch_size=4,
+                   lr=2e-3, n_kv_heads=None, **TINY)  # None keeps the recipe's value
     train_text, val_text = split_text(verdict_text, 0.1)
     assert val_text == verdict_text[int(len(verdict_text) * 0.9):]
     model, tok = load(tmp_path / "demo")
@@ -41,6 +43,8 @@ def test_demo_on_a_file_holds_out_its_last_tenth_from_model_and_tokenizer(tmp_pa
     assert e["val_bpb"] == pytest.approx(e["val_loss"] * windows * 32 / math.log(2)
                                          / _target_bytes(tok, tmp_path / "demo", val_text, windows), rel=1e-6)
     assert summary["steps"] == 6 and summary["stopped"] == "max_steps"
+    train = json.loads((tmp_path / "demo/run_config.json").read_text())["train"]
+    assert (train["batch_size"], train["lr"], train["min_lr"], train["optimizer"]) == (4, 2e-3, 2e-4, "muon")
     err = capsys.readouterr().err
     assert "demo: samples before and after training (prompt 'The'):\n--- step 0 ---\nThe" in err
     assert (tmp_path / "demo/loss.png").stat().st_size > 0

@@ -301,13 +301,14 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
 def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str] | None = None, minutes: float = 3.0,
          device: str = "auto", dtype: str = "float32", overwrite: bool = False, max_steps: int | None = None,
          prompt: str | None = None, recipe: Recipe = SMALL_BUDGET, vocab_size: int | None = None,
-         **model: Any) -> dict[str, Any]:
+         batch_size: int | None = None, lr: float | None = None, **model: Any) -> dict[str, Any]:
     """The whole pipeline in a few minutes on a CPU: `recipe` trained for `minutes` of wall time (or
     max_steps) on Python's standard library (or the UTF-8 text file `data`, whose last 10% of
     characters are held out), samples before and after, and a run directory that
-    `scratchllm generate --model OUT` loads. vocab_size and keyword arguments override the
-    recipe's tokenizer size and model fields (emb_dim=256, n_layers=6, ...). On the built-in corpus
-    a machine fast enough to read it more than once in the budget trains a larger model instead."""
+    `scratchllm generate --model OUT` loads. vocab_size, batch_size, lr (AdamW's peak) and keyword
+    arguments (model fields: emb_dim=256, n_layers=6, ...) override the recipe's; None keeps it. On
+    the built-in corpus, with the recipe's model, a machine fast enough to read the training text more
+    than once in the budget trains a larger model instead."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -327,7 +328,11 @@ def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str]
         prompt = "The" if prompt is None else prompt
     n_bytes = sum(len(d.encode("utf-8")) for d in train_docs), sum(len(d.encode("utf-8")) for d in val_docs)
     log(f"demo: {source}: {n_bytes[0]:,} bytes of training and {n_bytes[1]:,} of validation text")
-    recipe = recipe.replace(vocab_size=vocab_size, model=model)
+    model = {k: v for k, v in model.items() if v is not None}
+    train = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if "lr" in train:
+        train["min_lr"] = train["lr"] / 10
+    recipe = recipe.replace(vocab_size=vocab_size, model=model, train=train)
     remaining = None if minutes is None else minutes - (time.perf_counter() - start) / 60
     summary = train_recipe(recipe, train_docs, val_docs, out, minutes=None if max_steps else remaining,
                            max_steps=max_steps, device=device, dtype=dtype, checkpoints=1, sample_prompt=prompt,
