@@ -8,10 +8,12 @@ import json
 import math
 import sysconfig
 
+import numpy as np
 import pytest
 import torch
 
 from scratchllm.checkpoint import load
+from scratchllm.data import eval_batches
 from scratchllm.errors import ScratchLLMError
 from scratchllm.recipes.demo import (MODEL_LADDER, NANOGPT_BABY, SMALL_BUDGET, demo, fit_model_to_corpus, python_corpus,
                                      split_documents, split_text, tokenizer_sample, train_recipe)
@@ -37,11 +39,12 @@ def test_demo_on_a_file_holds_out_its_last_tenth_from_model_and_tokenizer(tmp_pa
     corpus = summary["corpus"]
     assert corpus["val_bytes"] == len(val_text.encode("utf-8"))
     assert corpus["val_bytes_per_token"] == corpus["val_bytes"] / corpus["val_tokens"]
-    # bits per byte of the whole held-out text (eval_batches covers it): nats -> bits over its bytes
+    # bits per byte: the loss in bits over the UTF-8 bytes of the held-out tokens evaluated
     e = summary["eval"]
-    windows = (corpus["val_tokens"] - 1) // 32
-    assert e["val_bpb"] == pytest.approx(e["val_loss"] * windows * 32 / math.log(2)
-                                         / _target_bytes(tok, tmp_path / "demo", val_text, windows), rel=1e-6)
+    ids = np.array(tok.encode_ordinary(val_text) + [tok.eot_id])
+    targets = np.concatenate([y.numpy().ravel() for _, y in eval_batches(ids, 4, 32, SMALL_BUDGET.eval_batches)])
+    n_bytes = tok.token_byte_lengths()[targets].sum()
+    assert e["val_bpb"] == pytest.approx(e["val_loss"] * len(targets) / math.log(2) / n_bytes, rel=1e-6)
     assert summary["steps"] == 6 and summary["stopped"] == "max_steps"
     train = json.loads((tmp_path / "demo/run_config.json").read_text())["train"]
     assert (train["batch_size"], train["lr"], train["min_lr"], train["optimizer"]) == (4, 2e-3, 2e-4, "muon")
@@ -50,13 +53,6 @@ def test_demo_on_a_file_holds_out_its_last_tenth_from_model_and_tokenizer(tmp_pa
     assert (tmp_path / "demo/loss.png").stat().st_size > 0
     with pytest.raises(ScratchLLMError, match=r"demo: already exists; pass --overwrite to replace it or choose another --out"):
         demo(tmp_path / "demo", data=shared_data / "the-verdict.txt", max_steps=1)
-
-
-def _target_bytes(tok, run_dir, val_text, windows) -> int:
-    """UTF-8 bytes of the validation tokens that the evaluation predicts (all but the first of each window)."""
-    ids = tok.encode_ordinary(val_text) + [tok.eot_id]
-    lengths = tok.token_byte_lengths()
-    return int(sum(lengths[ids[1 + 32 * w: 1 + 32 * (w + 1)]].sum() for w in range(windows)))
 
 
 def test_demo_on_the_embedded_corpus_splits_whole_files(tmp_path, capsys):
