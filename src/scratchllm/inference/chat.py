@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import ChatSettings
 from scratchllm.inference.generation import (TextAssembler, check_sampling, generate_tokens, make_generators,
                                              optimize_for_decoding)
 from scratchllm.prompts import PromptStyle, get_style
@@ -139,17 +139,6 @@ class TextStream:
 
 # ------------------------------------------------------------------------------------------------
 # A conversation
-
-
-@dataclass
-class ChatSettings:
-    temperature: float = 0.7  # 0 = greedy
-    max_new_tokens: int = 256  # longest answer; also the room kept free in the context for it
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None  # seeds one RNG for the whole session: same inputs, same conversation
-    system: str | None = None  # system prompt, kept when old turns are dropped
-    token_delay: float = 0.0  # seconds slept after each token (tests and demos)
 
 
 class ChatSession:

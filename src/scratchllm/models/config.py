@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from scratchllm.core.options import from_mapping
 from scratchllm.errors import ScratchLLMError
 
 
@@ -84,15 +85,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "GPTConfig":
-        if not isinstance(data, dict):
-            raise ScratchLLMError(f"{source}: expected a JSON object of config fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ScratchLLMError(
-                f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        return from_mapping(cls, data, source, "config")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":

@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scratchllm.core.options import from_mapping
 from scratchllm.errors import ScratchLLMError
 
 # The four linear layers of every transformer block (names as in scratchllm.models.gpt).
@@ -61,15 +62,7 @@ class LoRAConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "LoRA config") -> LoRAConfig:
         """A config from its JSON object (adapter_config.json, or "lora" in a model's config.json)."""
-        if not isinstance(data, dict):
-            raise ScratchLLMError(f"{source}: expected a JSON object with rank, alpha, targets")
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise ScratchLLMError(f"{source}: unknown key(s) {', '.join(sorted(set(data) - known))}; known: {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except ScratchLLMError as exc:
-            raise ScratchLLMError(f"{source}: {exc}") from None
+        return from_mapping(cls, data, source, "LoRA config")
 
 
 class LoRALinear(nn.Linear):
