@@ -624,38 +624,34 @@ def add_classify(sub):
     p.set_defaults(func=run)
 
 
-@finetune_recipe
-def add_finetune_instruct(recipes):
-    p = _parser(recipes, "instruct", "Instruction fine-tuning on {instruction, input, output} or {messages} records (full or LoRA).")
-    from scratchllm.recipes.config import InstructConfig
+def _add_tuning(recipes, name: str, help: str, config: str, module: str, function: str) -> None:
+    """`finetune instruct` and `finetune dpo`: a config dataclass in, fit's summary (JSON) out."""
+    import importlib
 
-    names = add_options(p, InstructConfig)
+    import scratchllm.recipes.config as configs
+
+    cls = getattr(configs, config)
+    p = _parser(recipes, name, help)
+    names = add_options(p, cls)
 
     def run(args):
-        from scratchllm.recipes.instruct import finetune_instruct
-
-        summary = finetune_instruct(options_of(args, InstructConfig, names))
+        summary = getattr(importlib.import_module(module), function)(options_of(args, cls, names))
         print(json.dumps(summary))
         return summary["exit_code"]
 
     p.set_defaults(func=run)
+
+
+@finetune_recipe
+def add_finetune_instruct(recipes):
+    _add_tuning(recipes, "instruct", "Instruction fine-tuning on {instruction, input, output} or {messages} records "
+                "(full or LoRA).", "InstructConfig", "scratchllm.recipes.instruct", "finetune_instruct")
 
 
 @finetune_recipe
 def add_finetune_dpo(recipes):
-    p = _parser(recipes, "dpo", "Direct Preference Optimization on {instruction, input, chosen, rejected} records.")
-    from scratchllm.recipes.config import DPOConfig
-
-    names = add_options(p, DPOConfig)
-
-    def run(args):
-        from scratchllm.recipes.dpo import finetune_dpo
-
-        summary = finetune_dpo(options_of(args, DPOConfig, names))
-        print(json.dumps(summary))
-        return summary["exit_code"]
-
-    p.set_defaults(func=run)
+    _add_tuning(recipes, "dpo", "Direct Preference Optimization on {instruction, input, chosen, rejected} records.",
+                "DPOConfig", "scratchllm.recipes.dpo", "finetune_dpo")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import ChatSettings
 from scratchllm.inference.generation import (TextAssembler, check_sampling, generate_tokens, make_generators,
                                              optimize_for_decoding)
-from scratchllm.prompts import PromptStyle, get_style
+from scratchllm.prompts import PromptStyle, get_style, stored_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
 # model down to a human pace, so tests (and demos) can interrupt an answer mid-stream.
@@ -266,7 +266,7 @@ def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
     else plain."""
     net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
     optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
-    stored = read_model_config(model).get("prompt_style") if locate(model)[0] == "scratchllm" else None
+    stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
     style = get_style(prompt_style or stored or "plain")
     name = Path(os.fspath(model)).name or os.fspath(model)
     return net, tokenizer, style, name

@@ -36,10 +36,7 @@ import torch.nn.functional as F
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, rope_tables
-from scratchllm.models.loss import chunked_cross_entropy
-
-IGNORE_INDEX = -100
-
+from scratchllm.models.loss import IGNORE_INDEX, chunked_cross_entropy
 
 class EncoderDecoder(nn.Module):
     """Encoder (bidirectional GPT blocks) + decoder (causal blocks with cross-attention), one config.

@@ -16,15 +16,28 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.core.device import resolve_device
-from scratchllm.data.instructions import encode_preference, load_preference_data, split_with_files
+from scratchllm.data.instructions import (
+    encode_preference,
+    load_preference_data,
+    split_with_files,
+)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import apply_lora
-from scratchllm.prompts import get_style
+from scratchllm.models.loss import IGNORE_INDEX
+from scratchllm.prompts import get_style, stored_style
 from scratchllm.recipes.config import DPOConfig
-from scratchllm.recipes.instruct import (IGNORE_INDEX, EpochLoader, check_counts, check_max_length, collate_instructions,
-                                         fit_recipe, prepare_model, stored_style, train_config)
+from scratchllm.recipes.instruct import (
+    EpochLoader,
+    check_counts,
+    check_max_length,
+    collate_instructions,
+    fit_recipe,
+    prepare_model,
+    train_config,
+)
 from scratchllm.training.loop import Task
 from scratchllm.training.run_dir import read_metrics
+
 
 def sequence_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of each row's non-ignored targets: (B, T), (B, T) -> (B,)."""

@@ -29,14 +29,11 @@ from scratchllm.data.instructions import (encode_example, load_instruction_data,
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.lora import apply_lora, count_parameters, merge_lora
+from scratchllm.models.loss import IGNORE_INDEX
 from scratchllm.prompts import PromptStyle, get_style
 from scratchllm.recipes.config import FinetuneConfig, InstructConfig
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
-
-IGNORE_INDEX = -100  # targets with this id do not count in the loss (PyTorch's cross-entropy default)
-
-
 
 def collate_instructions(
     examples: Sequence[tuple[Sequence[int], int]],
@@ -191,11 +188,6 @@ def check_counts(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ScratchLLMError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def stored_style(data: dict[str, Any]) -> str | None:
-    style = data.get("prompt_style")
-    return style if isinstance(style, str) else None
 
 
 def check_max_length(max_length: int | None, context_length: int) -> int:
