@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.checkpoint import load, save_model
+from scratchllm.checkpoint import load
 from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.info import model_info, parameter_breakdown
 from scratchllm.models.gpt import GPT, KVCache
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: never skipped)
 
 
 def hf_llama(tmp_path, **overrides):

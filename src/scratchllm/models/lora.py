@@ -18,7 +18,6 @@ LoRA run's checkpoints) is `checkpoint/adapters.py` and `checkpoint/model_dir.py
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scratchllm.core.console import log
 from scratchllm.core.options import from_mapping
 from scratchllm.errors import ScratchLLMError
 
@@ -174,8 +174,8 @@ def apply_lora(
     model.lora_config = config
     if verbose:
         n_train, n_total = count_parameters(model)
-        print(f"LoRA r={config.rank} alpha={config.alpha:g} on {len(chosen)} layers: trainable parameters "
-              f"{n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)", file=sys.stderr)
+        log(f"LoRA r={config.rank} alpha={config.alpha:g} on {len(chosen)} layers: trainable parameters "
+            f"{n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
     return model
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scratchllm.checkpoint.model_dir import load_weights, save_model
+from scratchllm.core.console import log
 from scratchllm.core.device import DistInfo, autocast_dtype, init_distributed, peak_flops
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import Tokenizer
@@ -123,8 +124,8 @@ class Stop:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        log(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+            "(send it again to stop at once)")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -530,4 +531,4 @@ def print_run_config(out: Path, run_config: dict[str, Any], resumed_at: int | No
                  f"(= {d['flops_per_token'] * d['tokens_per_step']:.3g} per step)")
     lines.append(f"        device {d['device']} x {d['world_size']}, autocast {d['autocast_dtype'] or 'off (float32)'}, "
                  f"peak {d['peak_flops'] / 1e9:,.0f} GFLOP/s ({d['peak_flops_source']})")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    log("\n".join(lines))
