@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scratchllm.checkpoint import load, save_model
+from scratchllm.checkpoint import load
 from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
@@ -117,3 +117,116 @@ def test_info_compare_prints_a_row_per_model_and_draws_the_chart(tmp_path, capsy
 def test_family_options_are_validated(fields, message):
     with pytest.raises(ScratchLLMError, match=message):
         GPTConfig.from_preset("gpt-tiny", **fields)
+
+
+# --------------------------------------------------------------------------------------------------
+# The switches of today's small models (Llama 3.x, Qwen2.5, Qwen3, SmolLM2), at toy size
+
+LLAMA3_SCALING = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_context_length": 32}
+MODERN = {
+    "qwen3-like": dict(qk_norm=True, head_dim=48),  # heads wider than emb_dim / n_heads = 32
+    "llama3-scaled": dict(rope_scaling=LLAMA3_SCALING, tie_embeddings=True),
+    "qwen2-like": dict(qkv_bias=True, bias=False, tie_embeddings=True),
+}
+
+
+def modern(name: str, **more) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("llama-tiny", vocab_size=97, **{**MODERN[name], **more})).eval()
+    with torch.no_grad():  # norm scales and biases away from their init, so that a wrong one shows
+        for pname, p in model.named_parameters():
+            if "norm" in pname or pname.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name", list(MODERN))
+def test_modern_switches_accounting_equals_the_model(name):
+    model = modern(name)
+    config = model.config
+    assert parameter_breakdown(config) == model.parameter_breakdown()
+    assert model_info(config)["parameters"] == model.num_parameters()
+    if config.qk_norm:  # the query/key scales are norms, one of head_dim per block each
+        assert model.parameter_breakdown()["norms"] == (2 * 4 + 1) * 128 + 4 * 2 * 48
+    # FLOPs: 2 per weight of every matrix a token goes through (the head's too, tied or not) plus
+    # attention's scores and weighted sum, 2 * T * n_heads * head_dim each per layer
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks."))
+    T = config.context_length
+    forward = 2 * (matrices + config.vocab_size * config.emb_dim) + 4 * config.n_layers * T * config.n_heads * config.head_dim
+    assert model.flops_per_token(training=False) == forward
+    assert model_info(config)["kv_cache_bytes_per_token"]["bfloat16"] == 2 * sum(
+        k.numel() for k in KVCache.allocate(config, 1, 1, "meta", torch.bfloat16).keys + KVCache.allocate(
+            config, 1, 1, "meta", torch.bfloat16).values)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("name", list(MODERN))
+def test_modern_switches_kv_cache_equals_full_recompute(name, impl):
+    model = modern(name, attn_impl=impl)
+    idx = torch.randint(0, 97, (2, 40))
+    cache = KVCache.allocate(model.config, 2, 64, "cpu", torch.float32)
+    assert cache.keys[0].shape == (2, 2, 64, model.config.head_dim)
+    with torch.no_grad():
+        full = model(idx)
+        steps = [model(idx[:, :11], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(11, 40)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_llama3_rope_scaling_matches_transformers_frequencies():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from scratchllm.models.gpt import rope_frequencies
+
+    scaling = GPTConfig.from_preset("llama3.2-1b").rope_scaling
+    hf = transformers.LlamaConfig(
+        hidden_size=2048, num_attention_heads=32, head_dim=64, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+    expected = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")[0]
+    got = rope_frequencies(64, 500000.0, scaling)
+    plain = rope_frequencies(64, 500000.0)
+    torch.testing.assert_close(got, expected, atol=0, rtol=1e-6)
+    kept, slowed = got == plain, torch.isclose(got, plain / 32, rtol=1e-6)
+    assert kept.sum() > 0 and slowed.sum() > 0 and (~kept & ~slowed).sum() > 0  # all three regimes occur
+
+
+def test_head_dim_is_derived_unless_set_and_written_back_only_when_set():
+    gpt2 = GPTConfig.from_preset("gpt2-small")
+    assert gpt2.head_dim == 64 and gpt2.to_dict()["head_dim"] is None
+    qwen3 = GPTConfig.from_preset("qwen3-0.6b")
+    assert qwen3.head_dim == 128 and qwen3.to_dict()["head_dim"] == 128
+    assert GPTConfig.from_dict({**gpt2.to_dict(), "emb_dim": 1024, "n_heads": 8}).head_dim == 128
+    assert GPTConfig.from_dict(qwen3.to_dict()) == qwen3
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"n_layers": "12"}, "config field 'n_layers' must be a positive integer, got '12'"),
+     ({"head_dim": 12.5}, "config field 'head_dim' must be a positive integer, got 12.5"),
+     ({"n_kv_heads": 0}, "config field 'n_kv_heads' must be a positive integer, got 0"),
+     ({"qk_norm": "yes"}, "config field 'qk_norm' must be true or false, got 'yes'"),
+     ({"rope_theta": "1e4"}, "config field 'rope_theta' must be a number, got '1e4'"),
+     ({"head_dim": 25, "position": "rope"}, "config: rotary positions need an even head_dim, got 25"),
+     ({"rope_scaling": LLAMA3_SCALING}, "config: rope_scaling needs position 'rope', got position 'learned'"),
+     ({"position": "rope", "rope_scaling": {**LLAMA3_SCALING, "type": "yarn"}},
+      "config field 'rope_scaling': type must be 'llama3', got 'yarn'"),
+     ({"position": "rope", "rope_scaling": {k: v for k, v in LLAMA3_SCALING.items() if k != "factor"}},
+      "config field 'rope_scaling': missing key(s) 'factor'; expected type, factor, low_freq_factor, "
+      "high_freq_factor, original_context_length"),
+     ({"position": "rope", "rope_scaling": {**LLAMA3_SCALING, "beta": 1}},
+      "config field 'rope_scaling': unknown key(s) 'beta'; expected type, factor, low_freq_factor, "
+      "high_freq_factor, original_context_length"),
+     ({"position": "rope", "rope_scaling": {**LLAMA3_SCALING, "factor": "8"}},
+      "config field 'rope_scaling': 'factor' must be a number, got '8'"),
+     ({"position": "rope", "rope_scaling": {**LLAMA3_SCALING, "original_context_length": 32.5}},
+      "config field 'rope_scaling': 'original_context_length' must be an integer, got 32.5"),
+     ({"position": "rope", "rope_scaling": {**LLAMA3_SCALING, "low_freq_factor": 4.0}},
+      "config field 'rope_scaling': expected factor >= 1 and low_freq_factor < high_freq_factor, got factor 8.0, "
+      "low_freq_factor 4.0, high_freq_factor 4.0")],
+)
+def test_modern_fields_are_validated_with_one_line_errors(fields, message):
+    with pytest.raises(ScratchLLMError) as info:
+        GPTConfig.from_preset("gpt-tiny", **fields)
+    assert str(info.value) == message
