@@ -230,3 +230,72 @@ def test_modern_fields_are_validated_with_one_line_errors(fields, message):
     with pytest.raises(ScratchLLMError) as info:
         GPTConfig.from_preset("gpt-tiny", **fields)
     assert str(info.value) == message
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets of today's small models: the published config.json, through our importer, is the preset,
+# and its parameters and KV cache are those of the transformers model
+
+# The architecture fields of each model's config.json on the Hugging Face hub, as published
+# (meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B, Qwen/Qwen3-0.6B, HuggingFaceTB/SmolLM2-135M), and the
+# parameter counts their model cards give (total, non-embedding where stated).
+PUBLISHED = {
+    "llama3.2-1b": ({
+        "model_type": "llama", "attention_bias": False, "mlp_bias": False, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 131072, "num_attention_heads": 32,
+        "num_hidden_layers": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "tie_word_embeddings": True, "vocab_size": 128256}, 1.23e9, None),
+    "qwen2.5-0.5b": ({
+        "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 896, "intermediate_size": 4864,
+        "max_position_embeddings": 32768, "max_window_layers": 24, "num_attention_heads": 14, "num_hidden_layers": 24,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": True, "use_sliding_window": False, "vocab_size": 151936}, 0.49e9, 0.36e9),
+    "qwen3-0.6b": ({
+        "model_type": "qwen3", "attention_bias": False, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+        "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28, "num_attention_heads": 16,
+        "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True, "use_sliding_window": False,
+        "vocab_size": 151936}, 0.6e9, 0.44e9),
+    "smollm2-135m": ({
+        "model_type": "llama", "attention_bias": False, "mlp_bias": False, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 576, "intermediate_size": 1536, "max_position_embeddings": 8192, "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "rope_scaling": None,
+        "rope_theta": 100000, "tie_word_embeddings": True, "vocab_size": 49152}, 135e6, None),
+}
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED))
+def test_recent_presets_are_the_published_models(preset):
+    from scratchllm.checkpoint.hf import config_from_hf
+
+    published, total, non_embedding = PUBLISHED[preset]
+    config = GPTConfig.from_preset(preset)
+    assert config_from_hf(published) == config
+    fields = {k: v for k, v in published.items() if k != "model_type"}
+    with torch.device("meta"):  # shapes without memory: 1.2B parameters cost nothing here
+        theirs = transformers.AutoModelForCausalLM.from_config(transformers.CONFIG_MAPPING[published["model_type"]](**fields))
+    info = model_info(preset)
+    assert info["parameters"] == sum(p.numel() for p in theirs.parameters())  # tied weights listed once
+    assert abs(info["parameters"] - total) / total < 0.01  # the model card's figure, rounded
+    if non_embedding is not None:
+        assert abs(info["non_embedding_parameters"] - non_embedding) / non_embedding < 0.015
+    layers = theirs.model.layers
+    kv_per_token = sum(2 * layer.self_attn.k_proj.out_features for layer in layers)  # a key and a value per layer
+    assert info["kv_cache_bytes_per_token"]["bfloat16"] == 2 * kv_per_token
+
+
+def test_info_compare_prints_todays_models(capsys):
+    names = ["gpt2-small", *PUBLISHED]
+    assert main(["info", "--compare", *names]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].split() == ["model", "params", "layers", "emb_dim", "heads", "kv_heads", "head_dim", "ctx", "bf16",
+                               "weights", "KV/token", "bf16", "train", "FLOPs/tok"]
+    for name, row in zip(names, rows[1:]):
+        c, info = GPTConfig.from_preset(name), model_info(name)
+        kv = info["kv_cache_bytes_per_token"]["bfloat16"] / 1024
+        cells = row.split()
+        assert cells[0] == name and cells[2:8] == [str(n) for n in (c.n_layers, c.emb_dim, c.n_heads, c.kv_heads,
+                                                                   c.head_dim, c.context_length)]
+        assert f"{kv:.1f} KiB" in row
