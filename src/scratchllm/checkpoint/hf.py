@@ -317,7 +317,7 @@ class LlamaAdapter(HFAdapter):
                 qkv_bias=qkv_bias,
                 bias=bias,
                 tie_embeddings=bool(h.get("tie_word_embeddings", False)),
-                layer_norm_eps=float(h["rms_norm_eps"]),
+                layer_norm_eps=h["rms_norm_eps"],
                 norm="rmsnorm",
                 position="rope",
                 mlp="swiglu",
@@ -450,19 +450,28 @@ def rope_from_hf(h: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None, li
     """(rope_theta, our rope_scaling, unsupported settings) of a config.json, written either as
     transformers 5 does ("rope_parameters": {"rope_type", "rope_theta", ...}) or as earlier versions
     and most hub files do ("rope_theta", "rope_scaling": {"rope_type" or "type", ...})."""
-    params = {**(h.get("rope_scaling") or {}), **(h.get("rope_parameters") or {})}
+    params: dict[str, Any] = {}
+    problems = []
+    for key in ("rope_scaling", "rope_parameters"):  # the newer key wins
+        value = h.get(key)
+        if isinstance(value, Mapping):
+            params.update(value)
+        elif value is not None:
+            problems.append((True, f"{key} {value!r} (expected an object)"))
     theta = params.get("rope_theta", h.get("rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default"))
     partial = params.get("partial_rotary_factor", h.get("partial_rotary_factor", 1.0))
-    problems = [(kind not in ("default", "llama3"), f"rope type {kind!r} (only default and llama3)"),
-                (partial != 1.0, f"partial_rotary_factor {partial!r} (rotary positions on every channel only)")]
+    problems += [(kind not in ("default", "llama3"), f"rope type {kind!r} (only default and llama3)"),
+                 (partial != 1.0, f"partial_rotary_factor {partial!r} (rotary positions on every channel only)")]
     if isinstance(theta, bool) or not isinstance(theta, (int, float)):
         problems.append((True, f"rope_theta {theta!r} (expected a number)"))
         theta = 10000.0
     scaling = None
     if kind == "llama3":
         scaling = {"type": "llama3", **{k: params.get(k) for k in ("factor", "low_freq_factor", "high_freq_factor")},
-                   "original_context_length": params.get("original_max_position_embeddings")}
+                   # absent: the context the model was configured with, as transformers reads it
+                   "original_context_length": params.get("original_max_position_embeddings",
+                                                         h.get("max_position_embeddings"))}
     return float(theta), scaling, problems
 
 

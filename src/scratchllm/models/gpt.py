@@ -4,8 +4,10 @@ This is GPT-2's architecture (Radford et al. 2019): token and learned position e
 pre-LayerNorm transformer blocks (causal multi-head self-attention and a GELU feed-forward network,
 each wrapped in a residual connection), a final LayerNorm and a linear head to vocabulary logits.
 The same parts, switched by config fields, give a Llama-style decoder (RMSNorm, rotary positions,
-SwiGLU, grouped-query attention, no biases), a bidirectional encoder (`causal=False`), and the
-decoder half of an encoder-decoder (blocks with cross-attention).
+SwiGLU, grouped-query attention, no biases), today's small open models (Llama 3's rotary scaling,
+Qwen2.5's q/k/v-only biases, Qwen3's query/key norms and heads wider than emb_dim / n_heads), a
+bidirectional encoder (`causal=False`), and the decoder half of an encoder-decoder (blocks with
+cross-attention).
 Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), C = emb_dim,
 H = heads, K = key/value heads, D = head_dim, V = vocab_size.
 
