@@ -299,3 +299,27 @@ def test_info_compare_prints_todays_models(capsys):
         assert cells[0] == name and cells[2:8] == [str(n) for n in (c.n_layers, c.emb_dim, c.n_heads, c.kv_heads,
                                                                    c.head_dim, c.context_length)]
         assert f"{kv:.1f} KiB" in row
+
+
+def test_encoder_decoder_takes_the_modern_switches(tmp_path):
+    from scratchllm.checkpoint import save_model
+    from scratchllm.models.encoder_decoder import DecoderSteps, EncoderDecoder
+
+    config = GPTConfig.from_preset("llama-tiny", vocab_size=97, qk_norm=True, head_dim=48, rope_scaling=LLAMA3_SCALING)
+    torch.manual_seed(0)
+    model = EncoderDecoder(config).eval()
+    src, tgt = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        memory = model.encode(src)
+        full = torch.log_softmax(model(src, tgt), dim=-1)  # (2, 40, V)
+        steps = DecoderSteps(model, memory, None)
+        for t in range(1, 41):  # one more token per call, through the decoder's KV cache
+            torch.testing.assert_close(steps(tgt[:, :t]), full[:, t - 1], atol=1e-5, rtol=1e-5)
+        unscaled = EncoderDecoder(GPTConfig.from_dict({**config.to_dict(), "rope_scaling": None})).eval()
+        unscaled.load_state_dict(model.state_dict())
+        # the same memory: only the decoder's own rotary positions can differ
+        assert (unscaled.decode(tgt, memory) - model.decode(tgt, memory)).abs().max() > 1e-3
+    save_model(model, tmp_path / "m")
+    info = model_info(tmp_path / "m")
+    assert info["parameters"] == model.num_parameters()
+    assert info["flops_per_token_forward"] == model.flops_per_token(training=False)
