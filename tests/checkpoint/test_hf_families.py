@@ -364,7 +364,18 @@ def test_hub_download_is_checked_and_resumes_without_broken_files(hub, shared_da
 def test_hub_name_that_cannot_be_fetched_is_one_line(hub, name, message):
     root, _, _ = hub
     (root / "acme" / "empty").mkdir(parents=True)
-    (root / "acme" / "empty" / "config.json").write_text("{}")
+    (root / "acme" / "empty" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": 100}))
     with pytest.raises(ScratchLLMError) as info:
         load(name)
     assert str(info.value) == message.replace("HUB", hf.HF_URL.split("/")[2])
+
+
+def test_hub_model_we_cannot_run_stops_before_its_weights_are_fetched(hub, shared_data):
+    root, requests, _ = hub
+    _, d = publish(root, "acme/windowed", "qwen2", False, shared_data)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "use_sliding_window": True, "sliding_window": 16}))
+    with pytest.raises(ScratchLLMError, match=r"acme--windowed/config.json: unsupported Qwen2 setting use_sliding_window true"):
+        load("acme/windowed")
+    assert [r.rsplit("/", 1)[1] for r in requests] == ["config.json"]

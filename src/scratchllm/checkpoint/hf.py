@@ -643,7 +643,8 @@ def hub_dir(name: str, progress: bool = True) -> Path:
     GPT-2's names fetch config.json and model.safetensors into hf/gpt2 (-medium, ...). Any other
     OWNER/NAME fetches into hf/OWNER--NAME: config.json, the weights (model.safetensors, or
     model.safetensors.index.json and the shards it names) and whichever of HUB_OPTIONAL_FILES (the
-    tokenizer, its chat template, the generation settings) the repository has. Each file is checked
+    tokenizer, its chat template, the generation settings) the repository has; a config.json of a
+    family or setting we do not model stops it before the weights are fetched. Each file is checked
     (SHA-256 and size for the weights, size for small files) and moved into place whole, so an
     interrupted download resumes file by file; HUB_MANIFEST, written last, says the directory is
     complete, and from then on nothing is asked of the network.
@@ -674,7 +675,8 @@ def hub_dir(name: str, progress: bool = True) -> Path:
                                   f"failed: {exc}; {hint}") from None
 
     fetch(CONFIG_FILE)
-    if not fetch("model.safetensors", optional=True):
+    config_from_hf(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))  # a model we cannot run
+    if not fetch("model.safetensors", optional=True):  # stops here, before its weights are fetched
         if not fetch(HUB_INDEX, optional=True):
             raise ScratchLLMError(f"{repo}: the hub has neither model.safetensors nor {HUB_INDEX} "
                                   "(only safetensors weights are downloaded)")
