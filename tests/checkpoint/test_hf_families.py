@@ -337,7 +337,8 @@ def test_hub_download_is_checked_and_resumes_without_broken_files(hub, shared_da
     assert message.startswith("'acme/tiny': no such directory, and fetching it from the Hugging Face hub failed: "
                               "download http://127.0.0.1:")
     assert "/acme/tiny/resolve/main/model.safetensors: SHA-256 is " in message
-    assert message.endswith("`huggingface-cli download acme/tiny --local-dir DIR` and pass DIR")
+    assert message.endswith("`hf download acme/tiny --local-dir DIR` (after `hf auth login` and accepting its licence) "
+                            "and pass DIR")
     cached = hf.cache_dir() / "hf" / "acme--tiny"
     assert sorted(p.name for p in cached.iterdir()) == ["config.json"]  # checked files only, and no manifest
     del handler.served["acme/tiny/model.safetensors"]
@@ -355,8 +356,8 @@ def test_hub_download_is_checked_and_resumes_without_broken_files(hub, shared_da
 @pytest.mark.parametrize("name, message", [
     ("acme/none", "'acme/none': no such directory, and fetching it from the Hugging Face hub failed: download "
                   "http://HUB/acme/none/resolve/main/config.json: Unauthorized; if the hub refuses (no network; a "
-                  "gated or private model, such as meta-llama's), fetch it with `huggingface-cli download acme/none "
-                  "--local-dir DIR` and pass DIR"),
+                  "gated or private model, such as meta-llama's), fetch it with `hf download acme/none --local-dir DIR` "
+                  "(after `hf auth login` and accepting its licence) and pass DIR"),
     ("acme/empty", "acme/empty: the hub has neither model.safetensors nor model.safetensors.index.json (only "
                    "safetensors weights are downloaded)"),
     ("a/b/c", "a/b/c: no such directory"),

@@ -661,7 +661,7 @@ def hub_dir(name: str, progress: bool = True) -> Path:
     if (directory / HUB_MANIFEST).is_file():
         return directory
     hint = (f"if the hub refuses (no network; a gated or private model, such as meta-llama's), fetch it with "
-            f"`huggingface-cli download {repo} --local-dir DIR` and pass DIR")
+            f"`hf download {repo} --local-dir DIR` (after `hf auth login` and accepting its licence) and pass DIR")
 
     def fetch(file: str, optional: bool = False) -> bool:
         """Download `file` unless it is already there; False if optional and the hub has none."""
