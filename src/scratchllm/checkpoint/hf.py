@@ -675,8 +675,9 @@ def hub_dir(name: str, progress: bool = True) -> Path:
                                   f"failed: {exc}; {hint}") from None
 
     fetch(CONFIG_FILE)
-    config_from_hf(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))  # a model we cannot run
-    if not fetch("model.safetensors", optional=True):  # stops here, before its weights are fetched
+    # a model we cannot run stops here, before its weights are fetched
+    config_from_hf(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
+    if not fetch("model.safetensors", optional=True):
         if not fetch(HUB_INDEX, optional=True):
             raise ScratchLLMError(f"{repo}: the hub has neither model.safetensors nor {HUB_INDEX} "
                                   "(only safetensors weights are downloaded)")
