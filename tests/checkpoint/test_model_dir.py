@@ -161,7 +161,7 @@ def test_state_dict_from_hf_transposes_conv1d_and_drops_buffers():
     ({"activation_function": "relu"}, "unsupported GPT-2 setting activation_function 'relu' (only gelu_new)"),
     ({"scale_attn_by_inverse_layer_idx": True}, "unsupported GPT-2 setting scale_attn_by_inverse_layer_idx true"),
     ({"reorder_and_upcast_attn": True}, "unsupported GPT-2 setting reorder_and_upcast_attn true"),
-    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2', 'llama' models can be imported"),
+    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2', 'llama', 'qwen2', 'qwen3' models can be imported"),
     ({"n_inner": 100}, "n_inner 100 is not a multiple of n_embd 64"),
     ({"n_head": 5}, "config: emb_dim (64) must be divisible by n_heads (5)"),
 ])
@@ -340,7 +340,8 @@ def test_bad_model_directory_is_one_line_error(tmp_path, capsys, breaker):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("gpt5", "'gpt5': no such Hugging Face directory, and not a GPT-2 name (one of gpt2, gpt2-medium, gpt2-large, gpt2-xl)"),
+    ("gpt5", "'gpt5': no such directory, and not a hub name (a GPT-2 name, one of gpt2, gpt2-medium, gpt2-large, "
+             "gpt2-xl, or OWNER/NAME such as HuggingFaceTB/SmolLM2-135M)"),
     ("./nowhere", "nowhere: no such directory"),
 ])
 def test_import_gpt2_unknown_source(tmp_path, capsys, source, message):
@@ -359,7 +360,7 @@ def test_import_gpt2_rejects_unsupported_hf_config(tmp_path, capsys):
 
 
 def test_load_unknown_name():
-    with pytest.raises(ScratchLLMError, match=r"^'gpt-7b': no such model directory, and not a GPT-2 name"):
+    with pytest.raises(ScratchLLMError, match=r"^'gpt-7b': no such directory, and not a hub name \(a GPT-2 name"):
         load("gpt-7b")
 
 
