@@ -200,7 +200,7 @@ def add_import_hf(sub):
 
 @verb('export-hf')
 def add_export_hf(sub):
-    p = _parser(sub, "export-hf", "Write a scratchllm model as a Hugging Face GPT-2 directory (transformers' from_pretrained loads it).")
+    p = _parser(sub, "export-hf", "Write a scratchllm model as a Hugging Face directory of its family (GPT-2, Llama, Qwen2, Qwen3) that transformers loads.")
     p.add_argument("--model", required=True, help="scratchllm model directory, run directory, Hugging Face GPT-2 directory or GPT-2 name")
     p.add_argument("--out", required=True, help="Hugging Face directory to write")
 

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from scratchllm.checkpoint import load, save_model

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-import uvicorn  # noqa: E402
 import openai  # noqa: E402
 
 from scratchllm.checkpoint import load, save_model  # noqa: E402

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
 
 from selenium.webdriver.common.by import By  # noqa: E402

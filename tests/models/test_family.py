@@ -229,7 +229,7 @@ def test_head_dim_is_derived_unless_set_and_written_back_only_when_set():
 def test_modern_fields_are_validated_with_one_line_errors(fields, message):
     with pytest.raises(ScratchLLMError) as info:
         GPTConfig.from_preset("gpt-tiny", **fields)
-    assert str(info.value) == message
+    assert str(info.value) == f"preset 'gpt-tiny': {message}"
 
 
 # --------------------------------------------------------------------------------------------------

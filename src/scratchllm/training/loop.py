@@ -504,7 +504,7 @@ def describe_run(model: nn.Module, cfg: TrainConfig, env: DistInfo, device: torc
         "tokens_per_step": cfg.batch_size * seq_len * accum * env.world_size,
         "tokens_per_step_formula": accum_formula,
         "flops_per_token": flops_per_token,
-        "flops_per_token_formula": "3 * (2 * matmul weights + 4 * n_layers * context_length * emb_dim)",
+        "flops_per_token_formula": "3 * (2 * matmul weights + 4 * n_layers * context_length * n_heads * head_dim)",
         "world_size": env.world_size,
         "device": str(device),
         "autocast_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
