@@ -55,6 +55,21 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str, **kwargs: Any
     return sub.add_parser(name, help=help, description=help, formatter_class=_DefaultsFormatter, **kwargs)
 
 
+def _add_group(sub: argparse._SubParsersAction, name: str, help: str, dest: str,
+               members: list[Callable[[argparse._SubParsersAction], None]]) -> None:
+    """A verb made of sub-verbs (`evaluate TASK`, `finetune RECIPE`); alone, it prints its help."""
+    p = _parser(sub, name, help)
+    group = p.add_subparsers(dest=dest, metavar=dest.upper())
+    for add in members:
+        add(group)
+
+    def run(args):
+        p.print_help(sys.stderr)
+        return 2
+
+    p.set_defaults(func=run)
+
+
 def add_options(p: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
                 defaults_from_elsewhere: bool = False) -> list[str]:
     """One flag per field of the config dataclass `cls` (--max-steps for max_steps); returns the names.
@@ -243,16 +258,8 @@ def print_report(report: dict, out: str | None) -> None:
 
 @verb('evaluate')
 def add_evaluate(sub):
-    p = _parser(sub, "evaluate", "Evaluate a model: perplexity, few-shot classification, multiple choice.")
-    tasks = p.add_subparsers(dest="task", metavar="TASK")
-    for add in EVALUATE_TASKS:
-        add(tasks)
-
-    def run(args):
-        p.print_help(sys.stderr)
-        return 2
-
-    p.set_defaults(func=run)
+    _add_group(sub, "evaluate", "Evaluate a model: perplexity, few-shot classification, multiple choice, responses.",
+               "task", EVALUATE_TASKS)
 
 
 @evaluate_task
@@ -561,16 +568,8 @@ def finetune_recipe(add: Callable[[argparse._SubParsersAction], None]):
 
 @verb('finetune')
 def add_finetune(sub):
-    p = _parser(sub, "finetune", "Fine-tune a pretrained model: classify (a head on a text's last token), instruct (full or LoRA), dpo.")
-    recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
-    for add in FINETUNE_RECIPES:
-        add(recipes)
-
-    def run(args):
-        p.print_help(sys.stderr)
-        return 2
-
-    p.set_defaults(func=run)
+    _add_group(sub, "finetune", "Fine-tune a pretrained model: classify (a head on a text's last token), instruct "
+               "(full or LoRA), dpo.", "recipe", FINETUNE_RECIPES)
 
 
 @finetune_recipe
