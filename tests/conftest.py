@@ -45,3 +45,20 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory):
+    """kind -> a small Hugging Face tokenizer directory (see tests/hf_tokenizers.py), each built once."""
+    pytest.importorskip("tokenizers")
+    from tests.hf_tokenizers import build
+
+    root = tmp_path_factory.mktemp("hf-tokenizers")
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build(kind, root / kind)
+        return built[kind]
+
+    return get
