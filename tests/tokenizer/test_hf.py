@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -130,6 +131,17 @@ def test_gpt2_files_through_the_hf_reader(tmp_path, shared_data):
     assert hf.vocab_size == gpt2.vocab_size == 50257 and hf.eot_id == 50256  # no config: <|endoftext|>
     for text in [*TEXTS, (shared_data / "the-verdict.txt").read_text(encoding="utf-8")]:
         assert hf.encode(text, allowed_special="all") == gpt2.encode(text, allowed_special="all")
+
+
+def test_the_python_path_needs_no_tokenizers_library(hf_tokenizer_dir, monkeypatch):
+    d = hf_tokenizer_dir("llama3")
+    fast = Tokenizer.from_hf(d, backend="tokenizers")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    tok = Tokenizer.from_hf(d)
+    assert tok.backend == "python"
+    assert tok.encode(TEXTS[4], add_special_tokens=True) == fast.encode(TEXTS[4], add_special_tokens=True)
+    with pytest.raises(ScratchLLMError, match=r"backend 'tokenizers': the tokenizers package is not installed"):
+        Tokenizer.from_hf(d, backend="tokenizers")
 
 
 # --------------------------------------------------------------------------------------------------

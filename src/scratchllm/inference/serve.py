@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.chat import TextStream, load_for_chat
 from scratchllm.inference.generation import encode_prompt, make_generators
-from scratchllm.prompts import get_style
+from scratchllm.prompts import choose_style
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -70,7 +70,7 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     retry_after_s: int = 1  # Retry-After of a 503
     model_name: str | None = None  # the id in /v1/models (default: the model directory's name)
-    prompt_style: str | None = None  # default: the one stored with the model, else plain
+    prompt_style: str | None = None  # default: the one stored with the model, else its chat template, else plain
     token_delay: float = 0.0  # seconds slept after each token (tests and demos)
 
     def check(self) -> None:
@@ -416,7 +416,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     settings.check()
     if isinstance(model, tuple):
         net, tokenizer = model
-        style = get_style(settings.prompt_style or "plain")
+        style = choose_style(settings.prompt_style, None, tokenizer, "plain")
         name = settings.model_name or "scratchllm"
     else:
         net, tokenizer, style, name = load_for_chat(model, device, dtype, settings.prompt_style)
