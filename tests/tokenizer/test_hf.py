@@ -328,7 +328,7 @@ def _break(*keys, value=None):
     (_break("decoder", value={"type": "WordPiece"}), r"decoder \['WordPiece'\] is not supported"),
     (_break("post_processor", value={"type": "BertProcessing"}), r"post_processor 'BertProcessing' is not supported"),
     (_break("model", "merges", 0, value="a b c"), r"model.merges\[0\] is 'a b c'; expected 'left right'"),
-    (_break("model", "merges", 0, value=["Ġ", "zzzq"]), r"model.merges\[0\] .* uses b'zzzq', which is not in model.vocab"),
+    (_break("model", "merges", 0, value=["Ġ", "zzzq"]), r"model.merges\[0\] .* uses 'zzzq', which is not in model.vocab"),
     (_break("added_tokens", 0, "single_word", value=True), r"has single_word true, which is not supported"),
     (_break("pre_tokenizer", "pretokenizers", 0, "pattern", value={"Regex": "("}), r"is not a valid regex"),
 ])

@@ -55,7 +55,10 @@ HF_TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, CHAT_TEMPLATE_FILE, SPEC
 # template sees each one that is set as a variable ({{ bos_token }}).
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
-_CHAR_TO_BYTE = {ch: b for b, ch in bytes_to_unicode().items()}
+# str.translate table: each of GPT-2's byte characters -> the Latin-1 character of its byte, and every
+# other character below 256 -> U+FFFF, which Latin-1 cannot encode, so text that is not byte-level
+# fails to encode instead of passing as bytes.
+_BYTE_LEVEL_TABLE = {**dict.fromkeys(range(256), 0xFFFF), **{ord(ch): b for b, ch in bytes_to_unicode().items()}}
 _CACHE_LIMIT = 100_000  # pieces kept by the python encoder's word cache (cleared when full)
 _SPLIT_BEHAVIORS = ("Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous")
 
@@ -236,8 +239,8 @@ def _load_json(blob: bytes, source: str) -> Any:
 def _byte_level(token: str, source: str, where: str) -> bytes:
     """The bytes a byte-level token stands for (each character is one byte, in GPT-2's map)."""
     try:
-        return bytes(_CHAR_TO_BYTE[ch] for ch in token)
-    except KeyError:
+        return token.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+    except UnicodeEncodeError:
         raise ScratchLLMError(f"{source}: {where} {token!r} is not byte-level text (GPT-2's byte-to-character "
                               "map); only byte-level BPE tokenizers are supported") from None
 
@@ -250,9 +253,8 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
     model = data["model"]
     if model.get("type", "BPE") != "BPE":
         raise ScratchLLMError(f"{source}: model.type is {model.get('type')!r}; only byte-level 'BPE' tokenizers are supported")
-    for key, ok in (("dropout", lambda v: not v), ("byte_fallback", lambda v: not v),
-                    ("continuing_subword_prefix", lambda v: not v), ("end_of_word_suffix", lambda v: not v)):
-        if not ok(model.get(key)):
+    for key in ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
             raise ScratchLLMError(f"{source}: model.{key} is {model.get(key)!r}; byte-level BPE tokenizers have none")
     raw_vocab = model.get("vocab")
     if not isinstance(raw_vocab, dict) or not all(isinstance(i, int) for i in raw_vocab.values()):
@@ -262,6 +264,7 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
     added_text = {t.content: t.id for t in added}
     vocab: dict[bytes, int] = {}
     id_to_bytes: dict[int, bytes] = {}
+    text_to_bytes: dict[str, bytes] = {}  # model.vocab's strings -> their bytes (merges name tokens by string)
     for token, i in raw_vocab.items():
         if added_text.get(token) == i:  # an added token listed in the vocabulary too: it is its text
             b = token.encode("utf-8")
@@ -271,6 +274,7 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
             raise ScratchLLMError(f"{source}: model.vocab gives id {i} to two tokens")
         vocab[b] = i
         id_to_bytes[i] = b
+        text_to_bytes[token] = b
     for t in added:
         if t.id in id_to_bytes and id_to_bytes[t.id] != t.content.encode("utf-8"):
             raise ScratchLLMError(f"{source}: added token {t.content!r} has id {t.id}, which the vocabulary gives to "
@@ -294,17 +298,18 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
         parts = merge.split(" ") if isinstance(merge, str) else merge
         if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts)):
             raise ScratchLLMError(f"{source}: model.merges[{rank}] is {merge!r}; expected 'left right' or [left, right]")
-        left, right = (_byte_level(p, source, f"model.merges[{rank}] part") for p in parts)
-        for piece in (left, right, left + right):
+        left, right = text_to_bytes.get(parts[0]), text_to_bytes.get(parts[1])
+        for piece in (left, right, (left or b"") + (right or b"")):
             if piece not in vocab:
-                raise ScratchLLMError(f"{source}: model.merges[{rank}] {merge!r} uses {piece!r}, "
+                name = next(p for p, b in zip(parts, (left, right)) if b is None) if piece is None else piece
+                raise ScratchLLMError(f"{source}: model.merges[{rank}] {merge!r} uses {name!r}, "
                                       "which is not in model.vocab")
         merges.append((left, right))
         pair_ranks[(left, right)] = rank  # a repeated pair keeps its last rank, as in `tokenizers`
 
     config: dict[str, Any] = {}
     if TOKENIZER_CONFIG in files:
-        config = _load_json(files[TOKENIZER_CONFIG], f"{_beside(source, TOKENIZER_CONFIG)}")
+        config = _load_json(files[TOKENIZER_CONFIG], _beside(source, TOKENIZER_CONFIG))
         if not isinstance(config, dict):
             raise ScratchLLMError(f"{_beside(source, TOKENIZER_CONFIG)}: expected a JSON object")
     legacy = _load_json(files[SPECIAL_TOKENS_MAP], _beside(source, SPECIAL_TOKENS_MAP)) if SPECIAL_TOKENS_MAP in files else {}
