@@ -510,7 +510,7 @@ class Tokenizer:
 
     @property
     def merges(self) -> list[tuple[bytes, bytes]]:
-        """Merges in rank order; merge i made token 256 + i."""
+        """Merges in rank order; merge i made token 256 + i (a Hugging Face tokenizer's ids are its file's)."""
         return list(self._merges)
 
     @property
