@@ -1,5 +1,6 @@
-"""Tests for data/instructions.py with a chat template: the prompt ids of a record are the ids
-transformers' apply_chat_template gives for it, and the response ids follow them."""
+"""Tests for the data layer with Hugging Face tokenizers: instruction records laid out by a chat template
+get the ids transformers' apply_chat_template gives (instructions.py), and a prepared DATADIR keeps the
+tokenizer's files (prepare.py)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,23 @@ def test_template_examples_match_transformers(kind, hf_tokenizer_dir):
     # other styles keep special-token text plain, and start with the tokenizer's BOS (Llama 3's)
     ids, n_prompt = encode_example(tok, get_style("alpaca"), RECORDS[0])
     assert ids[: len(tok.bos_ids)] == list(tok.bos_ids) and not set(ids) & set(tok.special_tokens.values()) - set(tok.bos_ids)
+
+
+def test_prepared_data_keeps_the_hf_tokenizer(hf_tokenizer_dir, tmp_path, shared_data):
+    """A DATADIR tokenized with a Hugging Face tokenizer carries its files, so it reopens with the same
+    tokenizer (eos_token as the document separator, the chat template) and the same ids."""
+    from scratchllm.data import TokenData, prepare
+
+    src = hf_tokenizer_dir("llama3")
+    tok = Tokenizer.from_hf(src)
+    meta = prepare([str(shared_data / "the-verdict.txt")], tok, str(tmp_path / "data"), context_length=64, progress=False)
+    for name in tok.hf_files:
+        assert (tmp_path / "data" / name).read_bytes() == (src / name).read_bytes()
+    assert meta["tokenizer"]["type"] == "hf" and meta["eot_id"] == tok.eot_id == tok.special_tokens["<|eot_id|>"]
+    data = TokenData.open(tmp_path / "data")
+    back = data.tokenizer()
+    assert back.spec["file"] == str((tmp_path / "data" / "tokenizer.json").absolute())
+    assert back.eot_id == tok.eot_id and back.chat_template.source == tok.chat_template.source
+    text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
+    ids = [*data.train.window(0, len(data.train)), *data.val.window(0, len(data.val))]  # one document: val is its tail
+    assert ids == back.encode_ordinary(text) + [tok.eot_id]
