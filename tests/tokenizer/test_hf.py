@@ -189,6 +189,8 @@ def test_special_and_added_token_rules(backend, ours):
     assert len(think) == 1 and "<think>" not in tok.special_tokens
     assert tok.encode_ordinary("a<think>b")[1:2] == think
     assert tok.token_byte_lengths()[im_end] == 0 and tok.token_byte_lengths()[think[0]] == len("<think>")
+    texts = [text, "plain", "<think>x</think>", *TEXTS[:8]]
+    assert tok.encode_batch(texts, allowed_special="all", num_workers=2) == [tok.encode(t, allowed_special="all") for t in texts]
 
 
 # --------------------------------------------------------------------------------------------------
