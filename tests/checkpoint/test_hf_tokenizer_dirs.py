@@ -71,7 +71,7 @@ def test_hf_tokenizer_of_a_directory(hf_tokenizer_dir, tmp_path):
         hf_tokenizer(tmp_path / "qwen")
 
 
-def test_import_keeps_the_tokenizer(hf_tokenizer_dir, tmp_path):
+def test_import_and_export_keep_the_tokenizer(hf_tokenizer_dir, tmp_path):
     """A random Llama saved by transformers with the llama3 test tokenizer: import_hf keeps the files
     and the generation_config stop ids; the imported model gives transformers' logits on our ids."""
     src = hf_tokenizer_dir("llama3")
@@ -97,6 +97,17 @@ def test_import_keeps_the_tokenizer(hf_tokenizer_dir, tmp_path):
     assert ids == transformers.AutoTokenizer.from_pretrained(hf_dir)(TEXT)["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(model(torch.tensor([ids])), reference(torch.tensor([ids])).logits, atol=1e-4, rtol=1e-4)
+
+    # and back: the exported Llama names the same BOS and stop ids and gives the same logits
+    out = export_hf(ours, tmp_path / "exported")
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": tok.bos_ids[0], "eos_token_id": sorted([end_of_text, eot])}
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == tok.bos_ids[0]
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert set(back.generation_config.eos_token_id) == {eot, end_of_text}
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.tensor([ids])).logits, reference(torch.tensor([ids])).logits, atol=1e-5, rtol=1e-5)
+    assert load(import_hf(out, tmp_path / "again"))[1].stop_ids == {eot, end_of_text}
 
 
 def test_export_writes_the_tokenizer_files(hf_tokenizer_dir, tmp_path):

@@ -67,7 +67,8 @@ class HFAdapter:
         """What `config` would need to change to be a model of this family (empty: it is one)."""
         raise NotImplementedError
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict[str, Any]:
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -184,8 +185,10 @@ class GPT2Adapter(HFAdapter):
             found.append(f"head_dim emb_dim / n_heads (got {config.head_dim})")
         return found
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256) -> dict[str, Any]:
-        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new)."""
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256,
+                     bos_id: int | None = None) -> dict[str, Any]:
+        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new); GPT-2 begins
+        with its end-of-text token, so bos_id is eos_id unless given."""
         problems = self.mismatches(config)
         if problems:
             raise ScratchLLMError(f"export: not a GPT-2 model; it needs {', '.join(problems)}")
@@ -212,7 +215,7 @@ class GPT2Adapter(HFAdapter):
             "reorder_and_upcast_attn": False,
             "add_cross_attention": False,
             "use_cache": True,
-            "bos_token_id": eos_id,
+            "bos_token_id": eos_id if bos_id is None else bos_id,
             "eos_token_id": eos_id,
             "tie_word_embeddings": config.tie_embeddings,
             "dtype": str(dtype).removeprefix("torch."),
@@ -346,7 +349,8 @@ class LlamaAdapter(HFAdapter):
     def biases_to_hf(self, config: GPTConfig) -> dict[str, Any]:
         return {"attention_bias": config.bias, "mlp_bias": config.bias}
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict[str, Any]:
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
         """A config.json that transformers reads as this family. The rotary settings are written both
         as transformers 5 does (rope_parameters) and as earlier versions did (rope_theta, rope_scaling)."""
         problems = self.mismatches(config)
@@ -382,7 +386,7 @@ class LlamaAdapter(HFAdapter):
             "initializer_range": 0.02,
             "tie_word_embeddings": config.tie_embeddings,
             "use_cache": True,
-            "bos_token_id": None,
+            "bos_token_id": bos_id if bos_id is not None and bos_id < config.vocab_size else None,
             "eos_token_id": eos_id,
             "dtype": str(dtype).removeprefix("torch."),
             "torch_dtype": str(dtype).removeprefix("torch."),  # the key's name before transformers 5

@@ -476,6 +476,12 @@ class Tokenizer:
         trained tokenizers."""
         return self._prefix
 
+    @property
+    def document_start(self) -> list[int]:
+        """The ids a scored document starts from, so its first token is a target too: the BOS where
+        the tokenizer has one (Llama 3), else end-of-text, which GPT-2 saw between documents."""
+        return list(self._prefix) or [self.eot_id]
+
     @functools.cached_property
     def stop_ids(self) -> frozenset[int]:
         """Ids that end generation: `eot_id`; for a Hugging Face tokenizer also the special token its
