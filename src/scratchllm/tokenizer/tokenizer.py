@@ -38,8 +38,9 @@ import regex
 
 from scratchllm.core.files import read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, GPT2_PATTERN_FAST, WordCache, learn_merges
+from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, WordCache, learn_merges
 from scratchllm.tokenizer.gpt2 import ENDOFTEXT, GPT2_ENDOFTEXT_ID, gpt2_files, read_gpt2
+from scratchllm.tokenizer.pretokenize import pretokenizer
 
 FILE_TYPE = "scratchllm-bpe"
 
@@ -171,7 +172,7 @@ class Tokenizer:
             if not isinstance(name, str) or not name:
                 raise ScratchLLMError(f"special_tokens: expected non-empty strings, got {name!r}")
         try:
-            self._pattern = regex.compile(GPT2_PATTERN_FAST if pattern == GPT2_PATTERN else pattern)
+            self._split = pretokenizer(pattern)  # text -> pre-tokens
         except (regex.error, TypeError) as exc:
             raise ScratchLLMError(f"pattern {pattern!r}: not a valid regex: {exc}") from exc
         self._pattern_str = pattern
@@ -487,7 +488,7 @@ class Tokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         # The hot loop, all at C level on cache hits: regex findall, dict lookups, list flattening.
-        return list(chain.from_iterable(map(self._cache.__getitem__, self._pattern.findall(text))))
+        return list(chain.from_iterable(map(self._cache.__getitem__, self._split(text))))
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: SpecialSet = frozenset(),
                      disallowed_special: SpecialSet = "all", num_workers: int | None = None) -> list[list[int]]:
@@ -589,18 +590,18 @@ class Tokenizer:
             raise ScratchLLMError(f"vocab_size {vocab_size!r}: expected an int >= {256 + len(specials)} "
                                   f"(256 byte tokens + {len(specials)} special tokens)")
         try:
-            pre = regex.compile(GPT2_PATTERN_FAST if pattern == GPT2_PATTERN else pattern)
+            split = pretokenizer(pattern)
         except (regex.error, TypeError) as exc:
             raise ScratchLLMError(f"pattern {pattern!r}: not a valid regex: {exc}") from exc
         words_count: Counter[str] = Counter()
-        split = _special_regex(frozenset(specials)).split if specials else None
+        cut = _special_regex(frozenset(specials)).split if specials else None
         if isinstance(texts, str):
             raise ScratchLLMError("texts: expected an iterable of str, got a single str")
         for i, text in enumerate(texts):
             _check_text(text, f"texts[{i}]")
-            for j, piece in enumerate(split(text) if split else [text]):
+            for j, piece in enumerate(cut(text) if cut else [text]):
                 if j % 2 == 0:  # odd pieces are the special tokens themselves
-                    words_count.update(pre.findall(piece))
+                    words_count.update(split(piece))
         merges = learn_merges(words_count, vocab_size - 256 - len(specials), progress)
         n = 256 + len(merges)
         return cls(merges, {s: n + k for k, s in enumerate(specials)}, pattern=pattern, backend=backend)
