@@ -2,14 +2,14 @@
 
 GPT-2's pattern (bpe.GPT2_PATTERN) is written with Unicode property classes (\\p{L} letters,
 \\p{N} numbers), which the third-party `regex` module understands and the standard library's `re`
-does not. But `re` runs this pattern about 1.7x faster than `regex`, and `findall` is the largest
-single cost of the python backend (see benchmarks/tokenizer.py). A character class is only a set of
+does not. But `re` runs this pattern about twice as fast as `regex`, and the split is a large share
+of the python backend's time (benchmarks/tokenizer.py shows both). A character class is only a set of
 characters, so `gpt2_re_pattern` spells the same pattern for `re` with the classes listed out:
 the characters `regex` puts in \\p{L}, \\p{N} and \\s, as ranges. The lists are read from
 `regex` itself, so both forms follow one Unicode version and split alike.
 
 Only the Basic Multilingual Plane (U+0000..U+FFFF) is listed: `re` tests a BMP class with one
-bitmap lookup, while characters above it (emoji, historic scripts, rare CJK) can only be ranges
+table lookup, while characters above it (emoji, historic scripts, rare CJK) can only be ranges
 that `re` scans one by one, which made the whole-Unicode form 3x slower than `regex`. Text with
 such a character is split by `regex`, as before. The split is the same either way; only the speed
 differs.

@@ -3,8 +3,9 @@
 `Tokenizer` turns text into integer ids and back, the way GPT-2 does (Radford et al. 2019,
 "Language Models are Unsupervised Multitask Learners", section 2.2 "Input Representation"):
 
-1. Pre-tokenization: the GPT-2 regex splits text into words, numbers, punctuation runs and
-   whitespace runs, so merges never cross word boundaries (no "dog." / "dog!" variants).
+1. Pre-tokenization (pretokenize.py): the GPT-2 regex splits text into words, numbers,
+   punctuation runs and whitespace runs, so merges never cross word boundaries (no "dog." /
+   "dog!" variants).
 2. Byte-pair encoding (bpe.py): each pre-token's UTF-8 bytes start as single-byte tokens and
    adjacent pairs are merged, lowest rank first, until no adjacent pair forms a token.
 3. Special tokens such as ``<|endoftext|>`` are never produced from user text unless the caller
