@@ -1,7 +1,8 @@
 """Tests for scratchllm.tokenizer.pretokenize: the stdlib-re form of GPT-2's pattern splits text
 exactly as the `regex` module does with the original pattern, so the python backend keeps
 tiktoken's ids: on every BMP character in the contexts where the alternatives compete, on random
-text (hypothesis), and through the `regex` fallback for text with characters above U+FFFF.
+text (hypothesis), and through the `regex` fallback for text with characters above U+FFFF. Also the
+tiktoken backend's form of the pattern against tiktoken's own.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def test_every_bmp_character_gets_tiktokens_ids(gpt2_python: Tokenizer, referenc
     # A shorter context than above: ids run BPE on every distinct pre-token, ~10 per character.
     text = "".join(f"a{c}b {c}1 '{c}\n{c}  {c}." for c in ALL_BMP)
     assert gpt2_python.encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+def test_tiktoken_backend_pattern_on_planes_0_and_1(reference) -> None:  # noqa: F811
+    # The tiktoken backend runs GPT-2's pattern in its letters-first form (GPT2_PATTERN_FAST);
+    # the reference runs tiktoken's own r50k pattern. Emoji and math letters live in plane 1.
+    chars = [*ALL_BMP, *map(chr, range(0x10000, 0x20000))]
+    text = "".join(CONTEXT.format(c=c) for c in chars)
+    assert Tokenizer.gpt2(backend="tiktoken").encode_ordinary(text) == reference.encode_ordinary(text)
 
 
 def test_classes_list_regexs_characters() -> None:

@@ -39,7 +39,7 @@ import regex
 
 from scratchllm.core.files import read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, WordCache, learn_merges
+from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, GPT2_PATTERN_FAST, WordCache, learn_merges
 from scratchllm.tokenizer.gpt2 import ENDOFTEXT, GPT2_ENDOFTEXT_ID, gpt2_files, read_gpt2
 from scratchllm.tokenizer.pretokenize import pretokenizer
 
@@ -203,11 +203,13 @@ class Tokenizer:
                 raise ScratchLLMError("backend 'tiktoken': the tiktoken package is not installed") from None
             return "python", None
         # Built from our own ranks (tiktoken.get_encoding would download OpenAI's files). Same
-        # ranks, same pattern, same lowest-rank merge rule: same ids as the python backend.
+        # ranks, same pattern, same lowest-rank merge rule: same ids as the python backend. GPT-2's
+        # pattern is given in its letters-first form (bpe.GPT2_PATTERN_FAST, the same language),
+        # which tiktoken's regex engine also runs faster: ~1.3x on benchmarks/tokenizer.py's text.
         try:
             encoding = tiktoken.Encoding(
                 name=f"scratchllm-{self._spec.get('type', 'bpe')}-{len(self._id_to_bytes)}",
-                pat_str=self._pattern_str,
+                pat_str=GPT2_PATTERN_FAST if self._pattern_str == GPT2_PATTERN else self._pattern_str,
                 mergeable_ranks=self._ranks,
                 special_tokens=self._special,
                 explicit_n_vocab=len(self._id_to_bytes),
