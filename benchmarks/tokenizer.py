@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row.name:<{width}}  {row.text:<15}  {row.mb / cpu:8.2f}  {ref_cpu / cpu:16.2f}  "
               f"{row.mb / wall:9.2f}  {ref_wall / wall:17.2f}")
     print("\ntext: 'distinct' is the documents joined into one string; 'distinct, again' the same string a second"
-          "\ntime (warm cache); 'distinct docs' the documents as a list, whose rows compare with tiktoken's own"
-          "\nencode_batch instead of encode_ordinary.")
+          "\ntime (warm cache)" + ("" if args.no_batch else "; 'distinct docs' the documents as a list, whose rows "
+                                 "compare with tiktoken's own\nencode_batch instead of encode_ordinary") + ".")
     print(f"ids: identical to tiktoken's on every encoder row, every round; {words} pre-tokens; medians of "
           f"{args.rounds} rounds; load average during the rounds {min(loads):.2f}-{max(loads):.2f}")
     print(f"GPT-2 tokenizer first load (python backend, parse + check files): {load_s * 1000:.0f} ms; "
