@@ -1,15 +1,17 @@
 """Tokenizer throughput: scratchllm's BPE backends against raw tiktoken, on the same distinct text.
 
-Run from the repository root:  python -m benchmarks.tokenizer [--mb 0] [--rounds 7] [--workers 2]
+Run from the repository root:  python -m benchmarks.tokenizer [--mb 0] [--shared-only] [--rounds 7] [--workers 2]
 
 The text is distinct documents, each once: tinyshakespeare, the-verdict, every distinct SMS message
 and every distinct string of the two instruction-data files (../shared/data), then the topics of
-Python's own documentation (`pydoc_data.topics`, which ships with every Python); `--mb N` appends
-the standard library's top-level .py sources, sorted by name, until the text reaches N megabytes.
-Nothing is repeated, so a "cold" run (a fresh Tokenizer: empty word cache) runs BPE on every
-distinct word, as a first pass over new data does; "warm" encodes the same text again with the
-word cache the cold runs filled. The pre-tokenization rows give the bound: the python backend's
-`encode` is this split plus BPE and cache lookups, so it cannot beat the split alone.
+Python's own documentation (`pydoc_data.topics`, which ships with every Python; left out with
+--shared-only); `--mb N` appends the standard library's top-level .py sources, sorted by name,
+until the text reaches N megabytes. Nothing is repeated, so a "cold" run (a fresh Tokenizer: empty
+word cache) runs BPE on every distinct word, as a first pass over new data does; "warm" encodes
+the same text again with the word cache the cold runs filled. The pre-tokenization rows give the
+bound: the python backend's `encode` is this split plus BPE and cache lookups, so it cannot beat
+the split alone. The "split by the regex module" row is the python backend as it split text
+before the stdlib-re form (pretokenize.py), measured in the same rounds.
 
 Every implementation is timed once per round, in turn, so a burst of load from other processes
 hits all of them alike; each row reports medians over the rounds. The ratios are against raw
@@ -45,7 +47,7 @@ from scratchllm.tokenizer.pretokenize import gpt2_re_pattern
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def distinct_documents(mb: float = 0.0) -> tuple[list[str], dict[str, float]]:
+def distinct_documents(mb: float = 0.0, pydoc: bool = True) -> tuple[list[str], dict[str, float]]:
     """(documents, megabytes from each source): every document once, in a fixed order."""
     def strings(name: str) -> list[str]:
         records = json.loads((SHARED / name).read_text(encoding="utf-8"))
@@ -57,7 +59,7 @@ def distinct_documents(mb: float = 0.0) -> tuple[list[str], dict[str, float]]:
         "../shared/data": [(SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8"),
                            (SHARED / "the-verdict.txt").read_text(encoding="utf-8"), *sms,
                            *strings("instruction-data.json"), *strings("instruction-data-with-preference.json")],
-        "pydoc_data.topics": [pydoc_topics[name] for name in sorted(pydoc_topics)],
+        "pydoc_data.topics": [pydoc_topics[name] for name in sorted(pydoc_topics)] if pydoc else [],
         "stdlib *.py": [],
     }
     if mb:
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=0.0,
                         help="text size in megabytes; above the ~2.3 MB of ../shared/data and the pydoc topics, "
                              "standard-library sources are added (default 0: no sources)")
+    parser.add_argument("--shared-only", action="store_true",
+                        help="only the ../shared/data documents (1.75 MB), without the pydoc topics")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; each row reports its median")
     parser.add_argument("--workers", type=int, default=2, help="processes/threads for the encode_batch rows")
     parser.add_argument("--no-batch", action="store_true", help="skip the encode_batch rows")
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data folder {SHARED} is missing (expected ../shared/data beside the repo)", file=sys.stderr)
         return 2
 
-    docs, sizes = distinct_documents(args.mb)
+    docs, sizes = distinct_documents(args.mb, pydoc=not args.shared_only)
     text = "\n\n".join(docs)
     mb = len(text.encode("utf-8")) / 1e6
     print(f"load average before: {os.getloadavg()[0]:.2f} (CPUs available: {len(os.sched_getaffinity(0))})")
@@ -159,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     def fresh_python() -> None:  # a new tokenizer: empty word cache
         python["cold"] = Tokenizer.gpt2(backend="python")
 
+    # The same vocabulary with GPT-2's pattern spelled GPT2_PATTERN_FAST (the same language): a pattern
+    # other than GPT2_PATTERN is split by the regex module, as the python backend split every text
+    # before the stdlib-re form, so this row shows what that form buys.
+    with_regex_split = {**python["cold"].to_dict(), "pattern": GPT2_PATTERN_FAST}
+
+    def fresh_python_regex_split() -> None:
+        python["regex split"] = Tokenizer.from_dict(with_regex_split, backend="python")
+
     re_split = gpt2_re_pattern().findall
     regex_split = regex.compile(GPT2_PATTERN_FAST).findall
     words = len(re_split(text))
@@ -166,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         Row("tiktoken Encoding.encode_ordinary (raw, reference)", "distinct", mb, lambda: reference.encode_ordinary(text)),
         Row("scratchllm python backend, cold cache (headline)", "distinct", mb, lambda: python["cold"].encode(text),
             fresh_python, equal_to(ref_ids, "python backend, cold")),
+        Row("scratchllm python backend, cold cache, split by the regex module", "distinct", mb,
+            lambda: python["regex split"].encode(text), fresh_python_regex_split,
+            equal_to(ref_ids, "python backend, regex split")),
         Row("scratchllm python backend, warm cache", "distinct, again", mb, lambda: python["warm"].encode(text),
             None, equal_to(ref_ids, "python backend, warm")),
         Row(f"scratchllm auto backend ({auto.backend})", "distinct", mb, lambda: auto.encode(text),
