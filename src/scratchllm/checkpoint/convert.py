@@ -57,7 +57,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     `hf.adapter_for_model`).
 
     With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
-    trained tokenizer is copied as scratchllm_tokenizer.json (transformers cannot read it).
+    Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
+    copied as they are; a trained tokenizer is copied as scratchllm_tokenizer.json (transformers
+    cannot read it).
     """
     from safetensors.torch import save_file
 
@@ -66,7 +68,7 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     config = model.config
     adapter = adapter_for_model(config)
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
-    eos_id = tokenizer.special_tokens.get(ENDOFTEXT)
+    eos_id = tokenizer.eot_id if tokenizer.hf_files else tokenizer.special_tokens.get(ENDOFTEXT)
     state = adapter.to_hf(model.state_dict(), config)
     with atomic_directory(out_dir, _is_hf_dir, "a Hugging Face model directory") as tmp:
         write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id))
@@ -81,6 +83,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
                 "add_prefix_space": False,
             })
+        elif tokenizer.hf_files:
+            for name, blob in tokenizer.hf_files.items():
+                (tmp / name).write_bytes(blob)
         elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():
             shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")
     return Path(out_dir)

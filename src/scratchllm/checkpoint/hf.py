@@ -34,6 +34,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer.hf import TOKENIZER_JSON
 
 # OpenAI's four GPT-2 releases, as named on the Hugging Face hub (Radford et al. 2019, table 2).
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -41,9 +42,10 @@ _GPT2_ALIASES = {"gpt2-small": "gpt2", **{f"openai-community/{n}": n for n in GP
 HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 GPT2_FILES = ("config.json", "model.safetensors")
 HUB_INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map: tensor name -> shard file
+GENERATION_CONFIG = "generation_config.json"  # generation defaults; its eos_token_id lists the ids that end an answer
 # What else a model brings when it exists: its tokenizer, chat template and generation settings.
 HUB_OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                      "generation_config.json")
+                      GENERATION_CONFIG)
 HUB_MANIFEST = "scratchllm_download.json"  # written when every file of a hub download is in place
 
 
@@ -612,8 +614,19 @@ def load_hf(directory: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
-    """The tokenizer of a Hugging Face directory: GPT-2's for the GPT-2 family."""
-    return Tokenizer.gpt2()
+    """The tokenizer of a Hugging Face directory: its tokenizer.json (with tokenizer_config.json and the
+    chat template beside it; generation_config.json's eos_token_id also end generation), else GPT-2's
+    (a GPT-2 directory may hold only config.json and the weights; vocab.json + merges.txt are GPT-2's)."""
+    d = Path(directory)
+    if not (d / TOKENIZER_JSON).is_file():
+        return Tokenizer.gpt2()
+    stop_ids: list[int] = []
+    if (d / GENERATION_CONFIG).is_file():
+        eos = read_json(d / GENERATION_CONFIG).get("eos_token_id")
+        stop_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in stop_ids):
+            raise ScratchLLMError(f"{d / GENERATION_CONFIG}: eos_token_id is {eos!r}; expected an id or a list of ids")
+    return Tokenizer.from_hf(d, stop_ids=stop_ids)
 
 
 # --------------------------------------------------------------------------------------------------
