@@ -1,5 +1,6 @@
-"""The tokenizer layer: byte-level BPE (bpe.py), OpenAI's GPT-2 files (gpt2.py), Hugging Face tokenizer
-files (hf.py), chat templates (chat_template.py), and `Tokenizer`."""
+"""The tokenizer layer: byte-level BPE (bpe.py), GPT-2's pre-tokenizing split (pretokenize.py), OpenAI's
+GPT-2 files (gpt2.py), Hugging Face tokenizer files (hf.py), chat templates (chat_template.py), and
+`Tokenizer`."""
 
 from scratchllm.tokenizer.bpe import GPT2_PATTERN, bytes_to_unicode
 from scratchllm.tokenizer.chat_template import ChatTemplate
