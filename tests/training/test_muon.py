@@ -126,7 +126,7 @@ def test_muon_state_round_trips_exactly():
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"optimizer": "sgd"}, "'optimizer' must be adamw or muon, got 'sgd'"),
+    [({"optimizer": "sgd"}, "'optimizer' must be one of 'adamw', 'muon', got 'sgd'"),
      ({"muon_lr": 0.0}, "'muon_lr' must be > 0, got 0.0"),
      ({"muon_momentum": 1.0}, "'muon_momentum' must be in \\[0, 1\\), got 1.0"),
      ({"optimizer": "muon", "fsdp": True}, "optimizer 'muon' does not work with fsdp")],

@@ -9,6 +9,7 @@ encoder-decoder (`seq2seq`), are looked up in `OBJECTIVES` and run on the same s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -25,6 +26,7 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
+from scratchllm.recipes.config import PretrainConfig
 from scratchllm.recipes.mlm import pretrain_mlm
 from scratchllm.recipes.seq2seq import pretrain_seq2seq
 from scratchllm.training.config import TrainConfig, read_run_file
@@ -110,19 +112,24 @@ class PretrainTask(Task):
 
 
 def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out: str | os.PathLike[str] | None = None,
-             tokenizer: Any = "gpt2", resume: bool | str = False, config_file: str | os.PathLike[str] | None = None,
-             val_fraction: float = 0.1, objective: str | None = None, **train_flags: Any) -> dict[str, Any]:
+             **options: Any) -> dict[str, Any]:
     """Pretrain a GPT on a text file or prepared data directory; returns fit's summary.
 
     model: a preset name, a config.json path, a GPTConfig or a dict (vocab_size always comes from the
-    tokenizer; train context_length, if set, replaces the model's). config_file: run.toml / .yaml /
-    .json holding train config fields and optionally data, model, tokenizer, out; keyword arguments
-    win over the file. resume=True (or a run directory) continues the newest checkpoint of `out`;
-    settings not given again are taken from that run's run_config.json, the tokenizer from its
-    checkpoint. objective: "lm" (next token, the default), "mlm" (a BERT-style encoder,
-    `scratchllm.mlm.pretrain_mlm`) or "seq2seq" (an encoder-decoder on source<TAB>target pairs,
-    `scratchllm.seq2seq.pretrain_seq2seq`); a resumed run keeps its own.
+    tokenizer; train context_length, if set, replaces the model's). `options` are PretrainConfig
+    fields (tokenizer, config, val_fraction, resume, objective) and TrainConfig fields (max_steps,
+    lr, ...). config: a run file (run.toml / .yaml / .json) holding train config fields and
+    optionally data, model, tokenizer, out; keyword arguments win over the file. resume=True (or a
+    run directory) continues the newest checkpoint of `out`; settings not given again are taken
+    from that run's run_config.json, the tokenizer from its checkpoint. objective: "lm" (next token,
+    the default), "mlm" (a BERT-style encoder, recipes/mlm.py) or "seq2seq" (an encoder-decoder on
+    source<TAB>target pairs, recipes/seq2seq.py); a resumed run keeps its own.
     """
+    run_fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"data", "model", "out"}
+    run = PretrainConfig(**{k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+                            for k, v in options.items() if k in run_fields})
+    train_flags = {k: v for k, v in options.items() if k not in run_fields}
+    tokenizer, resume, config_file, val_fraction, objective = run.tokenizer, run.resume, run.config, run.val_fraction, run.objective
     if isinstance(resume, (str, os.PathLike)):
         out = out or resume
         resume = True

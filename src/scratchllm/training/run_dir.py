@@ -17,18 +17,21 @@ import json
 import os
 import random
 import re
-import sys
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from scratchllm.core.console import log
+from scratchllm.core.files import atomic_path, write_atomic, write_json
+from scratchllm.errors import ScratchLLMError
+
 TRAINER_FILE = "trainer.pt"
-
-
+METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
-
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -68,7 +71,7 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Pat
         from matplotlib.figure import Figure
     except ImportError:
         if not _PLOT_NOTE_SHOWN:
-            print("note: matplotlib is not installed, so no loss plot (pip install matplotlib)", file=sys.stderr)
+            log("note: matplotlib is not installed, so no loss plot (pip install matplotlib)")
             _PLOT_NOTE_SHOWN = True
         return None
     path = Path(path)
@@ -86,9 +89,8 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Pat
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, "loss plot", suffix=".png") as tmp:  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=100)
     return path
 
 
@@ -117,3 +119,77 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     if "mps" in state and device.type == "mps":
         torch.mps.set_rng_state(state["mps"])
 
+
+
+class RunDir:
+    """One training run's directory, as the loop writes and reads it (only rank 0 writes)."""
+
+    def __init__(self, path: str | os.PathLike[str], main: bool = True):
+        self.path, self.main = Path(path), main
+        self.metrics_path = self.path / METRICS_FILE
+        self.rows: list[dict[str, Any]] = []  # metrics.jsonl as written so far
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        return checkpoint_dirs(self.path)
+
+    def start(self, resume: bool) -> Path | None:
+        """Make the directory ready; return the checkpoint to resume from (None: a fresh start).
+
+        A fresh run refuses a directory that already holds checkpoints. Temporary files and
+        directories left by a crash during a write (see core.files) are removed.
+        """
+        existing = self.checkpoints()
+        if existing and not resume:
+            raise ScratchLLMError(f"{self.path}: already holds checkpoints (up to step {existing[-1][0]}); "
+                                  "resume it (--resume) or choose another output directory")
+        if self.main:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            stale = [*(self.path / "checkpoints").glob(".step-*"), *self.path.glob(".best.*"), *self.path.glob(".final.*")]
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        return existing[-1][1] if resume and existing else None
+
+    @staticmethod
+    def read_trainer(checkpoint: Path, world_size: int) -> dict[str, Any]:
+        """trainer.pt of a step checkpoint: optimizer, step, tokens, best, per-rank task and RNG state."""
+        state = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
+        if state.get("world_size", 1) != world_size:
+            raise ScratchLLMError(f"{checkpoint}: written by {state.get('world_size')} process(es); "
+                                  f"resume with the same number (now {world_size})")
+        return state
+
+    def keep_metrics(self, up_to_step: int) -> None:
+        """Start metrics.jsonl from its lines up to `up_to_step` (-1: none): a resumed run logs the
+        steps after its checkpoint again, so later lines (from after the checkpoint) are dropped."""
+        if not self.main:
+            return
+        self.rows = read_metrics(self.metrics_path, up_to_step)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        self.rows.append(row)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, rows: list[dict[str, Any]] | None = None) -> None:
+        if self.main and (rows or self.rows):
+            plot_losses(rows or self.rows, self.path / "loss.png")
+
+    def write_run_config(self, run_config: dict[str, Any]) -> None:
+        if self.main:
+            write_json(self.path / RUN_CONFIG_FILE, run_config, default=str, ensure_ascii=True)
+
+    def append_sample(self, step: int, text: str) -> None:
+        if self.main:
+            with open(self.path / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(f"--- step {step} ---\n{text}\n\n")
+
+    def step_dir(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"step-{step:07d}"
+
+    def prune(self, keep_last: int) -> None:
+        """Remove all but the newest `keep_last` step checkpoints."""
+        for _, old in self.checkpoints()[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
