@@ -452,31 +452,18 @@ def add_pretrain(sub):
 @verb('demo')
 def add_demo(sub):
     p = _parser(sub, "demo", "The whole pipeline in minutes, no download: tokenizer, data, pretraining, samples, a model to generate from.")
-    p.add_argument("--out", default="runs/demo", metavar="RUNDIR", help="run directory to write")
-    p.add_argument("--data", default=None, metavar="FILE", help="your own UTF-8 text instead of Python's documentation")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=None, help="train this many steps instead of fitting the budget")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
-    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
-    p.add_argument("--layers", type=int, default=4, help="transformer blocks")
-    p.add_argument("--emb-dim", type=int, default=256, help="model width")
-    p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--context-length", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--prompt", default="The", help="prompt of the before/after samples")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    from scratchllm.recipes.config import DemoConfig
+
+    names = add_options(p, DemoConfig)
 
     def run(args):
         from scratchllm.recipes.demo import demo
 
-        summary = demo(args.out, data=args.data, minutes=args.minutes, device=args.device, vocab_size=args.vocab_size,
-                       n_layers=args.layers, emb_dim=args.emb_dim, n_heads=args.heads, context_length=args.context_length,
-                       batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, overwrite=args.overwrite,
-                       max_steps=args.max_steps, prompt=args.prompt)
+        cfg = options_of(args, DemoConfig, names)
+        fields = dataclasses.asdict(cfg)
+        summary = demo(**fields | {"n_layers": fields.pop("layers"), "n_heads": fields.pop("heads")})
         print(json.dumps(summary))
-        return summary["exit_code"]
+        return summary["exit_code"]  # 0, or 130 / 143 after SIGINT / SIGTERM (a checkpoint was saved)
 
     p.set_defaults(func=run)
 

@@ -41,6 +41,46 @@ class PretrainConfig:
 
 
 @dataclass(kw_only=True)
+class DemoConfig:
+    """`scratchllm demo` (recipes/demo.py `demo`): the small-budget recipe end to end. The model and
+    training fields left as None keep the recipe's values (SMALL_BUDGET)."""
+
+    out: str = "runs/demo"
+    """run directory to write"""
+    data: str | None = None
+    """your own UTF-8 text instead of Python's standard library (its last 10% held out)"""
+    minutes: float = 3.0
+    """wall-time budget: tokenizer, data and training"""
+    max_steps: int | None = None
+    """train this many steps instead of fitting the budget"""
+    device: str = "auto"
+    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """autocast dtype (bfloat16 pays only where the CPU has native bf16, or on GPUs)"""
+    overwrite: bool = False
+    """replace an existing demo run directory"""
+    prompt: str | None = None
+    """prompt of the before/after samples (default: 'def ' on the built-in corpus, 'The' with data)"""
+    vocab_size: int | None = None
+    """tokenizer vocabulary (default: the recipe's)"""
+    layers: int | None = None
+    """transformer blocks (default: the recipe's)"""
+    emb_dim: int | None = None
+    """model width (default: the recipe's)"""
+    heads: int | None = None
+    """attention heads (default: the recipe's)"""
+    context_length: int | None = None
+    """tokens per sequence (default: the recipe's)"""
+    batch_size: int | None = None
+    """sequences per step (default: the recipe's)"""
+    lr: float | None = None
+    """AdamW's peak learning rate (default: the recipe's)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "demo")
+
+
+@dataclass(kw_only=True)
 class ClassifyConfig:
     """Everything `finetune_classifier` needs (`scratchllm finetune classify`)."""
 
