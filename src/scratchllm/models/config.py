@@ -10,9 +10,11 @@ Learners", table 2) as released by OpenAI; the small presets are for tests and C
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from scratchllm.core.fields import check_field_types
 from scratchllm.errors import ScratchLLMError
 
 
@@ -40,6 +42,7 @@ class GPTConfig:
     causal: bool = True  # False: bidirectional attention (an encoder)
 
     def __post_init__(self) -> None:
+        check_field_types(self, "config")  # every field, also those added later, against its annotation
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -60,6 +63,11 @@ class GPTConfig:
                 raise ScratchLLMError(
                     f"config field {name!r} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
                 )
+        for name in ("layer_norm_eps", "rope_theta"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ScratchLLMError(f"config field {name!r} must be a positive number, got {getattr(self, name)!r}")
+        if self.mlp_hidden_dim is not None and self.mlp_hidden_dim < 1:
+            raise ScratchLLMError(f"config field 'mlp_hidden_dim' must be a positive integer or null, got {self.mlp_hidden_dim!r}")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ScratchLLMError(
                 f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
@@ -92,7 +100,10 @@ class GPTConfig:
             raise ScratchLLMError(
                 f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ScratchLLMError as exc:  # name the file (or preset) the bad value came from
+            raise ScratchLLMError(f"{source}: {exc}" if source != "config" else str(exc)) from None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":

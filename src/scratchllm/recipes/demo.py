@@ -25,6 +25,7 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.config import TrainConfig
@@ -74,6 +75,7 @@ def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str]
     dev = resolve_device(device)
     model_cfg = GPTConfig(vocab_size=tok.vocab_size, context_length=context_length, emb_dim=emb_dim,
                           n_layers=n_layers, n_heads=n_heads, drop_rate=0.1)
+    check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
     probe = TrainConfig(batch_size=batch_size, device=device, dtype=dtype)
     schedule, expected = "steps", max_steps
     if max_steps is None:

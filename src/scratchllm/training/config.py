@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scratchllm.core.fields import check_field_types
 from scratchllm.errors import ScratchLLMError
 
 @dataclass
@@ -54,8 +55,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on stderr (shown only when stderr is a terminal)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check_field_type(f"train config field {f.name!r}", getattr(self, f.name), f.type)
+        check_field_types(self, "train config")
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "sample_tokens")
         for name in positive:
             if getattr(self, name) < 1:
@@ -106,21 +106,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_field_type(what: str, value: Any, annotation: str) -> None:
-    """Check a value against a dataclass field annotation such as 'int', 'float | None' or 'str'."""
-    allowed = [a.strip() for a in str(annotation).split("|")]
-    if value is None and "None" in allowed:
-        return
-    ok = (
-        ("bool" in allowed and isinstance(value, bool))
-        or ("int" in allowed and isinstance(value, int) and not isinstance(value, bool))
-        or ("float" in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or ("str" in allowed and isinstance(value, str))
-    )
-    if not ok:
-        raise ScratchLLMError(f"{what} must be {annotation}, got {value!r}")
 
 
 def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
