@@ -10,7 +10,6 @@ model. Recipes (scratchllm.recipes) bring their own task and reuse this loop unc
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -31,7 +30,8 @@ from scratchllm.core.files import write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.training.config import TrainConfig, derive_grad_accum
 from scratchllm.training.optim import learning_rate, make_optimizer, weight_decay_groups
-from scratchllm.training.run_dir import TRAINER_FILE, checkpoint_dirs, plot_losses, read_metrics, rng_state, set_rng_state
+from scratchllm.training.run_dir import (TRAINER_FILE, append_metrics, checkpoint_dirs, plot_losses, prepare_run_dir,
+                                         read_metrics, rewrite_metrics, rng_state, set_rng_state)
 
 class Task(Protocol):
     """What `fit` needs from a training task (pretraining, classification, instruction, DPO...).
@@ -128,12 +128,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
             f"{out}: already holds checkpoints (up to step {existing[-1][0]}); resume it (--resume) or choose another output directory"
         )
     latest = existing[-1][1] if (resume and existing) else None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-        # temporary directories left by a crash during a save (see checkpoint.atomic_directory)
-        for stale in [*(out / "checkpoints").glob(".step-*"), *out.glob(".best.*"), *out.glob(".final.*")]:
-            shutil.rmtree(stale, ignore_errors=True)
+    if main:  # puts back a best/ or final/ that a kill mid-save left renamed aside; clears temporaries
+        for note in prepare_run_dir(out, tokenizer):
+            print(note, file=sys.stderr, flush=True)
 
     model_cfg = getattr(raw, "config", None)
     seq_len = cfg.context_length or getattr(model_cfg, "context_length", None) or getattr(task, "context_length", None)
@@ -193,9 +190,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     rows: list[dict[str, Any]] = []
     if main:
         rows = read_metrics(metrics_path, step if state is not None else -1)
-        tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, metrics_path)
+        rewrite_metrics(metrics_path, rows)
 
     # ---- the resolved configuration, printed and saved
     n_params = sum(p.numel() for p in raw.parameters())
@@ -307,8 +302,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
 
     def write_row(row: dict[str, Any]) -> None:
         rows.append(row)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(metrics_path, row)
 
     def show(message: str) -> None:
         if main:

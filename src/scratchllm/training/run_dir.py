@@ -1,6 +1,8 @@
 """The run directory: what a training run leaves on disk and reads back to resume.
 
     RUNDIR/run_config.json                 resolved model + train config and derived values
+    RUNDIR/tokenizer.json                  the run's tokenizer (not for GPT-2's), from the start, so that
+                                           a resume before the first checkpoint uses the same ids
     RUNDIR/metrics.jsonl                   one JSON object per log or eval step
     RUNDIR/loss.png                        train and validation loss against tokens seen
     RUNDIR/samples.txt                     text samples, when sample_every > 0
@@ -9,6 +11,7 @@
     RUNDIR/final/                          model directory when training finished
 
 `checkpoint.load(RUNDIR)` resolves final/, else best/, else the newest checkpoints/step-N/.
+`prepare_run_dir` puts back what a kill during a save left half-renamed and clears the temporaries.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,98 @@ from typing import Any
 import numpy as np
 import torch
 
-TRAINER_FILE = "trainer.pt"
+from scratchllm.checkpoint.model_dir import tokenizer_spec
+from scratchllm.core.files import atomic_path, is_disk_full, read_json, recover_directory, write_atomic
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer import Tokenizer
 
+TRAINER_FILE = "trainer.pt"
+RUN_CONFIG_FILE = "run_config.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 _STEP_DIR = re.compile(r"step-(\d+)")
+# What an interrupted save leaves: atomic_directory's `.NAME.tmp-*` / `.NAME.old-*`, atomic_path's
+# `.NAME.XXXX.tmp`, and the loss plot's temporary of older versions (`.loss.tmp-PID.png`).
+_OLD_DIR = re.compile(r"\.(.+)\.old-[0-9a-f]+")
+_TEMPORARY = re.compile(r"\..+\.tmp-\w+|\..+\.tmp|\.loss\.tmp-\d+\.png|\.loss\.png\..+\.png")
+
+
+def prepare_run_dir(out: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> list[str]:
+    """Make `out` ready for a training (re)start; returns what it repaired, one note per item.
+
+    A kill between atomic_directory's two renames leaves `best/` (or `final/`, or a step) missing
+    and its previous contents in `.best.old-*`: that is renamed back, never deleted. Other
+    temporaries of interrupted writes are removed. The tokenizer (unless GPT-2's, which
+    run_config.json names) is written as RUNDIR/tokenizer.json, so the run's ids are on disk before
+    its first checkpoint.
+    """
+    out = Path(out)
+    notes = []
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for folder in (out, out / "checkpoints"):
+            for path in sorted(folder.iterdir()):
+                old = _OLD_DIR.fullmatch(path.name)
+                if old and path.is_dir() and recover_directory(folder / old.group(1)) is not None:
+                    notes.append(f"{folder / old.group(1)}: restored from {path.name} (a save was interrupted)")
+            for path in sorted(folder.iterdir()):
+                if _OLD_DIR.fullmatch(path.name) or _TEMPORARY.fullmatch(path.name):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    except OSError as exc:
+        raise ScratchLLMError(f"run directory {out}: cannot prepare it ({exc.strerror or exc})") from None
+    if tokenizer is not None and tokenizer_spec(tokenizer)["type"] != "gpt2":
+        write_atomic(out / TOKENIZER_FILE, tokenizer.to_json_bytes(), "run tokenizer")
+    return notes
+
+
+def read_run_config(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """RUNDIR/run_config.json; {} for a run whose checkpoints outlived it; None when `out` holds no run."""
+    out = Path(out)
+    path = out / RUN_CONFIG_FILE
+    if path.is_file():
+        return read_json(path, "run config")
+    return {} if checkpoint_dirs(out) else None
+
+
+def run_tokenizer(out: str | os.PathLike[str], run_config: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a run started with, for a resume before its first checkpoint: RUNDIR/tokenizer.json,
+    else what run_config.json records (GPT-2's, or a tokenizer file checked by its SHA-256)."""
+    out = Path(out)
+    recorded = run_config.get("tokenizer")
+    if (out / TOKENIZER_FILE).is_file():
+        tok = Tokenizer.load(out / TOKENIZER_FILE)
+    elif isinstance(recorded, dict) and recorded.get("type") in ("gpt2", "bpe") and (
+            recorded["type"] == "gpt2" or recorded.get("file")):
+        spec = {k: v for k, v in recorded.items() if k in ("type", "file", "sha256")}
+        try:
+            tok = Tokenizer.from_spec(spec)
+        except ScratchLLMError as exc:
+            raise ScratchLLMError(f"{out / RUN_CONFIG_FILE}: cannot rebuild the run's tokenizer: {exc}") from None
+    else:
+        raise ScratchLLMError(f"{out / RUN_CONFIG_FILE}: records no tokenizer that can be rebuilt "
+                              f"(got {json.dumps(recorded)[:80]}); start the run again")
+    want = recorded.get("vocab_size") if isinstance(recorded, dict) else None
+    if want is not None and want != tok.vocab_size:
+        raise ScratchLLMError(f"{out}: the run's tokenizer has {tok.vocab_size} ids, but run_config.json records "
+                              f"{want}; start the run again")
+    return tok
+
+
+def rewrite_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.jsonl holding exactly `rows` (a resume drops the lines after its checkpoint)."""
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), "metrics file")
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    """One more line of metrics.jsonl (a line cut by a crash is skipped by `read_metrics`)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        if is_disk_full(exc, path.parent):
+            raise ScratchLLMError(f"metrics file {path}: not enough disk space to add a line; "
+                                  "the checkpoints written so far are kept (free some space, then --resume)") from None
+        raise ScratchLLMError(f"metrics file {path}: cannot write ({exc.strerror or exc})") from None
 
 
 
@@ -86,9 +178,11 @@ def plot_losses(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Pat
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, "loss plot", suffix=".png") as tmp:  # savefig takes the format from the suffix
+            fig.savefig(tmp, dpi=100)
+    except OSError as exc:
+        raise ScratchLLMError(f"loss plot {path}: cannot write ({exc.strerror or exc})") from None
     return path
 
 
