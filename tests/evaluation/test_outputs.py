@@ -1,0 +1,39 @@
+"""Single-file outputs (`respond`, `evaluate ... --out`, `classify --out`): an existing file is
+replaced only with overwrite=True (the CLI's --overwrite), and the refusal comes before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.evaluation.lm import write_report
+from scratchllm.evaluation.responses import evaluate_responses, respond
+from scratchllm.inference.classify import classify_texts
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v0_1_layout"
+RECORDS = [{"instruction": "Say hello", "input": "", "output": "hello"}]
+
+
+@pytest.mark.parametrize("what, write", [
+    ("responses file", lambda out, **kw: respond(str(FIXTURES / "gpt"), RECORDS, out, max_new_tokens=2, device="cpu",
+                                                 progress=False, **kw)),
+    ("report file", lambda out, **kw: evaluate_responses([{**RECORDS[0], "model_response": "hello"}], out=out,
+                                                         progress=False, **kw)),
+    ("report file", lambda out, **kw: write_report({"loss": 1.0}, out, **kw)),
+    ("predictions file", lambda out, **kw: classify_texts(str(FIXTURES / "classifier"), texts=["Win cash now"], out=out,
+                                                          **kw)),
+])
+def test_an_existing_output_file_is_replaced_only_when_asked(tmp_path, what, write):
+    out = tmp_path / "out.json"
+    out.write_text("keep me")
+    with pytest.raises(ScratchLLMError) as info:
+        write(out)
+    assert str(info.value) == f"{what} {out}: already exists (pass overwrite=True / --overwrite to replace it)"
+    assert out.read_text() == "keep me"
+    write(out, overwrite=True)
+    text = out.read_text()
+    assert text != "keep me" and json.loads(text.splitlines()[0] if what == "predictions file" else text)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
