@@ -11,7 +11,9 @@ The response itself is followed by `<|endoftext|>` during training, so generatio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from scratchllm.errors import ScratchLLMError
 
@@ -88,3 +90,9 @@ def get_style(name: str | None) -> PromptStyle:
     if name not in STYLES:
         raise ScratchLLMError(f"unknown prompt style {name!r}; choose one of: {', '.join(STYLES)}")
     return STYLES[name]
+
+
+def stored_style(model_config: Mapping[str, Any]) -> str | None:
+    """The prompt style recorded in a model directory's config.json, if any."""
+    style = model_config.get("prompt_style")
+    return style if isinstance(style, str) else None

@@ -59,8 +59,8 @@ def test_a_config_bigger_than_its_weights_is_refused_before_building(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("n_kv_heads", "2", "config field 'n_kv_heads' must be int | None, got '2'"),
-    ("layer_norm_eps", "x", "config field 'layer_norm_eps' must be float, got 'x'"),
+    ("n_kv_heads", "2", "config field 'n_kv_heads' must be a positive integer, got '2'"),
+    ("layer_norm_eps", "x", "config field 'layer_norm_eps' must be a number, got 'x'"),
 ])
 def test_wrong_types_in_a_model_directory_are_one_line(tmp_path, capsys, field, value, expected):
     d = edited_copy(tmp_path, "typed", **{field: value})

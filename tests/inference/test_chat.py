@@ -13,25 +13,24 @@ import os
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
-import torch
 
 from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import chat_repl
 from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat
-from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
 from scratchllm.prompts import get_style
 from scratchllm.tokenizer import Tokenizer
+from tests.helpers import sharpened_gpt
 
 PHI3 = get_style("phi3")
 
 
 def tiny_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=2)).eval()
+    return sharpened_gpt(50257, seed, context_length=128, emb_dim=32, n_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +167,6 @@ def test_chat_repl_reads_lines_and_prints_notes(model_dir, loaded):
 
 
 def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded):
-    pexpect = pytest.importorskip("pexpect")
     # 30 ms per token: an answer of 40 tokens takes 1.2 s, long enough to interrupt in the middle.
     env = dict(os.environ, SCRATCHLLM_TOKEN_DELAY="0.03", TERM="dumb", OMP_NUM_THREADS="1")
     child = pexpect.spawn(sys.executable, ["-m", "scratchllm", "chat", "--model", str(model_dir), "--temperature", "0",

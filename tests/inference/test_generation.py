@@ -26,8 +26,9 @@ from scratchllm.inference.generation import (
     stream,
     window_start,
 )
-from scratchllm.models.gpt import GPT
+from scratchllm.models.gpt import GPT, KVCache
 from scratchllm.tokenizer import Tokenizer
+from tests.helpers import sharpened_gpt
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +47,7 @@ def one_thread():
 
 
 def random_gpt(tok: Tokenizer, seed: int = 0, sharpen: float = 10.0, **overrides) -> GPT:
-    """gpt-tiny with random weights. At GPT-2's init scale an untrained model ignores its context
-    (greedy repeats one token), so the matrices are scaled up to make every token depend on the
-    whole window: a wrong window or a stale cache entry then changes the output."""
-    torch.manual_seed(seed)
-    gpt = GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=tok.vocab_size, **overrides)).eval()
-    with torch.no_grad():
-        for p in gpt.parameters():
-            if p.dim() == 2:
-                p.mul_(sharpen)
-    return gpt
+    return sharpened_gpt(tok.vocab_size, seed, sharpen, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +280,29 @@ def test_bfloat16_decoding(tok):
     cached = generate_ids(gpt, [ids], 20, 0)
     assert torch.backends.mkldnn.enabled
     assert cached == generate_ids(gpt, [ids], 20, 0, use_cache=False)
+
+
+def test_bfloat16_decoding_follows_float32(tok):
+    """The bfloat16 cached decode against the float32 model: fed the float32 model's own greedy
+    tokens (48 of them, varied), each bfloat16 step's logits stay within bfloat16 rounding of
+    float32's, and the next token they pick is float32's at least 90% of the time."""
+    fp32 = random_gpt(tok, seed=3)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    ids = tok.encode("Half precision decoding")
+    tokens = generate_ids(fp32, [ids], 48, 0)[0]
+    assert len(set(tokens)) >= 10
+    full = torch.tensor([ids + tokens])
+    with torch.no_grad():
+        want = fp32(full)[0, len(ids) - 1:-1].float()  # (48, V): the logits that chose each token
+        cache = KVCache.allocate(bf16.config, 1, full.shape[1], "cpu", torch.bfloat16)
+        h = bf16.hidden_states(full[:, :len(ids)], cache=cache)
+        steps = [bf16.out_head(h[:, -1]).float()]
+        for t in tokens[:-1]:  # one token at a time through the bfloat16 cache, as decoding does
+            h = bf16.hidden_states(torch.tensor([[t]]), cache=cache)
+            steps.append(bf16.out_head(h[:, -1]).float())
+        got = torch.cat(steps)  # (48, V)
+    assert (got - want).abs().max() < 0.03 * want.abs().max()  # bfloat16 keeps ~3 significant digits
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,21 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
+import openai  # noqa: E402
 
 from scratchllm.checkpoint import load, save_model  # noqa: E402
 from scratchllm.cli import main  # noqa: E402
 from tests.conftest import serving  # noqa: E402
-from scratchllm.models.config import GPTConfig  # noqa: E402
 from scratchllm.inference.generation import generate  # noqa: E402
-from scratchllm.models.gpt import GPT  # noqa: E402
 from scratchllm.prompts import get_style  # noqa: E402
 from scratchllm.inference.serve import ServeSettings, create_app  # noqa: E402
 from scratchllm.tokenizer import Tokenizer  # noqa: E402
+from tests.helpers import sharpened_gpt  # noqa: E402
 
 KEY = "test-key-123"
 PHI3 = get_style("phi3")
@@ -40,8 +36,7 @@ PHI3 = get_style("phi3")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=2)).eval()
+    model = sharpened_gpt(50257, context_length=128, emb_dim=32, n_heads=2)
     return save_model(model, tmp_path_factory.mktemp("serve") / "tiny", Tokenizer.gpt2(), extra={"prompt_style": "phi3"})
 
 

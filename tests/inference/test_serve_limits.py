@@ -13,16 +13,15 @@ import time
 
 import pytest
 import torch
+import uvicorn
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-
-from scratchllm.inference.generation import generate  # noqa: E402
-from scratchllm.inference.serve import ServeSettings, create_app, server_config  # noqa: E402
-from scratchllm.models.config import GPTConfig  # noqa: E402
-from scratchllm.models.gpt import GPT  # noqa: E402
-from scratchllm.tokenizer import Tokenizer  # noqa: E402
-from tests.conftest import serving  # noqa: E402
+from scratchllm.inference.config import ServeSettings
+from scratchllm.inference.generation import generate
+from scratchllm.inference.serve import create_app, server_config
+from scratchllm.models.config import GPTConfig
+from scratchllm.models.gpt import GPT
+from scratchllm.tokenizer import Tokenizer
+from tests.conftest import serving
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,16 @@ def test_sdpa_and_manual_attention_agree_in_outputs_and_gradients(drop):
     sdpa, manual = tiny(drop_rate=drop), tiny(drop_rate=drop, attn_impl="manual")
     manual.load_state_dict(sdpa.state_dict())
     idx = torch.randint(0, 211, (3, 37))
-    if drop:  # dropout masks differ between kernels, so compare in eval mode only
-        sdpa.eval(), manual.eval()
-    out_s, out_m = sdpa(idx), manual(idx)
+    # In training mode, with dropout: PyTorch's CPU attention kernel draws its dropout mask from the
+    # global RNG as F.dropout does, so from the same seed both paths drop the same weights.
+    sdpa.train(), manual.train()
+    torch.manual_seed(1)
+    out_s = sdpa(idx)
+    torch.manual_seed(1)
+    out_m = manual(idx)
+    if drop:
+        torch.manual_seed(2)
+        assert not torch.allclose(sdpa(idx), out_s)  # dropout is really on
     torch.testing.assert_close(out_s, out_m, atol=2e-6, rtol=1e-5)
     out_s.square().mean().backward()
     out_m.square().mean().backward()

@@ -114,15 +114,21 @@ def test_train_config_files_flags_and_errors(tmp_path):
         TrainConfig.from_file(tmp_path / "run.ini")
 
 
-def test_cli_flags_are_the_train_config_fields():
+def test_cli_flags_are_the_train_config_fields_with_their_help(capsys):
+    """Every TrainConfig field is a `pretrain` flag whose help is the text below the field."""
     import dataclasses
 
-    from scratchllm.cli import TRAIN_FLAGS
+    from scratchllm.cli import main
+    from scratchllm.core.options import field_docs
 
-    fields = dataclasses.fields(TrainConfig)
-    assert [name for name, *_ in TRAIN_FLAGS] == [f.name for f in fields]
-    for (name, kind, default, _), f in zip(TRAIN_FLAGS, fields):
-        assert default == f.default and kind.__name__ == str(f.type).split(" ")[0], name
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in text, f.name
+        assert docs[f.name] and docs[f.name] in text, f.name
+    assert "--no-fused-adamw" in text and "{steps,time}" in text
 
 
 def test_grad_accum_derived_from_tokens_per_step():

@@ -20,7 +20,7 @@ from scratchllm.cli import main
 from scratchllm.errors import ScratchLLMError
 from scratchllm.recipes.pretrain import pretrain
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.training.run_dir import append_metrics, checkpoint_dirs, prepare_run_dir
+from scratchllm.training.run_dir import RunDir, checkpoint_dirs, prepare_run_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = dict(emb_dim=64, n_layers=2, n_heads=4, context_length=32)
@@ -137,8 +137,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(tmp_
 
 
 def test_a_full_disk_while_logging_metrics_is_one_line(tmp_path, monkeypatch):
-    path = tmp_path / "metrics.jsonl"
-    append_metrics(path, {"step": 1})
+    run = RunDir(tmp_path)
+    path = run.metrics_path
+    run.append_metrics({"step": 1})
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -146,6 +147,6 @@ def test_a_full_disk_while_logging_metrics_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", no_space)
     with pytest.raises(ScratchLLMError, match=rf"^metrics file {path}: not enough disk space to add a line; the "
                                               r"checkpoints written so far are kept \(free some space, then --resume\)$"):
-        append_metrics(path, {"step": 2})
+        run.append_metrics({"step": 2})
     monkeypatch.undo()
     assert path.read_text() == '{"step": 1}\n'

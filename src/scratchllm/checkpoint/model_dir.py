@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.core.device import parse_dtype
+from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.core.files import atomic_directory, read_json, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.classifier import POOLINGS, Classifier
@@ -368,7 +368,7 @@ def _tied(model: nn.Module) -> set[str]:
 
 
 def _place(model: nn.Module, device: str | torch.device, dtype: str | torch.dtype | None) -> nn.Module:
-    dtype = parse_dtype(dtype)
+    dtype, device = parse_dtype(dtype), resolve_device(device)
     try:
         if dtype is not None:
             model.to(dtype=dtype)

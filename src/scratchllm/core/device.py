@@ -44,7 +44,10 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 def available_memory(device: str | torch.device) -> int | None:
     """Bytes free on `device`: a GPU's free memory, the CPU's MemAvailable (and a container's
     cgroup limit, when lower); None when unknown (then nothing is refused for lack of it)."""
-    device = torch.device(device)
+    try:
+        device = resolve_device(device)  # "auto" and "cuda" name a device too
+    except ScratchLLMError:
+        return None  # not a device this checks (meta), or none here: whoever places the model says so
     try:
         if device.type == "cuda":
             return torch.cuda.mem_get_info(device)[0]

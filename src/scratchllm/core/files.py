@@ -161,6 +161,18 @@ def read_text(path: str | os.PathLike[str], what: str = "", expected: str = "a U
         raise ScratchLLMError(f"{label}: cannot read ({exc.strerror or exc})") from None
 
 
+def json_lines(text: str, source: str | os.PathLike[str]) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of JSONL text; a bad line is one error naming it."""
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                items.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ScratchLLMError(f"{source} line {n}: not valid JSON ({exc.msg})") from None
+    return items
+
+
 def read_json(path: str | os.PathLike[str], what: str = "") -> dict[str, Any]:
     """The JSON object in `path` (a file that holds anything else is an error naming it)."""
     path = Path(path)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchllm.core.files import read_text
+from scratchllm.core.files import json_lines, read_text
 from scratchllm.errors import ScratchLLMError
 from scratchllm.prompts import PromptStyle
 
@@ -34,14 +34,7 @@ def read_records(path: str | os.PathLike[str]) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise ScratchLLMError(f"{path}: not valid JSON ({exc})") from None
     else:
-        records = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ScratchLLMError(f"{path}: line {n} is not valid JSON ({exc})") from None
+        records = [value for _, value in json_lines(text, path)]
     if not isinstance(records, list):
         raise ScratchLLMError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if not records:

@@ -47,7 +47,7 @@ def _seq2seq_counts(config: GPTConfig) -> tuple[dict[str, int], float]:
     if config.tie_embeddings:
         matmul += config.vocab_size * config.emb_dim  # the decoder's head is the shared embedding
     # attention scores and weighted sums: encoder self, decoder self and decoder cross, per layer
-    forward = 2 * matmul + 3 * 4 * config.n_layers * config.context_length * config.emb_dim
+    forward = 2 * matmul + 3 * 4 * config.n_layers * config.context_length * config.n_heads * config.head_dim
     return groups, float(forward)
 
 
@@ -95,10 +95,13 @@ def _bytes(n: float) -> str:
 def format_info(info: dict[str, Any]) -> str:
     c = info["config"]
     total = info["parameters"]
+    config = GPTConfig.from_dict(c)
+    switches = [s for s, on in (("qk_norm", config.qk_norm), ("llama3 rope scaling", config.rope_scaling)) if on]
     lines = [
         f"model: {info['model']} ({info['architecture']})",
-        f"  layers {c['n_layers']}, heads {c['n_heads']}, emb_dim {c['emb_dim']}, context {c['context_length']}, "
-        f"vocab {c['vocab_size']}, tied head {c['tie_embeddings']}",
+        f"  layers {c['n_layers']}, heads {c['n_heads']} ({config.kv_heads} key/value, width {config.head_dim}), "
+        f"emb_dim {c['emb_dim']}, context {c['context_length']}, vocab {c['vocab_size']}, tied head {c['tie_embeddings']}"
+        + "".join(f", {s}" for s in switches),
         f"parameters: {total:,} ({_human(total)})",
     ]
     for group, n in info["breakdown"].items():
@@ -119,14 +122,16 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def format_comparison(infos: list[dict[str, Any]]) -> str:
-    """One row per model: parameters, weights in bf16, KV cache per token, training FLOPs per token."""
-    header = f"{'model':<14}{'params':>10}{'layers':>7}{'emb_dim':>8}{'heads':>6}{'ctx':>6}{'bf16 weights':>14}{'KV/token bf16':>15}{'train FLOPs/tok':>17}"
+    """One row per model: parameters, shape (heads, key/value heads, head width), weights in bf16,
+    KV cache per token, training FLOPs per token."""
+    header = (f"{'model':<14}{'params':>10}{'layers':>7}{'emb_dim':>8}{'heads':>6}{'kv_heads':>9}{'head_dim':>9}"
+              f"{'ctx':>8}{'bf16 weights':>14}{'KV/token bf16':>15}{'train FLOPs/tok':>17}")
     rows = [header]
     for i in infos:
-        c = i["config"]
+        c = GPTConfig.from_dict(i["config"])
         rows.append(
-            f"{i['model']:<14}{_human(i['parameters']):>10}{c['n_layers']:>7}{c['emb_dim']:>8}{c['n_heads']:>6}"
-            f"{c['context_length']:>6}{_bytes(i['weights_bytes']['bfloat16']):>14}"
+            f"{i['model']:<14}{_human(i['parameters']):>10}{c.n_layers:>7}{c.emb_dim:>8}{c.n_heads:>6}{c.kv_heads:>9}"
+            f"{c.head_dim:>9}{c.context_length:>8}{_bytes(i['weights_bytes']['bfloat16']):>14}"
             f"{_bytes(i['kv_cache_bytes_per_token']['bfloat16']):>15}{_human(i['flops_per_token_training']):>17}"
         )
     return "\n".join(rows)

@@ -35,7 +35,7 @@ import torch
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import resolve_device
-from scratchllm.core.files import check_overwrite, read_text, write_json
+from scratchllm.core.files import check_overwrite, json_lines, read_text, write_json
 from scratchllm.data.labelled import load_labelled, stratified_split
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
@@ -335,14 +335,8 @@ def read_choice_tasks(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     raw = read_text(path, "data file")
     tasks = []
-    for num, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
+    for num, obj in json_lines(raw, path):
         where = f"{path} line {num}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScratchLLMError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise ScratchLLMError(f"{where}: expected a JSON object with context, choices, label")
         for key in ("context", "choices", "label"):

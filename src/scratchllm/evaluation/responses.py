@@ -23,7 +23,7 @@ from scratchllm.core.files import check_overwrite, write_json
 from scratchllm.data.instructions import check_records, check_string, prompt_and_response, read_records
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding
-from scratchllm.prompts import get_style
+from scratchllm.prompts import get_style, stored_style
 
 def respond(
     model: Any,
@@ -70,7 +70,7 @@ def respond(
         optimize_for_decoding(model)  # inference only: a faster weight layout for CPU decoding
     elif tokenizer is None:
         raise ScratchLLMError("respond: a model object was given without its tokenizer")
-    style = get_style(prompt_style or _stored_style(stored) or "alpaca")
+    style = get_style(prompt_style or stored_style(stored) or "alpaca")
     prompts = [prompt_and_response(r, style)[0] for r in records]
     lengths = [len(tokenizer.encode_ordinary(p)) for p in prompts]
     order = sorted(range(len(records)), key=lambda i: lengths[i])
@@ -309,6 +309,3 @@ def format_evaluation(report: dict[str, Any]) -> str:
 
 
 
-def _stored_style(data: dict[str, Any]) -> str | None:
-    style = data.get("prompt_style")
-    return style if isinstance(style, str) else None

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,9 +35,10 @@ from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import ChatSettings
 from scratchllm.inference.generation import (TextAssembler, check_sampling, generate_tokens, make_generators,
                                              optimize_for_decoding)
-from scratchllm.prompts import PromptStyle, get_style
+from scratchllm.prompts import PromptStyle, get_style, stored_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
 # model down to a human pace, so tests (and demos) can interrupt an answer mid-stream.
@@ -139,17 +139,6 @@ class TextStream:
 
 # ------------------------------------------------------------------------------------------------
 # A conversation
-
-
-@dataclass
-class ChatSettings:
-    temperature: float = 0.7  # 0 = greedy
-    max_new_tokens: int = 256  # longest answer; also the room kept free in the context for it
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None  # seeds one RNG for the whole session: same inputs, same conversation
-    system: str | None = None  # system prompt, kept when old turns are dropped
-    token_delay: float = 0.0  # seconds slept after each token (tests and demos)
 
 
 class ChatSession:
@@ -277,7 +266,7 @@ def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
     else plain."""
     net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
     optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
-    stored = read_model_config(model).get("prompt_style") if locate(model)[0] == "scratchllm" else None
+    stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
     style = get_style(prompt_style or stored or "plain")
     name = Path(os.fspath(model)).name or os.fspath(model)
     return net, tokenizer, style, name

@@ -42,7 +42,6 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,49 +54,12 @@ except ImportError:  # pragma: no cover
     FastAPI = None
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import API_KEY_ENV, ServeConfig, ServeSettings
 from scratchllm.inference.chat import TextStream, load_for_chat
 from scratchllm.inference.generation import SEED_MAX, SEED_MIN, encode_prompt, make_generators
 from scratchllm.prompts import get_style
 
 log = logging.getLogger("scratchllm.serve")
-
-API_KEY_ENV = "SCRATCHLLM_API_KEY"
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"  # loopback only; use 0.0.0.0 (with an API key) to serve the network
-    port: int = 8000
-    api_key: str | None = None  # when set, /v1 routes want "Authorization: Bearer <api_key>"
-    max_tokens_cap: int = 512  # a request's max_tokens is lowered to this
-    default_max_tokens: int = 256  # max_tokens when a request gives none (then capped too)
-    queue_size: int = 8  # requests that may wait while one decodes; more get 503
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
-    retry_after_s: int = 1  # Retry-After of a 503
-    model_name: str | None = None  # the id in /v1/models (default: the model directory's name)
-    prompt_style: str | None = None  # default: the one stored with the model, else plain
-    token_delay: float = 0.0  # seconds slept after each token (tests and demos)
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slowloris)
-    body_timeout_s: float = 30.0  # ... and its body within this after the headers (408 otherwise)
-    max_connections: int = 256  # connections served at once; uvicorn answers 503 beyond
-
-    def check(self) -> None:
-        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ScratchLLMError(f"serve setting {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 0:
-            raise ScratchLLMError(f"serve setting queue_size must be an integer >= 0, got {self.queue_size!r}")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ScratchLLMError(f"serve setting port must be in 0..65535, got {self.port!r}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
-        if not self.token_delay >= 0:
-            raise ScratchLLMError(f"serve setting token_delay must be >= 0, got {self.token_delay!r}")
-        for name in ("header_timeout_s", "body_timeout_s"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ScratchLLMError(f"serve setting {name} must be a number of seconds > 0, got {getattr(self, name)!r}")
-
 
 # ------------------------------------------------------------------------------------------------
 # Errors in OpenAI's shape
@@ -708,16 +670,15 @@ def server_config(app, settings: ServeSettings, log_level: str = "info"):
                           timeout_graceful_shutdown=5)
 
 
-def serve(model: Any, settings: ServeSettings, device: str = "auto", dtype: str | None = None,
-          log_level: str = "info") -> int:
-    """Load the model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
-    settings.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
+def serve(cfg: ServeConfig) -> int:
+    """Load cfg.model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
+    cfg.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
     try:
         import uvicorn
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
-    settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
-    settings.check()
-    app = create_app(model, settings, device=device, dtype=dtype)
-    uvicorn.Server(server_config(app, settings, log_level)).run()
+    cfg.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+    cfg.check()
+    app = create_app(cfg.model, cfg, device=cfg.device, dtype=cfg.dtype)
+    uvicorn.Server(server_config(app, cfg, cfg.log_level)).run()
     return 0

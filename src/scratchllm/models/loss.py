@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+IGNORE_INDEX = -100  # targets with this id carry no loss (PyTorch's cross-entropy default)
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Cross-entropy of softmax(h @ W^T) computed `chunk` rows at a time.
 

@@ -28,11 +28,12 @@ def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
     mlp_in = 2 if config.mlp == "swiglu" else 1  # SwiGLU has a gate beside the up-projection
     mlp = mlp_in * (C * hidden + bias * hidden) + hidden * C + bias * C
     norm = C if config.norm == "rmsnorm" else C * (1 + bias)  # scale (and shift)
+    qk_norm = 2 * config.head_dim if config.qk_norm else 0  # a query and a key RMSNorm per block
     return {
         "embeddings": V * C + (config.context_length * C if config.position == "learned" else 0),
         "attention": L * attention,
         "mlp": L * mlp,
-        "norms": (2 * L + 1) * norm,  # two per block and the final one
+        "norms": (2 * L + 1) * norm + L * qk_norm,  # two per block and the final one
         "head": 0 if config.tie_embeddings else V * C,
     }
 

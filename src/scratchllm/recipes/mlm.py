@@ -43,14 +43,10 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.fill_mask import MASK_TOKEN, USER_MASK, fill_mask, format_fillers, mask_token_id, with_mask_token
 from scratchllm.models.gpt import GPT
-from scratchllm.models.loss import chunked_cross_entropy
+from scratchllm.models.loss import IGNORE_INDEX, chunked_cross_entropy
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (PyTorch's cross-entropy default)
-
-
 
 @dataclass
 class MaskingConfig:

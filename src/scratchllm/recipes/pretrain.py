@@ -9,6 +9,7 @@ encoder-decoder (`seq2seq`), are looked up in `OBJECTIVES` and run on the same s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -26,6 +27,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
+from scratchllm.recipes.config import PretrainConfig
 from scratchllm.recipes.mlm import pretrain_mlm
 from scratchllm.recipes.seq2seq import pretrain_seq2seq
 from scratchllm.training.config import TrainConfig, read_run_file
@@ -102,22 +104,22 @@ class PretrainTask(Task):
 
 
 
-# The CLI's defaults for --tokenizer and --val-fraction: on a resume these mean "not given" (the run's own).
+# What a run started with the library's or the CLI's defaults gets (on a resume, None means "the run's own").
 DEFAULT_TOKENIZER = "gpt2"
 DEFAULT_VAL_FRACTION = 0.1
 
 
 def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out: str | os.PathLike[str] | None = None,
-             tokenizer: Any = None, resume: bool | str = False, config_file: str | os.PathLike[str] | None = None,
-             val_fraction: float | None = None, objective: str | None = None, **train_flags: Any) -> dict[str, Any]:
+             **options: Any) -> dict[str, Any]:
     """Pretrain a GPT on a text file or prepared data directory; returns fit's summary.
 
     model: a preset name, a config.json path, a GPTConfig or a dict (vocab_size always comes from the
-    tokenizer; train context_length, if set, replaces the model's). tokenizer: "gpt2" (None), a
-    tokenizer .json or a model directory. config_file: run.toml / .yaml / .json holding train config
-    fields and optionally data, model, tokenizer, out; keyword arguments win over the file.
-    objective: "lm" (next token, the default), "mlm" (a BERT-style encoder, `pretrain_mlm`) or
-    "seq2seq" (an encoder-decoder on source<TAB>target pairs, `pretrain_seq2seq`).
+    tokenizer; train context_length, if set, replaces the model's). `options` are PretrainConfig
+    fields (tokenizer, config, val_fraction, resume, objective) and TrainConfig fields (max_steps,
+    lr, ...). config: a run file (run.toml / .yaml / .json) holding train config fields and
+    optionally data, model, tokenizer, out; keyword arguments win over the file. objective: "lm"
+    (next token, the default), "mlm" (a BERT-style encoder, recipes/mlm.py) or "seq2seq" (an
+    encoder-decoder on source<TAB>target pairs, recipes/seq2seq.py).
 
     resume=True (or a run directory) continues the newest checkpoint of `out`. The run keeps what it
     started with: its tokenizer (from the checkpoint, or before the first checkpoint from
@@ -125,6 +127,11 @@ def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out:
     tokenizer or objective given again must be the same. Train settings not given again come from
     its run_config.json. A run killed before its first checkpoint starts again from step 0 (it says so).
     """
+    run_fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"data", "model", "out"}
+    run = PretrainConfig(**{k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+                            for k, v in options.items() if k in run_fields})
+    train_flags = {k: v for k, v in options.items() if k not in run_fields}
+    tokenizer, resume, config_file, val_fraction, objective = run.tokenizer, run.resume, run.config, run.val_fraction, run.objective
     if isinstance(resume, (str, os.PathLike)):
         out = out or resume
         resume = True
@@ -134,13 +141,11 @@ def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out:
     data = data if data is not None else settings.pop("data", None)
     model = model if model is not None else settings.pop("model", None)
     out = out if out is not None else settings.pop("out", None)
-    file_tokenizer = settings.pop("tokenizer", None)
-    if tokenizer is None or (tokenizer == DEFAULT_TOKENIZER and file_tokenizer is not None):
-        tokenizer = file_tokenizer
-    file_fraction = settings.pop("val_fraction", None)
-    if val_fraction is None or (val_fraction == DEFAULT_VAL_FRACTION and file_fraction is not None):
-        val_fraction = file_fraction
+    tokenizer = tokenizer if tokenizer is not None else settings.pop("tokenizer", None)
+    val_fraction = val_fraction if val_fraction is not None else settings.pop("val_fraction", None)
     objective = objective or settings.pop("objective", None)
+    for key in ("tokenizer", "val_fraction", "objective"):  # given as keywords, they win over the file
+        settings.pop(key, None)
     if out is None:
         raise ScratchLLMError("pretrain: an output run directory is required (--out RUNDIR)")
     out = Path(out)
@@ -185,10 +190,10 @@ def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: 
         tok = run_tokenizer(out, previous)
         log(f"{out}: no checkpoint yet (the run stopped before its first save); starting again from step 0 "
             "with the settings in its run_config.json")
-    if tokenizer not in (None, DEFAULT_TOKENIZER):
+    if tokenizer is not None:
         given = resolve_tokenizer(tokenizer)
         same = given.merges == tok.merges and given.pattern == tok.pattern and all(
-            tok.special_tokens.get(k) == v for k, v in given.special_tokens.items())
+            tok.special_tokens.get(k) == v for k, v in given.special_tokens.items())  # mlm adds <|mask|>
         if not same:
             raise ScratchLLMError(f"{where}: --tokenizer {tokenizer} is not the run's tokenizer ({tok.vocab_size} ids); "
                                   "a resumed run keeps its own (leave --tokenizer out)")
@@ -202,14 +207,13 @@ def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: 
             k = differ[0]
             raise ScratchLLMError(f"{where}: --model {model} has {k}={theirs.get(k)!r}, the run has {mine[k]!r}; "
                                   "a resumed run keeps its model (leave --model out)")
-    run_data = previous.get("data", {}) if isinstance(previous.get("data"), dict) else {}
+    run_data = previous.get("data") if isinstance(previous.get("data"), dict) else {}
     if data is None:
         data = run_data.get("path")
     elif run_data.get("path") and Path(data).resolve() != Path(run_data["path"]):
         warn(f"{where}: --data {data} is not the run's {run_data['path']}; continuing on {data}")
     run_fraction = run_data.get("val_fraction")
-    if val_fraction is not None and val_fraction != DEFAULT_VAL_FRACTION and run_fraction is not None \
-            and val_fraction != run_fraction:
+    if val_fraction is not None and run_fraction is not None and val_fraction != run_fraction:
         raise ScratchLLMError(f"{where}: --val-fraction {val_fraction} is not the run's {run_fraction}; "
                               "a resumed run keeps its validation split (leave --val-fraction out)")
     if run_fraction is not None:

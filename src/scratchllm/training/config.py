@@ -10,52 +10,82 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from scratchllm.core.fields import check_field_types
+from scratchllm.core.options import check_fields, from_mapping
 from scratchllm.errors import ScratchLLMError
 
 @dataclass
 class TrainConfig:
-    """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task)."""
+    """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task).
+    Each field is a `scratchllm pretrain` flag (--max-steps, ...) and a key of a run file."""
 
     # how long
-    max_steps: int = 1000  # optimizer steps
-    max_time: float | None = None  # seconds of wall time (all resumes together); stops early, cleanly
+    max_steps: int = 1000
+    """optimizer steps"""
+    max_time: float | None = None
+    """seconds of wall time (all resumes together); stops early, cleanly, with a checkpoint"""
     # batch: tokens per optimizer step = batch_size * context_length * grad_accum * world_size
-    batch_size: int = 8  # sequences per micro-batch, per process
-    context_length: int | None = None  # tokens per sequence; None = the model's context_length
-    grad_accum: int = 1  # micro-batches summed into one optimizer step
-    tokens_per_step: int | None = None  # if set, grad_accum is derived from it (and printed)
+    batch_size: int = 8
+    """sequences per micro-batch, per process"""
+    context_length: int | None = None
+    """tokens per sequence (default: the model's context_length)"""
+    grad_accum: int = 1
+    """micro-batches summed into one optimizer step"""
+    tokens_per_step: int | None = None
+    """derive grad_accum from the tokens per optimizer step (printed at start)"""
     # optimizer and schedule
-    lr: float = 6e-4  # peak learning rate, reached after warmup
-    min_lr: float = 6e-5  # floor of the cosine decay, reached at max_steps
+    lr: float = 6e-4
+    """peak learning rate, reached after warmup"""
+    min_lr: float = 6e-5
+    """floor of the cosine decay, reached at max_steps"""
     warmup_steps: int = 100
-    weight_decay: float = 0.1  # on 2-D weights only (matrices, embeddings), not biases or norms
+    """linear warmup steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay, on 2-D weights only (matrices, embeddings), not biases or norms"""
     beta1: float = 0.9
+    """AdamW beta1"""
     beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    fused_adamw: bool = True  # torch's fused AdamW kernel where the device has one (~5x faster on CPU)
-    schedule: str = "steps"  # "steps": warmup + cosine over max_steps; "time": over max_time (see learning_rate)
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """max global gradient norm (0: no clipping)"""
+    fused_adamw: bool = True
+    """torch's fused AdamW kernel where the device has one (~5x faster on CPU)"""
+    schedule: Literal["steps", "time"] = "steps"
+    """steps: warmup + cosine over max_steps; time: over max_time, so a wall-clock budget always ends decayed"""
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
     eval_every: int = 200
-    eval_batches: int = 20  # validation batches per evaluation (None-like 0 = the whole split)
+    """evaluate every N steps (0: only at the end)"""
+    eval_batches: int = 20
+    """validation batches per evaluation (0: the whole split)"""
     log_every: int = 10
+    """log every N steps"""
     save_every: int = 500
-    keep_last: int = 2  # step checkpoints kept (best/ and final/ are kept besides)
-    sample_every: int = 0  # 0 = no samples; else at step 0, every N steps and at the end
+    """checkpoint every N steps (0: only at the end)"""
+    keep_last: int = 2
+    """step checkpoints kept (best/ and final/ are kept besides)"""
+    sample_every: int = 0
+    """print a text sample at step 0, every N steps and at the end (0: never)"""
     sample_prompt: str = "\n"
+    """prompt of the samples"""
     sample_tokens: int = 64
+    """tokens per sample"""
     # execution
     seed: int = 1337
-    device: str = "auto"  # auto -> cuda, mps, cpu
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA when supported, else float32; bfloat16; float32
-    compile: bool = False  # torch.compile the loss computation
-    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
-    progress: bool = True  # tqdm bar on stderr (shown only when stderr is a terminal)
+    """random seed (initial weights, batches, dropout)"""
+    device: str = "auto"
+    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bf16 autocast on CUDA when supported, else float32; bfloat16: autocast, also on CPU"""
+    compile: bool = False
+    """torch.compile the loss computation"""
+    fsdp: bool = False
+    """shard parameters, gradients and optimizer state (FSDP2) under torchrun"""
+    progress: bool = True
+    """tqdm progress bar on stderr (shown only when stderr is a terminal)"""
 
     def __post_init__(self) -> None:
-        check_field_types(self, "train config")
+        check_fields(self, "train config")
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "sample_tokens")
         for name in positive:
             if getattr(self, name) < 1:
@@ -78,26 +108,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
-        if self.schedule not in ("steps", "time"):
-            raise ScratchLLMError(f"train config field 'schedule' must be steps or time, got {self.schedule!r}")
         if self.schedule == "time" and self.max_time is None:
             raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ScratchLLMError(f"train config field 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        if not isinstance(data, dict):
-            raise ScratchLLMError(f"{source}: expected a mapping of train config fields, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ScratchLLMError(
-                f"{source}: unknown train config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}"
-            )
-        return cls(**data)
+        return from_mapping(cls, data, source, "train config")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
