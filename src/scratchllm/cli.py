@@ -84,10 +84,11 @@ def add_options(p: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ..
             continue
         names.append(f.name)
         required = f.default is dataclasses.MISSING
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.help}
+        help = f.help.replace("%", "%%")  # argparse formats help strings with %
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help}
         if defaults_from_elsewhere:
             kwargs["default"] = argparse.SUPPRESS
-            kwargs["help"] = f"{f.help} (default: {f.default!r})"
+            kwargs["help"] = f"{help} (default: {f.default!r})"
         elif required:
             kwargs["required"] = True
         else:
@@ -487,27 +488,15 @@ def add_demo(sub):
 @verb('respond')
 def add_respond(sub):
     p = _parser(sub, "respond", "Generate a response to each instruction record; save the records with a model_response field.")
-    p.add_argument("--model", required=True, help="model or run directory (LoRA adapters are merged in) or GPT-2 name")
-    p.add_argument("--data", required=True, help="JSON/JSONL records: {instruction, input, output} or {messages}, e.g. RUNDIR/test.json")
-    p.add_argument("--out", required=True, help="responses JSON file to write")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest response in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    p.add_argument("--seed", type=int, default=123, help="sampling seed (temperature > 0)")
-    p.add_argument("--prompt-style", default=None, help="alpaca, phi3 or plain (default: the one stored with the model, else alpaca)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16")
+    from scratchllm.inference.config import RespondConfig
+
+    names = add_options(p, RespondConfig)
 
     def run(args):
         from scratchllm.evaluation.responses import respond
 
-        records = respond(args.model, args.data, args.out, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size,
-                          seed=args.seed, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
-                          limit=args.limit, progress=sys.stderr.isatty())
+        cfg = options_of(args, RespondConfig, names)
+        records = respond(**dataclasses.asdict(cfg), progress=sys.stderr.isatty())
         print(f"{len(records)} responses written to {args.out}")
 
     p.set_defaults(func=run)

@@ -175,7 +175,7 @@ def test_seed_reproducibility(tok, model):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cache_matches_recompute_past_the_window(tok, small_ctx, keep, temperature):
     ids = tok.encode("The history of the world, in brief:")
-    kw = dict(max_new_tokens=90, temperature=temperature, keep=keep, eos_id=None)
+    kw = dict(max_new_tokens=90, temperature=temperature, keep=keep)
     cached = list(generate_tokens(small_ctx, ids, generator=make_generators(3, 1)[0], **kw))
     uncached = list(generate_tokens(small_ctx, ids, generator=make_generators(3, 1)[0], use_cache=False, **kw))
     assert len(cached) == 90 and cached == uncached
@@ -348,9 +348,20 @@ def test_finished_rows_are_frozen(tok):
         out = generate(gpt, tok, prompts, 20, temperature=0, stop=" gamma", use_cache=use_cache)
         assert out == [" red green", " one two three four five", " alpha beta"]
     batch_ids = [tok.encode(p) for p in prompts[:2]]
-    assert generate_ids(gpt, batch_ids, 20, 0, eos_id=tok.eot_id) == [short, long_]
+    assert generate_ids(gpt, batch_ids, 20, 0, stop_ids={tok.eot_id}) == [short, long_]
     # without an eos id the rows run on to max_new_tokens
     assert [len(r) for r in generate_ids(gpt, batch_ids, 9, 0)] == [9, 9]
+
+
+def test_any_stop_id_ends_a_row(tok):
+    # A chat model's answer ends at any of several ids (<|im_end|>, <|endoftext|>, ...), none of them output.
+    script = tok.encode(" one two three four five")
+    gpt = scripted_gpt(tok, "Count:", script)
+    prompt = tok.encode("Count:")
+    three, five = script[2], script[4]
+    assert generate_ids(gpt, [prompt, prompt[-1:]], 20, 0, stop_ids={five, three}) == [script[:2], script[:2]]
+    assert list(generate_tokens(gpt, prompt, 20, 0, stop_ids=[five])) == script[:4]
+    assert generate_ids(gpt, [prompt], 20, 0, stop_ids={tok.eot_id}) == [script]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,10 +411,10 @@ def test_text_assembler_holds_prefixes_of_stops(tok):
 
 def test_eot_in_prompt_and_empty_prompt(tok, model):
     eot = tok.eot_id
-    assert generate(model, tok, "", 12, temperature=0) == tok.decode(generate_ids(model, [[eot]], 12, 0, eos_id=eot)[0])
+    assert generate(model, tok, "", 12, temperature=0) == tok.decode(generate_ids(model, [[eot]], 12, 0, stop_ids={eot})[0])
     ids = tok.encode("a<|endoftext|>b", allowed_special="all")
     assert eot in ids
-    assert generate(model, tok, "a<|endoftext|>b", 12, temperature=0) == tok.decode(generate_ids(model, [ids], 12, 0, eos_id=eot)[0])
+    assert generate(model, tok, "a<|endoftext|>b", 12, temperature=0) == tok.decode(generate_ids(model, [ids], 12, 0, stop_ids={eot})[0])
 
 
 def test_zero_new_tokens_and_empty_batch(tok, model):
@@ -488,6 +499,25 @@ def test_cli_generate(tok, model, tmp_path, capsys):
     assert captured.err == "scratchllm generate: error: temperature must be a number >= 0 (0 = greedy), got -1.0\n"
     assert captured.out == ""
 
+
+
+def test_encode_prompt_puts_the_bos_first_once(hf_tokenizer_dir):
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from scratchllm.inference.generation import encode_prompt
+
+    d = hf_tokenizer_dir("llama3")
+    llama, hf = Tokenizer.from_hf(d), transformers.AutoTokenizer.from_pretrained(d)
+    bos = llama.special_tokens["<|begin_of_text|>"]
+    assert encode_prompt(llama, "Once upon a time") == hf("Once upon a time")["input_ids"] == [bos, *llama.encode("Once upon a time")]
+    assert encode_prompt(llama, "") == [bos]
+    # a chat template writes the BOS itself: not a second one
+    messages = [{"role": "user", "content": "Hi"}]
+    text = llama.chat_template.render(messages, add_generation_prompt=True)
+    assert encode_prompt(llama, text) == hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert encode_prompt(llama, text).count(bos) == 1
+    qwen = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))  # no BOS: an empty prompt starts from the eos token
+    assert encode_prompt(qwen, "") == [qwen.eot_id] and encode_prompt(qwen, "Hi") == qwen.encode("Hi")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -150,3 +150,23 @@ def test_a_full_disk_while_logging_metrics_is_one_line(tmp_path, monkeypatch):
         run.append_metrics({"step": 2})
     monkeypatch.undo()
     assert path.read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bpe", "hf"])
+def test_the_run_tokenizer_is_read_back_for_every_kind(tmp_path, tok_file, hf_tokenizer_dir, kind):
+    """What a resume before the first checkpoint reads: RUNDIR/tokenizer.json (ours), RUNDIR/tokenizer/
+    (a Hugging Face tokenizer's files, chat template and stop ids kept), or GPT-2's by name."""
+    from scratchllm.checkpoint.model_dir import tokenizer_spec
+    from scratchllm.training.run_dir import run_tokenizer
+
+    tok = {"gpt2": Tokenizer.gpt2, "bpe": lambda: Tokenizer.load(tok_file),
+           "hf": lambda: Tokenizer.from_hf(hf_tokenizer_dir("llama3"), stop_ids=[7])}[kind]()
+    run = tmp_path / "run"
+    prepare_run_dir(run, tok)
+    recorded = {"tokenizer": {"vocab_size": tok.vocab_size, **tok.spec}}
+    again = run_tokenizer(run, recorded)
+    assert tokenizer_spec(again)["type"] == tokenizer_spec(tok)["type"] == kind
+    assert again.vocab_size == tok.vocab_size and again.encode("Hello, world!") == tok.encode("Hello, world!")
+    assert again.stop_ids == tok.stop_ids and again.to_json_bytes() == tok.to_json_bytes()
+    if kind == "hf":
+        assert again.chat_template is not None and sorted(p.name for p in (run / "tokenizer").iterdir()) == sorted(tok.hf_files)

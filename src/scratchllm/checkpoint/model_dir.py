@@ -4,10 +4,12 @@ This is where a trained model leaves the pipeline and where every later stage (g
 fine-tuning, evaluation, serving) picks one up. A scratchllm model directory holds
 
     config.json        {"format": "scratchllm", "version": 1, "kind": KIND, "model": {GPTConfig fields},
-                        "tokenizer": {"type": "gpt2"} or {"type": "bpe", "file": "tokenizer.json", ...},
+                        "tokenizer": {"type": "gpt2"} or {"type": "bpe", "file": "tokenizer.json", ...}
+                                     or {"type": "hf", "file": "tokenizer.json", "sha256": ..., "stop_ids": [...]},
                         ...the kind's own keys, and any extra keys the writer adds ("prompt_style", ...)}
     model.safetensors  the weights under our parameter names (a tensor shared by two modules is stored once)
-    tokenizer.json     a trained tokenizer (absent when the tokenizer is GPT-2's)
+    tokenizer.json     a trained tokenizer (absent when the tokenizer is GPT-2's); for "hf" a Hugging Face
+                       tokenizer.json, with its tokenizer_config.json and chat_template.jinja beside it
 
 and one of these kinds, decided by the model object when it is written:
 
@@ -188,10 +190,15 @@ def _weights_and_keys(model: nn.Module, kind: str) -> tuple[dict[str, torch.Tens
 
 
 def tokenizer_spec(tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """What config.json records of a tokenizer: {"type": "gpt2"}, or a trained one's file and SHA-256."""
+    """What config.json records of a tokenizer: {"type": "gpt2"}, or a trained one's file and SHA-256,
+    or a Hugging Face one's ("hf": its tokenizer.json's SHA-256, and the extra stop ids it was given)."""
     if tokenizer is None or tokenizer.spec.get("type") == "gpt2":
         return {"type": "gpt2"}
     blob = tokenizer.to_json_bytes()
+    if tokenizer.hf_files:
+        spec: dict[str, Any] = {"type": "hf", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+        stop_ids = tokenizer.spec.get("stop_ids")
+        return {**spec, "stop_ids": list(stop_ids)} if stop_ids else spec
     return {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
 
 
@@ -229,7 +236,10 @@ def save_model(
     size = sum(t.numel() * t.element_size() for t in [*weights.values(), *(head or {}).values()])
     with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind})",
                           size=size) as tmp:
-        if spec["type"] != "gpt2":
+        if spec["type"] == "hf":  # the Hugging Face files as they were read, tokenizer.json included
+            for name, blob in tokenizer.hf_files.items():
+                (tmp / name).write_bytes(blob)
+        elif spec["type"] != "gpt2":
             # Written here rather than with tokenizer.save, which would repoint the caller's
             # tokenizer.spec at this temporary directory.
             (tmp / TOKENIZER_FILE).write_bytes(tokenizer.to_json_bytes())
@@ -308,16 +318,20 @@ def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
     """The tokenizer a scratchllm model directory records: GPT-2's, or its own tokenizer.json
-    (checked against the SHA-256 in config.json)."""
+    (checked against the SHA-256 in config.json): a trained one, or a Hugging Face one with its
+    tokenizer_config.json and chat template beside it."""
     d = resolve_model_dir(directory)
     spec = read_model_config(d).get("tokenizer", {"type": "gpt2"})
     if spec.get("type") == "gpt2":
         return Tokenizer.gpt2()
-    if spec.get("type") == "bpe":
+    if spec.get("type") in ("bpe", "hf"):
         file = spec.get("file")
         if not isinstance(file, str) or Path(file).name != file:
             raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'file' is {file!r}, expected a file name inside the directory")
-        tokenizer = Tokenizer.load(d / file)
+        stop_ids = spec.get("stop_ids") or []
+        if not (isinstance(stop_ids, list) and all(isinstance(i, int) for i in stop_ids)):
+            raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'stop_ids' is {stop_ids!r}, expected a list of token ids")
+        tokenizer = Tokenizer.from_hf(d / file, stop_ids=stop_ids) if spec["type"] == "hf" else Tokenizer.load(d / file)
         want = spec.get("sha256")
         if want and tokenizer.spec.get("sha256") != want:
             raise ScratchLLMError(

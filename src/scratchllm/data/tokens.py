@@ -154,7 +154,7 @@ class TokenData:
     def tokenizer_spec(self) -> dict[str, Any]:
         """Spec for `Tokenizer.from_spec`; a trained tokenizer resolves to this DATADIR's copy."""
         spec = dict(self.meta["tokenizer"])
-        if self.path is not None and spec.get("type") == "bpe" and (self.path / TOKENIZER_FILE).is_file():
+        if self.path is not None and spec.get("type") in ("bpe", "hf") and (self.path / TOKENIZER_FILE).is_file():
             spec["file"] = str((self.path / TOKENIZER_FILE).absolute())
         return spec
 

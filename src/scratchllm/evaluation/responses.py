@@ -23,7 +23,7 @@ from scratchllm.core.files import check_overwrite, write_json
 from scratchllm.data.instructions import check_records, check_string, prompt_and_response, read_records
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding
-from scratchllm.prompts import get_style, stored_style
+from scratchllm.prompts import choose_style, get_style, stored_style
 
 def respond(
     model: Any,
@@ -46,9 +46,10 @@ def respond(
     """Generate a response to each record; returns (and writes to `out`) the records with `model_response`.
 
     model: a model or run directory / GPT-2 name (adapters are merged in), or a loaded GPT with
-    `tokenizer`. The prompt style is `prompt_style`, else the one stored with the model, else alpaca.
-    Greedy by default (temperature 0); generation stops at <|endoftext|>, at the style's stop
-    strings (the start of a next turn) or after max_new_tokens. Records go through in batches,
+    `tokenizer`. The prompt style is `prompt_style`, else the one stored with the model, else the
+    model's chat template if its tokenizer has one, else alpaca. Greedy by default (temperature 0);
+    generation stops at a stop id (<|endoftext|>, a template's end-of-turn token), at the style's
+    stop strings (the start of a next turn) or after max_new_tokens. Records go through in batches,
     sorted by prompt length so that little left padding is decoded. An existing `out` is an error
     (before any generation) unless `overwrite`.
     """
@@ -70,7 +71,7 @@ def respond(
         optimize_for_decoding(model)  # inference only: a faster weight layout for CPU decoding
     elif tokenizer is None:
         raise ScratchLLMError("respond: a model object was given without its tokenizer")
-    style = get_style(prompt_style or stored_style(stored) or "alpaca")
+    style = choose_style(prompt_style, stored_style(stored), tokenizer, "alpaca")
     prompts = [prompt_and_response(r, style)[0] for r in records]
     lengths = [len(tokenizer.encode_ordinary(p)) for p in prompts]
     order = sorted(range(len(records)), key=lambda i: lengths[i])

@@ -13,6 +13,9 @@ from scratchllm.errors import ScratchLLMError
 
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
+# prompts.STYLE_NAMES, spelled out so that the configs (and `--help`) need not import the prompts
+PromptStyleName = Literal["alpaca", "phi3", "plain", "template"]
+
 
 @dataclass(kw_only=True)
 class SamplingConfig:
@@ -66,6 +69,29 @@ class GenerateConfig(LoadConfig, SamplingConfig):
 
 
 @dataclass(kw_only=True)
+class RespondConfig(LoadConfig, SamplingConfig):
+    """`scratchllm respond`: answer every record of an instruction file (evaluation/responses.py `respond`)."""
+
+    data: str
+    """JSON/JSONL records: {instruction, input, output} or {messages}, e.g. RUNDIR/test.json"""
+    out: str
+    """responses JSON file to write"""
+    temperature: float = 0.0
+    """0 = greedy"""
+    seed: int = 123
+    """sampling seed (temperature > 0)"""
+    batch_size: int = 8
+    """prompts decoded together"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else alpaca"""
+    limit: int | None = None
+    """only the first N records"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "respond")
+
+
+@dataclass(kw_only=True)
 class ChatSettings(SamplingConfig):
     """A conversation's settings (inference/chat.py `ChatSession`)."""
 
@@ -79,8 +105,8 @@ class ChatSettings(SamplingConfig):
 class ChatConfig(LoadConfig, ChatSettings):
     """`scratchllm chat`: talk to a model in the terminal, or answer one line of standard input each."""
 
-    prompt_style: str | None = None
-    """alpaca, phi3 or plain (default: the one stored with the model, else plain)"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else plain"""
 
     def __post_init__(self) -> None:
         check_fields(self, "chat")
@@ -108,8 +134,8 @@ class ServeSettings:
     """Retry-After of a 503, in seconds"""
     model_name: str | None = None
     """model id in /v1/models (default: the directory's name)"""
-    prompt_style: str | None = None
-    """alpaca, phi3 or plain (default: the one stored with the model, else plain)"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else plain"""
     token_delay: float = 0.0
     """seconds slept after each token (tests and demos; $SCRATCHLLM_TOKEN_DELAY)"""
     header_timeout_s: float = 10.0

@@ -8,8 +8,9 @@ loop repeats. Three layers, each reusable on its own:
 - `generate_tokens` / `generate_ids`: the token-level decode loop (KV cache, left-padded batches,
   a context window that jumps when the sequence outgrows the model). Chat, serving and evaluation
   build on these.
-- `generate` / `stream`: text in, text out; stops at <|endoftext|> or a stop string, and `stream`
-  yields whole characters only.
+- `generate` / `stream`: text in, text out; stops at one of the tokenizer's stop ids (<|endoftext|>;
+  for a model with a chat template also its end-of-turn token, such as <|im_end|> or <|eot_id|>) or
+  at a stop string, and `stream` yields whole characters only.
 
 Decoding with the KV cache gives the same tokens as recomputing the whole window every step
 (`use_cache=False`), also past the context window: both paths condition on exactly the tokens that
@@ -22,7 +23,7 @@ import codecs
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
@@ -291,14 +292,14 @@ def _decode(
     generators: Sequence[torch.Generator | None] | None,
     use_cache: bool,
     keep: int,
-    eos_id: int | None,
+    stop_ids: Collection[int],
     finished: list[bool],
 ) -> Iterator[dict[int, int]]:
     """The decode loop behind every entry point; yields {row: new token} for the running rows.
 
-    rows: each sequence's token ids (extended here). A row stops running once it samples eos_id or
-    once the caller sets finished[row] = True between steps (for a stop string): its cache rows
-    are dropped and it is never extended again.
+    rows: each sequence's token ids (extended here). A row stops running once it samples one of
+    stop_ids or once the caller sets finished[row] = True between steps (for a stop string): its
+    cache rows are dropped and it is never extended again.
     """
     ctx = model.config.context_length
     weight = model.tok_emb.weight
@@ -351,7 +352,7 @@ def _decode(
             for r, token in zip(active, next_ids):
                 rows[r].append(token)
                 step[r] = token
-                if token == eos_id:
+                if token in stop_ids:
                     finished[r] = True
             yield step
     finally:
@@ -368,9 +369,10 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     keep: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before eos_id.
+    """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before any of stop_ids
+    (`tokenizer.stop_ids`: the end-of-text token, and a chat model's end-of-turn token).
 
     generator: the RNG for sampling (None: torch's global RNG). keep: tokens kept when the context
     window jumps (see `window_start`; default 3/4 of the context). Parameters are checked here,
@@ -378,12 +380,13 @@ def generate_tokens(
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     rows, keep = _prepare(model, [ids], keep)
+    stop_ids = frozenset(stop_ids)
 
     def tokens() -> Iterator[int]:
         finished = [False]
         gens = [generator] if generator is not None else None
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, eos_id, finished):
-            if step[0] == eos_id:
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished):
+            if step[0] in stop_ids:
                 return
             yield step[0]
 
@@ -400,9 +403,9 @@ def generate_ids(
     generators: Sequence[torch.Generator | None] | None = None,
     use_cache: bool = True,
     keep: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
 ) -> list[list[int]]:
-    """New token ids for each prompt of a batch (eos_id not included), decoded together.
+    """New token ids for each prompt of a batch (the stop id that ends a row not included), decoded together.
 
     Prompts of different lengths are left-padded with an attention mask; each row gets the same
     tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
@@ -413,9 +416,10 @@ def generate_ids(
         raise ScratchLLMError(f"generators: expected one per prompt ({len(rows)}), got {len(generators)}")
     out: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)
-    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eos_id, finished):
+    stop_ids = frozenset(stop_ids)
+    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished):
         for r, token in step.items():
-            if token != eos_id:
+            if token not in stop_ids:
                 out[r].append(token)
     return out
 
@@ -484,11 +488,18 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids; special-token text such as <|endoftext|> is allowed. An empty prompt starts from
-    <|endoftext|>, GPT-2's beginning-of-text token."""
+    """Prompt ids; special-token text such as <|endoftext|> is allowed. The tokenizer's BOS goes first
+    as transformers' `tokenizer(text)` puts it (Llama 3's <|begin_of_text|>; GPT-2, Qwen and SmolLM2
+    have none), except when the text already starts with it: a chat template writes its own, and a
+    second one (which transformers would add) only puts the model off. An empty prompt without a BOS
+    starts from the end-of-text token, GPT-2's beginning-of-text token."""
     if not isinstance(prompt, str):
         raise ScratchLLMError(f"prompt must be a str, got {type(prompt).__name__}")
-    return tokenizer.encode(prompt, allowed_special="all") or [tokenizer.eot_id]
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    bos = list(tokenizer.bos_ids)
+    if bos and ids[: len(bos)] != bos:
+        ids = bos + ids
+    return ids or [tokenizer.eot_id]
 
 
 def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
@@ -499,14 +510,14 @@ def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, 
     rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
     device = model.tok_emb.weight.device
     generators = make_generators(seed, len(rows), device) if temperature >= GREEDY_BELOW else None
-    eot = tokenizer.eot_id
+    stop_ids = tokenizer.stop_ids
 
     def pieces() -> Iterator[tuple[int, str]]:
         texts = [TextAssembler(tokenizer, stops) for _ in rows]
         finished = [False] * len(rows)
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eot, finished):
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished):
             for r, token in step.items():
-                if token == eot:
+                if token in stop_ids:
                     continue
                 piece = texts[r].push(token)
                 if texts[r].stopped:
@@ -536,7 +547,8 @@ def generate(
     """The completion of `prompt` (without the prompt); a list of prompts gives a list of completions.
 
     temperature 0 is greedy; top_k / top_p restrict sampling (see `sample_next`). Generation ends
-    after max_new_tokens tokens, at <|endoftext|>, or at the first stop string (not included).
+    after max_new_tokens tokens, at one of `tokenizer.stop_ids` (<|endoftext|>, a chat model's
+    end-of-turn token), or at the first stop string (not included).
     A list of prompts is decoded as one left-padded batch; prompt i samples with seed + i, so
     `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`. use_cache=False recomputes
     the window every step (same tokens, slower); keep: see `window_start`.

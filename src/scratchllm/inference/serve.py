@@ -57,7 +57,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import API_KEY_ENV, ServeConfig, ServeSettings
 from scratchllm.inference.chat import TextStream, load_for_chat
 from scratchllm.inference.generation import SEED_MAX, SEED_MIN, encode_prompt, make_generators
-from scratchllm.prompts import get_style
+from scratchllm.prompts import choose_style
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -398,7 +398,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     settings.check()
     if isinstance(model, tuple):
         net, tokenizer = model
-        style = get_style(settings.prompt_style or "plain")
+        style = choose_style(settings.prompt_style, None, tokenizer, "plain")
         name = settings.model_name or "scratchllm"
     else:
         net, tokenizer, style, name = load_for_chat(model, device, dtype, settings.prompt_style)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scratchllm.core.options import check_fields
+from scratchllm.inference.config import PromptStyleName
 
 
 @dataclass(kw_only=True)
@@ -176,8 +177,9 @@ class FinetuneConfig:
 class InstructConfig(FinetuneConfig):
     """Instruction fine-tuning on {instruction, input, output} or {messages} records."""
 
-    prompt_style: str = "alpaca"
-    """prompt template, stored with the model: alpaca, phi3 or plain"""
+    prompt_style: PromptStyleName | None = None
+    """prompt layout, stored with the model (default: the base model's stored one, else its chat template
+    (template), else alpaca)"""
     mask_prompt: bool = False
     """learn the response only (the prompt's targets are ignored)"""
 
@@ -188,8 +190,8 @@ class DPOConfig(FinetuneConfig):
 
     beta: float = 0.1
     """how far the policy may move from the reference"""
-    prompt_style: str | None = None
-    """prompt template (default: the model's, else alpaca)"""
+    prompt_style: PromptStyleName | None = None
+    """prompt layout (default: the model's stored one, else its chat template (template), else alpaca)"""
     epochs: int = 1
     """passes over the training split"""
     lr: float = 5e-6

@@ -3,6 +3,7 @@
     RUNDIR/run_config.json                 resolved model + train config and derived values
     RUNDIR/tokenizer.json                  the run's tokenizer (not for GPT-2's), from the start, so that
                                            a resume before the first checkpoint uses the same ids
+    RUNDIR/tokenizer/                      ... or a Hugging Face tokenizer's files (tokenizer.json, ...)
     RUNDIR/metrics.jsonl                   one JSON object per log or eval step
     RUNDIR/loss.png                        train and validation loss against tokens seen
     RUNDIR/samples.txt                     text samples, when sample_every > 0
@@ -38,6 +39,7 @@ TRAINER_FILE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_DIR = "tokenizer"
 _STEP_DIR = re.compile(r"step-(\d+)")
 # What an interrupted save leaves: atomic_directory's `.NAME.tmp-*` / `.NAME.old-*`, atomic_path's
 # `.NAME.XXXX.tmp` (and `.loss.png.XXXX.png`), and the loss plot's temporary of older versions.
@@ -131,7 +133,11 @@ def prepare_run_dir(out: str | os.PathLike[str], tokenizer: Tokenizer | None = N
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
     except OSError as exc:
         raise ScratchLLMError(f"run directory {out}: cannot prepare it ({exc.strerror or exc})") from None
-    if tokenizer is not None and tokenizer_spec(tokenizer)["type"] != "gpt2":
+    kind = tokenizer_spec(tokenizer)["type"] if tokenizer is not None else "gpt2"
+    if kind == "hf":  # its files as they were read (not tokenizer.save, which would repoint its spec)
+        for name, blob in tokenizer.hf_files.items():
+            write_atomic(out / HF_TOKENIZER_DIR / name, blob, "run tokenizer")
+    elif kind != "gpt2":
         write_atomic(out / TOKENIZER_FILE, tokenizer.to_json_bytes(), "run tokenizer")
     return notes
 
@@ -146,15 +152,19 @@ def read_run_config(out: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def run_tokenizer(out: str | os.PathLike[str], run_config: dict[str, Any]) -> Tokenizer:
-    """The tokenizer a run started with, for a resume before its first checkpoint: RUNDIR/tokenizer.json,
-    else what run_config.json records (GPT-2's, or a tokenizer file checked by its SHA-256)."""
+    """The tokenizer a run started with, for a resume before its first checkpoint: RUNDIR/tokenizer.json
+    (or RUNDIR/tokenizer/, a Hugging Face one), else what run_config.json records (GPT-2's, or a
+    tokenizer file checked by its SHA-256)."""
     out = Path(out)
     recorded = run_config.get("tokenizer")
-    if (out / TOKENIZER_FILE).is_file():
+    stop_ids = (recorded.get("stop_ids") if isinstance(recorded, dict) else None) or ()
+    if (out / HF_TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+        tok = Tokenizer.from_hf(out / HF_TOKENIZER_DIR, stop_ids=stop_ids)
+    elif (out / TOKENIZER_FILE).is_file():
         tok = Tokenizer.load(out / TOKENIZER_FILE)
-    elif isinstance(recorded, dict) and (recorded.get("type") == "gpt2" or (recorded.get("type") == "bpe"
+    elif isinstance(recorded, dict) and (recorded.get("type") == "gpt2" or (recorded.get("type") in ("bpe", "hf")
                                                                              and recorded.get("file"))):
-        spec = {k: v for k, v in recorded.items() if k in ("type", "file", "sha256")}
+        spec = {k: v for k, v in recorded.items() if k in ("type", "file", "sha256", "stop_ids")}
         try:
             tok = Tokenizer.from_spec(spec)
         except ScratchLLMError as exc:
