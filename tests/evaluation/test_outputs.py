@@ -37,3 +37,20 @@ def test_an_existing_output_file_is_replaced_only_when_asked(tmp_path, what, wri
     text = out.read_text()
     assert text != "keep me" and json.loads(text.splitlines()[0] if what == "predictions file" else text)
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_respond_cli_refuses_an_existing_out_until_overwrite(tmp_path, capsys):
+    from scratchllm.cli import main
+
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(RECORDS))
+    out = tmp_path / "responses.json"
+    out.write_text("keep me")
+    argv = ["respond", "--model", str(FIXTURES / "gpt"), "--data", str(data), "--out", str(out), "--max-new-tokens", "2",
+            "--device", "cpu"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"scratchllm respond: error: responses file {out}: already exists "
+                                       "(pass overwrite=True / --overwrite to replace it)\n")
+    assert out.read_text() == "keep me"
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(out.read_text())[0]["instruction"] == "Say hello"

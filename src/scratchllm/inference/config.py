@@ -86,6 +86,8 @@ class RespondConfig(LoadConfig, SamplingConfig):
     """default: the one stored with the model, else its chat template (template), else alpaca"""
     limit: int | None = None
     """only the first N records"""
+    overwrite: bool = False
+    """replace --out if it exists (without this an existing file is an error, before any generation)"""
 
     def __post_init__(self) -> None:
         check_fields(self, "respond")
