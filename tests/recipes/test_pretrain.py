@@ -85,7 +85,7 @@ def test_resume_before_the_first_checkpoint_trains_the_same_model(tmp_path, verd
     with pytest.raises(ScratchLLMError, match=rf"pretrain --resume {run}: --tokenizer {tok_path} is not the run's "
                                               r"tokenizer \(384 ids\); a resumed run keeps its own"):
         pretrain(resume=run, tokenizer=tok_path, max_steps=3, progress=False)
-    with pytest.raises(ScratchLLMError, match=rf"--model gpt-mini has emb_dim=192, the run has 64; a resumed run keeps "
+    with pytest.raises(ScratchLLMError, match=r"--model gpt-mini has emb_dim=192, the run has 64; a resumed run keeps "
                                               r"its model \(leave --model out\)"):
         pretrain(resume=run, model="gpt-mini", max_steps=3, progress=False)
 
