@@ -255,14 +255,7 @@ class RunDir:
         if not self.main:
             return
         self.rows.append(row)
-        try:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as exc:
-            if is_disk_full(exc, self.path):
-                raise ScratchLLMError(f"metrics file {self.metrics_path}: not enough disk space to add a line; the "
-                                      "checkpoints written so far are kept (free some space, then --resume)") from None
-            raise ScratchLLMError(f"metrics file {self.metrics_path}: cannot write ({exc.strerror or exc})") from None
+        _append(self.metrics_path, json.dumps(row) + "\n", "metrics file")
 
     def plot(self, rows: list[dict[str, Any]] | None = None) -> None:
         if self.main and (rows or self.rows):
@@ -274,8 +267,7 @@ class RunDir:
 
     def append_sample(self, step: int, text: str) -> None:
         if self.main:
-            with open(self.path / "samples.txt", "a", encoding="utf-8") as f:
-                f.write(f"--- step {step} ---\n{text}\n\n")
+            _append(self.path / "samples.txt", f"--- step {step} ---\n{text}\n\n", "samples file")
 
     def step_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step-{step:07d}"
@@ -284,3 +276,16 @@ class RunDir:
         """Remove all but the newest `keep_last` step checkpoints."""
         for _, old in self.checkpoints()[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _append(path: Path, text: str, what: str) -> None:
+    """Add text to a log file of the run (a line cut by a crash is skipped when read); a full disk
+    or another failure is one line, not a traceback."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        if is_disk_full(exc, path.parent):
+            raise ScratchLLMError(f"{what} {path}: not enough disk space to add a line; the checkpoints written "
+                                  "so far are kept (free some space, then --resume)") from None
+        raise ScratchLLMError(f"{what} {path}: cannot write ({exc.strerror or exc})") from None
