@@ -168,6 +168,7 @@ def add_tokenizer(sub):
     t.add_argument("--vocab-size", type=int, required=True, help="256 byte tokens + merges + special tokens")
     t.add_argument("--out", required=True, help="tokenizer JSON file to write")
     t.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], help="special tokens appended to the vocabulary")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = actions.add_parser("encode", help="print the ids and pieces of a text", formatter_class=_DefaultsFormatter)
     e.add_argument("--tokenizer", default="gpt2", help="gpt2 or a tokenizer JSON file")
     e.add_argument("--text", required=True)
@@ -180,7 +181,8 @@ def add_tokenizer(sub):
 
         if args.action == "train":
             start = time.perf_counter()
-            tok = train_tokenizer(args.input, args.vocab_size, args.out, special_tokens=args.special_tokens)
+            tok = train_tokenizer(args.input, args.vocab_size, args.out, special_tokens=args.special_tokens,
+                                  overwrite=args.overwrite)
             print(f"trained {tok.vocab_size} tokens in {time.perf_counter() - start:.1f} s -> {args.out}")
             return
         pairs = token_pieces(Tokenizer.from_spec(args.tokenizer), args.text)
@@ -247,13 +249,20 @@ def eval_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16; None keeps them as stored")
     p.add_argument("--out", default=None, help="write the full JSON report here; None prints the table only")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
-def print_report(report: dict, out: str | None) -> None:
+def print_report(args: argparse.Namespace, evaluate: Callable[[], dict]) -> None:
+    """Run `evaluate` and print its table; with --out also write the JSON report, whose path is
+    checked before the evaluation starts (an existing file needs --overwrite)."""
+    from scratchllm.core.files import check_overwrite
     from scratchllm.evaluation.lm import format_report, write_report
 
-    if out:
-        write_report(report, out)
+    if args.out:
+        check_overwrite(args.out, args.overwrite, "report file")
+    report = evaluate()
+    if args.out:
+        write_report(report, args.out, overwrite=True)
     print(format_report(report))
 
 
@@ -276,10 +285,10 @@ def add_evaluate_perplexity(tasks):
     def run(args):
         from scratchllm.evaluation.lm import evaluate_perplexity
 
-        print_report(evaluate_perplexity(
+        print_report(args, lambda: evaluate_perplexity(
             args.model, args.data, context_length=args.context_length, stride=args.stride,
             batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device, dtype=args.dtype,
-            progress=sys.stderr.isatty()), args.out)
+            progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -304,11 +313,11 @@ def add_evaluate_fewshot(tasks):
 
         labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
         template = args.template.replace("\\n", "\n").replace("\\t", "\t")
-        print_report(evaluate_fewshot(
+        print_report(args, lambda: evaluate_fewshot(
             args.model, args.data, args.shots, seed=args.seed, text_column=args.text_column,
             label_column=args.label_column, labels=labels, limit=args.limit, template=template,
             train_fraction=args.train_fraction, train_data=args.train_data, device=args.device,
-            dtype=args.dtype, progress=sys.stderr.isatty()), args.out)
+            dtype=args.dtype, progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -323,8 +332,8 @@ def add_evaluate_choice(tasks):
     def run(args):
         from scratchllm.evaluation.lm import evaluate_choice
 
-        print_report(evaluate_choice(args.model, args.data, limit=args.limit, device=args.device, dtype=args.dtype,
-                                     progress=sys.stderr.isatty()), args.out)
+        print_report(args, lambda: evaluate_choice(args.model, args.data, limit=args.limit, device=args.device,
+                                                   dtype=args.dtype, progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -514,6 +523,7 @@ def add_evaluate_responses(tasks):
     p.add_argument("--judge-model", default=None, help="the judge model's name on that server, e.g. llama3")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
     p.add_argument("--out", default=None, help="write the JSON report (with per-record scores) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
         import os
@@ -522,7 +532,7 @@ def add_evaluate_responses(tasks):
 
         report = evaluate_responses(args.data, judge_url=args.judge_url, judge_model=args.judge_model, out=args.out,
                                     timeout=args.timeout, api_key=os.environ.get("OPENAI_API_KEY"),
-                                    progress=sys.stderr.isatty())
+                                    progress=sys.stderr.isatty(), overwrite=args.overwrite)
         print(format_evaluation(report))
 
     p.set_defaults(func=run)
@@ -581,12 +591,13 @@ def add_classify(sub):
     p.add_argument("--out", default=None, help="write the JSONL here instead of stdout")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
         from scratchllm.inference.classify import classify_texts
 
         rows = classify_texts(args.model, texts=args.text, input=args.input, out=args.out, device=args.device,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, overwrite=args.overwrite)
         if args.out:
             print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
         elif args.text:
@@ -646,7 +657,7 @@ def add_chat(sub):
         from scratchllm.inference.generation import check_sampling
 
         cfg = options_of(args, ChatConfig, names, token_delay=token_delay_from_env())
-        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
         net, tokenizer, style, name = load_for_chat(cfg.model, cfg.device, cfg.dtype, cfg.prompt_style)
         session = ChatSession(net, tokenizer, style, cfg)
         if not sys.stdin.isatty():
@@ -804,7 +815,7 @@ def add_generate(sub):
 
         cfg = options_of(args, GenerateConfig, names)
         top_k = cfg.top_k or None
-        check_sampling(cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p)
+        check_sampling(cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p, cfg.seed)
         gpt, tokenizer = load(cfg.model, device=cfg.device, dtype=cfg.dtype, kind="gpt")
         optimize_for_decoding(gpt)  # inference only: a faster weight layout for CPU decoding
         options = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=top_k, top_p=cfg.top_p,

@@ -305,6 +305,26 @@ def test_existing_output_needs_overwrite(tmp_path: Path, shared_data: Path, smal
     assert leftovers(tmp_path, "out") == ["out"]
 
 
+def test_overwrite_replaces_only_a_prepared_data_directory(tmp_path: Path, shared_data: Path, small_tok, capsys):
+    """`prepare --overwrite` onto a folder that is not a DATADIR (the issue's `mkdir P; echo x > P/a.txt`)
+    is refused and the folder keeps its files, from the CLI and from the library."""
+    _, tok_path = small_tok
+    folder = tmp_path / "P"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x\n")
+    args = ["prepare", "--input", str(shared_data / "the-verdict.txt"), "--tokenizer", tok_path, "--out", str(folder),
+            "--overwrite", "--no-progress"]
+    refusal = (f"output directory {folder}: not a prepared data directory (no meta.json with format 'scratchllm-tokens'); "
+               "--overwrite only replaces one, so remove it yourself or choose another --out")
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"scratchllm prepare: error: {refusal}\n"
+    with pytest.raises(ScratchLLMError) as info:
+        prepare([str(shared_data / "the-verdict.txt")], tok_path, str(folder), overwrite=True, progress=False)
+    assert str(info.value) == refusal
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"] and (folder / "a.txt").read_text() == "x\n"
+    assert leftovers(tmp_path, "P") == ["P"]
+
+
 def test_dtype_rule_and_uint32_shards(tmp_path: Path):
     assert token_dtype(300) == np.uint16 and token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32 and token_dtype(200_019) == np.uint32

@@ -518,3 +518,55 @@ def test_encode_prompt_puts_the_bos_first_once(hf_tokenizer_dir):
     assert encode_prompt(llama, text).count(bos) == 1
     qwen = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))  # no BOS: an empty prompt starts from the eos token
     assert encode_prompt(qwen, "") == [qwen.eot_id] and encode_prompt(qwen, "Hi") == qwen.encode("Hi")
+
+
+# ------------------------------------------------------------------------------------------------
+# the edges of the ranges: no inf/NaN probabilities, no empty nucleus, no seed overflow
+
+
+def test_sampling_at_the_edges_of_the_valid_ranges(tok, model):
+    """A temperature that small is greedy, a top_p that small keeps the most likely token (both
+    crashed with inf/NaN probabilities or an empty set before)."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, -3.0], [0.0, 7.0, 7.0, 1.0]])
+    gens = make_generators(0, 2)
+    for temperature in (1e-39, 1e-50, 5e-324, 1e-7):
+        assert sample_next(logits, temperature=temperature, generators=gens).tolist() == [0, 1]
+    for top_p in (1e-46, 1e-300, 5e-324):
+        drawn = {tuple(sample_next(logits, top_p=top_p, generators=gens).tolist()) for _ in range(50)}
+        assert drawn <= {(0, 1), (0, 2)}  # the most likely token (of a tie, either)
+    greedy = generate(model, tok, "Once upon a time", 20, temperature=0)
+    assert generate(model, tok, "Once upon a time", 20, temperature=1e-39, seed=1) == greedy
+    assert generate(model, tok, "Once upon a time", 20, temperature=1.0, top_p=1e-46, seed=2) == greedy
+
+
+def test_seeds_are_64_bit_and_others_are_one_line(tok, model):
+    for seed in (-(2**63), 2**64 - 1, 0):
+        assert isinstance(generate(model, tok, "Hi", 3, seed=seed), str)
+    for seed in (2**64, -(2**63) - 1, 1.5):
+        with pytest.raises(ScratchLLMError) as err:
+            generate(model, tok, "Hi", 3, seed=seed)
+        assert str(err.value) == f"seed must be an integer in [-2**63, 2**64 - 1], got {seed!r}"
+    with pytest.raises(ScratchLLMError, match=r"^seed must be an integer in \[-2\*\*63, 2\*\*64 - 2\], got 18446744073709551615$"):
+        generate(model, tok, ["a", "b"], 3, seed=2**64 - 1)  # row 1 would be seeded with 2**64
+
+
+def test_non_finite_scores_are_a_one_line_error():
+    for bad in (float("nan"), float("inf")):
+        logits = torch.tensor([[0.0, bad, 1.0]])
+        for temperature in (0.0, 1.0):
+            with pytest.raises(ScratchLLMError, match=r"^the model's next-token scores are NaN or infinite"):
+                sample_next(logits, temperature=temperature)
+
+
+def test_cli_generate_at_the_edges(tok, model, tmp_path, capsys):
+    from scratchllm.checkpoint import save_model
+    from scratchllm.cli import main
+
+    save_model(model, tmp_path / "tiny", tok)
+    base = ["generate", "--model", str(tmp_path / "tiny"), "--prompt", "Hello", "--max-new-tokens", "8"]
+    greedy = generate(model, tok, "Hello", 8, temperature=0)
+    for extra in (["--temperature", "1e-39"], ["--top-p", "1e-46", "--seed", "3"]):
+        assert main(base + extra) == 0
+        assert capsys.readouterr().out == "Hello" + greedy + "\n"
+    assert main(base + ["--seed", str(2**64)]) == 2
+    assert capsys.readouterr().err == f"scratchllm generate: error: seed must be an integer in [-2**63, 2**64 - 1], got {2**64}\n"

@@ -140,7 +140,7 @@ class GPT2Adapter(HFAdapter):
                 qkv_bias=True,
                 tie_embeddings=bool(h.get("tie_word_embeddings", True)),
                 mlp_ratio=mlp_ratio,
-                layer_norm_eps=float(h.get("layer_norm_epsilon", 1e-5)),
+                layer_norm_eps=h.get("layer_norm_epsilon", 1e-5),  # checked by GPTConfig (no float("x") traceback)
             )
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{source}: {exc}") from None

@@ -49,6 +49,7 @@ from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora, set_tensors, split_lora_state
+from scratchllm.models.size import check_fits, parameter_count
 from scratchllm.tokenizer import Tokenizer
 
 FORMAT = "scratchllm"
@@ -232,7 +233,9 @@ def save_model(
     weights, head, keys = _weights_and_keys(model, kind)
     spec = tokenizer_spec(tokenizer)
     directory = Path(directory)
-    with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind})") as tmp:
+    size = sum(t.numel() * t.element_size() for t in [*weights.values(), *(head or {}).values()])
+    with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind})",
+                          size=size) as tmp:
         if spec["type"] == "hf":  # the Hugging Face files as they were read, tokenizer.json included
             for name, blob in tokenizer.hf_files.items():
                 (tmp / name).write_bytes(blob)
@@ -259,6 +262,9 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     else best/, else its highest checkpoints/step-N/. A config.json or weights file names its folder."""
     p = Path(path).expanduser()
     if p.is_file() and (p.name == CONFIG_FILE or p.suffix in (".safetensors", ".bin")):
+        if not (p.parent / CONFIG_FILE).is_file():  # name the file given, not its folder (often ".")
+            raise ScratchLLMError(f"{p}: a weights file without a {CONFIG_FILE} beside it; expected a model directory "
+                                  f"(its {CONFIG_FILE} and weights)")
         p = p.parent
     if not p.exists():
         raise ScratchLLMError(f"{p}: no such directory")
@@ -395,6 +401,11 @@ def gpt_from_state_dict(
     dtype: str | torch.dtype | None = None,
 ) -> GPT:
     """A GPT in eval mode holding exactly `state_dict`'s tensors (checked against `config` first)."""
+    held = sum(t.numel() for t in state_dict.values())
+    described = parameter_count(config)
+    if described > 2 * held + 1_000_000:  # even the empty (meta) model of a hostile config takes minutes
+        raise ScratchLLMError(f"{config_source}: describes a model of {described:,} parameters, but {weights} holds "
+                              f"{held:,} numbers; the config does not belong to these weights")
     with torch.device("meta"):  # shapes only: no memory, no random init
         model = GPT(config)
     check_tensors(state_dict, _expected_shapes(model, _tied(model)), weights, config_source)
@@ -440,6 +451,11 @@ def build_model(d: Path, data: dict[str, Any], kind: str, device, dtype, merge: 
     source = str(d / CONFIG_FILE)
     config = GPTConfig.from_dict(data["model"], source=f"{source} field 'model'")
     weights = d / WEIGHTS_FILE
+    # Before reading the weights: a config too big for this machine is one line, not a minute of swapping.
+    # (2 bytes a parameter at least, bfloat16; an encoder-decoder has two stacks.)
+    wanted = parse_dtype(dtype)
+    check_fits(config, device, wanted.itemsize if wanted is not None else 2, copies=2 if kind == "seq2seq" else 1,
+               what=source)
     if kind == "seq2seq":
         model = EncoderDecoder(config)
         load_weights(model, d)

@@ -35,7 +35,7 @@ import torch
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import resolve_device
-from scratchllm.core.files import json_lines, read_text, write_json
+from scratchllm.core.files import check_overwrite, json_lines, read_text, write_json
 from scratchllm.data.labelled import load_labelled, stratified_split
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
@@ -85,8 +85,10 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write the report as indented JSON, atomically (temp file + rename)."""
+def write_report(report: dict[str, Any], out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the report as indented JSON, atomically (temp file + rename); an existing `out` is an
+    error unless `overwrite` (check_overwrite before the evaluation saves its time)."""
+    check_overwrite(out, overwrite, "report file")
     return write_json(out, report, "report file")
 
 

@@ -86,6 +86,8 @@ class RespondConfig(LoadConfig, SamplingConfig):
     """default: the one stored with the model, else its chat template (template), else alpaca"""
     limit: int | None = None
     """only the first N records"""
+    overwrite: bool = False
+    """replace --out if it exists (without this an existing file is an error, before any generation)"""
 
     def __post_init__(self) -> None:
         check_fields(self, "respond")
@@ -138,9 +140,15 @@ class ServeSettings:
     """default: the one stored with the model, else its chat template (template), else plain"""
     token_delay: float = 0.0
     """seconds slept after each token (tests and demos; $SCRATCHLLM_TOKEN_DELAY)"""
+    header_timeout_s: float = 10.0
+    """a request's headers must arrive within this many seconds, or the connection is closed (slow clients)"""
+    body_timeout_s: float = 30.0
+    """a request's body must arrive within this many seconds after its headers (408 otherwise)"""
+    max_connections: int = 256
+    """connections served at once; beyond, uvicorn answers 503"""
 
     def check(self) -> None:
-        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s"):
+        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ScratchLLMError(f"serve setting {name} must be an integer >= 1, got {value!r}")
@@ -152,6 +160,9 @@ class ServeSettings:
             raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
         if not self.token_delay >= 0:
             raise ScratchLLMError(f"serve setting token_delay must be >= 0, got {self.token_delay!r}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if isinstance(getattr(self, name), bool) or not 0 < getattr(self, name) < float("inf"):
+                raise ScratchLLMError(f"serve setting {name} must be a number of seconds > 0, got {getattr(self, name)!r}")
 
 
 @dataclass(kw_only=True)

@@ -60,6 +60,12 @@ def window_start(n: int, ctx: int, keep: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # Choosing the next token
 
+# Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
+# e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
+GREEDY_BELOW = 1e-6
+# What torch.Generator.manual_seed accepts: a signed or unsigned 64-bit integer.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 def sample_next(
     logits: torch.Tensor,
@@ -70,15 +76,19 @@ def sample_next(
 ) -> torch.Tensor:
     """Next token of each row of logits (B, V) -> (B,) int64.
 
-    temperature == 0 is greedy (argmax). Otherwise the logits are divided by the temperature and
-    softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
+    temperature == 0 (or below GREEDY_BELOW) is greedy (argmax). Otherwise the logits are divided by
+    the temperature and softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
     all kept); top_p keeps the nucleus, the smallest set of most likely tokens whose probability
     sums to >= top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"); one
     token is then drawn from what is left. `generators` has one torch.Generator per row (None: the
-    global RNG), so a row's draws never depend on the other rows of the batch.
+    global RNG), so a row's draws never depend on the other rows of the batch. Scores that are NaN
+    or infinite (a model whose weights are) are a one-line error.
     """
     logits = logits.float()  # exact for bfloat16 logits, and argmax is 4x faster in float32
-    if temperature == 0:
+    if not torch.isfinite(logits).all():
+        raise ScratchLLMError("the model's next-token scores are NaN or infinite: its weights hold non-finite values "
+                              "(a diverged or corrupt checkpoint)")
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits / temperature  # (B, V)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -90,7 +100,9 @@ def sample_next(
         # Drop a token when the more likely tokens before it already reach top_p; what stays is
         # the smallest prefix of the sorted list with mass >= top_p (never empty).
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range is 0)
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(-1)  # multinomial renormalises each row
@@ -106,10 +118,20 @@ def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu"
     """
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
+    check_seed(seed, n)
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_seed(seed: int | None, n: int = 1) -> None:
+    """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX - (n - 1):
+        raise ScratchLLMError(f"seed must be an integer in [-2**63, 2**64 - {n}], got {seed!r}")
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   seed: int | None = None) -> None:
     """Raise ScratchLLMError for a sampling parameter outside its range."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -119,6 +141,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    check_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,10 +505,11 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
     """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_seed(seed, len(prompts))
     stops = _stop_list(stop)
     rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
     device = model.tok_emb.weight.device
-    generators = make_generators(seed, len(rows), device) if temperature > 0 else None
+    generators = make_generators(seed, len(rows), device) if temperature >= GREEDY_BELOW else None
     stop_ids = tokenizer.stop_ids
 
     def pieces() -> Iterator[tuple[int, str]]:

@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from scratchllm.core.options import from_mapping
+from scratchllm.core.options import check_fields, from_mapping
 from scratchllm.errors import ScratchLLMError
 
 
@@ -112,6 +112,9 @@ class GPTConfig:
             if self.position != "rope":
                 raise ScratchLLMError(f"config: rope_scaling needs position 'rope', got position {self.position!r}")
             self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+        # Last, every field against its annotation: a field added later is type-checked even before
+        # it gets a check (and a message) of its own above.
+        check_fields(self, "config")
 
     @property
     def kv_heads(self) -> int:

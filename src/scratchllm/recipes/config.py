@@ -23,12 +23,12 @@ class PretrainConfig:
     """a preset name or a config.json (vocab_size comes from the tokenizer)"""
     out: str | None = None
     """the run directory to write"""
-    tokenizer: str = "gpt2"
-    """'gpt2', a tokenizer .json file or a model directory"""
+    tokenizer: str | None = None
+    """'gpt2' (the default), a tokenizer .json file or a model directory; a resumed run keeps its own"""
     config: str | None = None
     """a run file (.toml / .json / .yaml) with train settings and optionally data, model, tokenizer, out; flags win"""
-    val_fraction: float = 0.1
-    """validation share of a text file"""
+    val_fraction: float | None = None
+    """validation share of a text file (default 0.1); a resumed run keeps its own"""
     resume: bool | str = False
     """continue the newest checkpoint of --out (or of the run directory given); settings not given again
     come from its run_config.json"""

@@ -35,6 +35,7 @@ from scratchllm.data.tokens import TokenData, corpus_from_texts
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.config import TrainConfig
@@ -127,6 +128,7 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
         raise ScratchLLMError(f"{source}: the validation text has {len(corpus.val)} tokens, fewer than one window "
                               f"of context_length + 1 = {context + 1}; give more text")
     dev = resolve_device(device)
+    check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
     base = TrainConfig(**{**recipe.train, "device": device, "dtype": dtype, "seed": seed, "progress": False})
     schedule, budget = "steps", None
     if max_steps is None and minutes is None:
@@ -139,6 +141,7 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
         step_s = time_steps(GPT(model_cfg), corpus, base, dev, context)
         if max_passes is not None:
             model_cfg, step_s = fit_model_to_corpus(model_cfg, step_s, corpus, base, dev, minutes * 60, max_passes)
+            check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
         budget = minutes * 60 - (time.perf_counter() - start)
         if budget <= 0:
             raise ScratchLLMError(f"minutes {minutes:g}: the budget is spent before training starts "

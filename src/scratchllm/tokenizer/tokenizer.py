@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import regex
 
-from scratchllm.core.files import read_text, write_atomic
+from scratchllm.core.files import check_overwrite, read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, GPT2_PATTERN_FAST, WordCache, learn_merges
 from scratchllm.tokenizer.chat_template import ChatTemplate
@@ -760,8 +760,11 @@ class Tokenizer:
 
 
 def train_tokenizer(inputs: Sequence[str | os.PathLike[str]], vocab_size: int, out: str | os.PathLike[str],
-                    special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False) -> Tokenizer:
-    """Train on UTF-8 text files (one document each) and save the tokenizer to `out` (.json)."""
+                    special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False,
+                    overwrite: bool = False) -> Tokenizer:
+    """Train on UTF-8 text files (one document each) and save the tokenizer to `out` (.json); an
+    existing `out` is an error unless `overwrite`."""
+    check_overwrite(out, overwrite, "tokenizer file")
     if not inputs:
         raise ScratchLLMError("inputs: expected at least one text file")
     texts = []

@@ -371,7 +371,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     env, device = init_distributed(cfg.device)
     context = Context(device, autocast_dtype(cfg.dtype, device))
     run = RunDir(out_dir, main=env.is_main)
-    latest = run.start(resume)
+    latest = run.start(resume, tokenizer)  # also writes RUNDIR/tokenizer.json, for a resume before the first checkpoint
     seq_len = cfg.context_length or model.config.context_length
     accum, accum_formula = derive_grad_accum(cfg, seq_len, env.world_size)
 
