@@ -10,8 +10,6 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.prompts import STYLE_NAMES, choose_style, get_style
 from scratchllm.tokenizer import Tokenizer
 
-pytest.importorskip("tokenizers")
-
 
 @pytest.fixture(scope="module")
 def qwen(hf_tokenizer_dir) -> Tokenizer:

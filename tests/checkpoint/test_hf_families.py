@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.checkpoint import hf
 from scratchllm.checkpoint.convert import export_hf
@@ -30,7 +31,6 @@ from scratchllm.inference.generation import generate_ids
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 
-transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 VOCAB = 300

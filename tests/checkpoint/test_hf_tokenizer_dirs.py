@@ -10,18 +10,21 @@ import shutil
 
 import pytest
 import torch
+import transformers
 
 from scratchllm.checkpoint.convert import export_hf, import_hf
 from scratchllm.checkpoint.hf import hf_tokenizer
 from scratchllm.checkpoint.loader import load, load_tokenizer
-from scratchllm.checkpoint.model_dir import read_model_config, read_tokenizer, save_model
+from scratchllm.checkpoint.model_dir import (
+    read_model_config,
+    read_tokenizer,
+    save_model,
+)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
 
-pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 TEXT = "Hello <|eot_id|> 1234567 日本語 🎉"

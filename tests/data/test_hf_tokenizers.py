@@ -5,12 +5,11 @@ tokenizer's files (prepare.py)."""
 from __future__ import annotations
 
 import pytest
+import transformers
 
 from scratchllm.data.instructions import encode_example, prompt_and_response
 from scratchllm.prompts import get_style
 from scratchllm.tokenizer import Tokenizer
-
-transformers = pytest.importorskip("transformers")
 
 RECORDS = [
     {"instruction": "Rewrite politely.", "input": "Give me <|im_end|> now", "output": "Could you give it to me?"},

@@ -15,7 +15,6 @@ RECORDS = [{"instruction": "Greet me.", "input": "", "output": "Hello there!"},
 
 @pytest.mark.parametrize("prompt_style, expected", [(None, "template"), ("alpaca", "alpaca")])
 def test_respond_uses_the_chat_template_by_default(prompt_style, expected, hf_tokenizer_dir, tmp_path, monkeypatch):
-    pytest.importorskip("tokenizers")
     from tests.inference.test_chat import chatml_model
 
     tok = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))

@@ -18,8 +18,8 @@ import pytest
 
 from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import chat_repl
-from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
 from scratchllm.prompts import get_style
@@ -245,12 +245,11 @@ def chatml_model(tok, end: str):
 
 @pytest.fixture(scope="module")
 def qwen_tok(hf_tokenizer_dir):
-    pytest.importorskip("tokenizers")
     return Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))
 
 
 def test_template_chat_stops_at_the_end_of_turn(qwen_tok, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     d = save_model(chatml_model(qwen_tok, "<|im_end|>"), tmp_path / "chatml", qwen_tok)
     net, tok, style, _ = load_for_chat(str(d), device="cpu")
     assert style.name == "template"  # the model's own template, unasked

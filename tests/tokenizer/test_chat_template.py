@@ -7,11 +7,10 @@ from __future__ import annotations
 import datetime
 
 import pytest
+import transformers
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import ChatTemplate, Tokenizer
-
-transformers = pytest.importorskip("transformers")
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],

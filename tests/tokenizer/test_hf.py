@@ -15,6 +15,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import tokenizers
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,9 +24,6 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import Tokenizer, bytes_to_unicode
 from scratchllm.tokenizer.hf import PrefixSpace, Split, merge_by_pair_rank, read_hf_tokenizer
 from tests.hf_tokenizers import KINDS, LLAMA3_PATTERN, TEXTS
-
-tokenizers = pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
 
 BACKENDS = ("python", "tokenizers")
 
