@@ -588,9 +588,13 @@ def add_finetune_classify(recipes):
         print()
         print(format_classification(report["test"], "test"))
         best = report["best"]
-        if best is not None and best["epoch"] is not None:
-            print(f"(best/ is epoch {best['epoch']:g}: validation accuracy {100 * best['val_accuracy']:.2f}%, "
-                  f"test accuracy {100 * best['test_accuracy']:.2f}%)")
+        last = report["epochs"][-1]["epoch"] if report["epochs"] else None
+        if report["stopped"] == "patience" or report["final_epoch"] != last:
+            early = f"stopped early after epoch {last:g}; " if report["stopped"] == "patience" else ""
+            print(f"({early}final/ holds epoch {report['final_epoch']:g}, the lowest validation loss)")
+        elif best is not None and best["epoch"] is not None and best["epoch"] != report["final_epoch"]:
+            print(f"(best/ is epoch {best['epoch']:g}: validation loss {best['val_loss']:.4f}, accuracy "
+                  f"{100 * best['val_accuracy']:.2f}%, test accuracy {100 * best['test_accuracy']:.2f}%)")
 
     p.set_defaults(func=run)
 
