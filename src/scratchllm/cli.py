@@ -297,6 +297,8 @@ def add_evaluate_fewshot(tasks):
     p.add_argument("--template", default="Message: {text}\\nLabel:", help="one example; {text} is replaced, the label follows after a space; \\n means newline")
     p.add_argument("--train-fraction", type=float, default=0.7, help="share of each class used as the pool of shots")
     p.add_argument("--train-data", default=None, help="draw shots from this file instead, and test on all of --data")
+    p.add_argument("--keep-duplicates", action="store_true", help="keep repeated texts (default: one example per text, "
+                   "compared case-folded on letters and digits, before splitting; with --train-data, shots whose text is in --data go)")
 
     def run(args):
         from scratchllm.evaluation.lm import evaluate_fewshot
@@ -306,7 +308,8 @@ def add_evaluate_fewshot(tasks):
         print_report(evaluate_fewshot(
             args.model, args.data, args.shots, seed=args.seed, text_column=args.text_column,
             label_column=args.label_column, labels=labels, limit=args.limit, template=template,
-            train_fraction=args.train_fraction, train_data=args.train_data, device=args.device,
+            train_fraction=args.train_fraction, train_data=args.train_data, keep_duplicates=args.keep_duplicates,
+            device=args.device,
             dtype=args.dtype, progress=sys.stderr.isatty()), args.out)
 
     p.set_defaults(func=run)
