@@ -592,7 +592,7 @@ def add_finetune_classify(recipes):
         print(format_classification(report["test"], "test"))
         best = report["best"]
         last = report["epochs"][-1]["epoch"] if report["epochs"] else None
-        if report["stopped"] == "patience" or report["final_epoch"] != last:
+        if report["final_epoch"] is not None and (report["stopped"] == "patience" or report["final_epoch"] != last):
             early = f"stopped early after epoch {last:g}; " if report["stopped"] == "patience" else ""
             print(f"({early}final/ holds epoch {report['final_epoch']:g}, the lowest validation loss)")
         elif best is not None and best["epoch"] is not None and best["epoch"] != report["final_epoch"]:

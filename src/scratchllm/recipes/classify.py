@@ -316,6 +316,8 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
             best_report.update(test_loss=best_loss, test_accuracy=best_metrics["accuracy"])
             del best
     restored = summary["restored_best"]
+    finished = summary["stopped"] in ("max_steps", "max_time", "patience")
+    final_epoch = restored.get("epoch") if restored else (task.history[-1]["epoch"] if finished and task.history else None)
     report = {
         "model": cfg.model,
         "data": cfg.data or "sms-spam",
@@ -330,7 +332,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         "test_loss": test_loss,
         "test": test_metrics,
         "best": best_report,  # the best/ checkpoint's epoch, validation loss and accuracy, test accuracy
-        "final_epoch": restored.get("epoch") if restored else (task.history[-1]["epoch"] if task.history else None),
+        "final_epoch": final_epoch,  # the epoch whose weights final/ holds (None: stopped by a signal, no final/)
         "steps": summary["steps"],
         "stopped": summary["stopped"],  # max_steps (all epochs), patience (early), max_time or a signal
         "time_s": round(train_time, 1),
