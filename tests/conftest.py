@@ -54,3 +54,19 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped and exitstatus == 0:
         reporter.write_line(f"{len(skipped)} test(s) skipped; the suite runs every test (see the reasons above)", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory):
+    """kind -> a small Hugging Face tokenizer directory (see tests/hf_tokenizers.py), each built once."""
+    from tests.hf_tokenizers import build
+
+    root = tmp_path_factory.mktemp("hf-tokenizers")
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build(kind, root / kind)
+        return built[kind]
+
+    return get

@@ -84,10 +84,11 @@ def add_options(p: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ..
             continue
         names.append(f.name)
         required = f.default is dataclasses.MISSING
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.help}
+        help = f.help.replace("%", "%%")  # argparse formats help strings with %
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help}
         if defaults_from_elsewhere:
             kwargs["default"] = argparse.SUPPRESS
-            kwargs["help"] = f"{f.help} (default: {f.default!r})"
+            kwargs["help"] = f"{help} (default: {f.default!r})"
         elif required:
             kwargs["required"] = True
         else:
@@ -167,6 +168,7 @@ def add_tokenizer(sub):
     t.add_argument("--vocab-size", type=int, required=True, help="256 byte tokens + merges + special tokens")
     t.add_argument("--out", required=True, help="tokenizer JSON file to write")
     t.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], help="special tokens appended to the vocabulary")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = actions.add_parser("encode", help="print the ids and pieces of a text", formatter_class=_DefaultsFormatter)
     e.add_argument("--tokenizer", default="gpt2", help="gpt2 or a tokenizer JSON file")
     e.add_argument("--text", required=True)
@@ -179,7 +181,8 @@ def add_tokenizer(sub):
 
         if args.action == "train":
             start = time.perf_counter()
-            tok = train_tokenizer(args.input, args.vocab_size, args.out, special_tokens=args.special_tokens)
+            tok = train_tokenizer(args.input, args.vocab_size, args.out, special_tokens=args.special_tokens,
+                                  overwrite=args.overwrite)
             print(f"trained {tok.vocab_size} tokens in {time.perf_counter() - start:.1f} s -> {args.out}")
             return
         pairs = token_pieces(Tokenizer.from_spec(args.tokenizer), args.text)
@@ -246,13 +249,20 @@ def eval_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16; None keeps them as stored")
     p.add_argument("--out", default=None, help="write the full JSON report here; None prints the table only")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
-def print_report(report: dict, out: str | None) -> None:
+def print_report(args: argparse.Namespace, evaluate: Callable[[], dict]) -> None:
+    """Run `evaluate` and print its table; with --out also write the JSON report, whose path is
+    checked before the evaluation starts (an existing file needs --overwrite)."""
+    from scratchllm.core.files import check_overwrite
     from scratchllm.evaluation.lm import format_report, write_report
 
-    if out:
-        write_report(report, out)
+    if args.out:
+        check_overwrite(args.out, args.overwrite, "report file")
+    report = evaluate()
+    if args.out:
+        write_report(report, args.out, overwrite=True)
     print(format_report(report))
 
 
@@ -275,10 +285,10 @@ def add_evaluate_perplexity(tasks):
     def run(args):
         from scratchllm.evaluation.lm import evaluate_perplexity
 
-        print_report(evaluate_perplexity(
+        print_report(args, lambda: evaluate_perplexity(
             args.model, args.data, context_length=args.context_length, stride=args.stride,
             batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device, dtype=args.dtype,
-            progress=sys.stderr.isatty()), args.out)
+            progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -305,12 +315,11 @@ def add_evaluate_fewshot(tasks):
 
         labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
         template = args.template.replace("\\n", "\n").replace("\\t", "\t")
-        print_report(evaluate_fewshot(
+        print_report(args, lambda: evaluate_fewshot(
             args.model, args.data, args.shots, seed=args.seed, text_column=args.text_column,
             label_column=args.label_column, labels=labels, limit=args.limit, template=template,
             train_fraction=args.train_fraction, train_data=args.train_data, keep_duplicates=args.keep_duplicates,
-            device=args.device,
-            dtype=args.dtype, progress=sys.stderr.isatty()), args.out)
+            device=args.device, dtype=args.dtype, progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -325,8 +334,8 @@ def add_evaluate_choice(tasks):
     def run(args):
         from scratchllm.evaluation.lm import evaluate_choice
 
-        print_report(evaluate_choice(args.model, args.data, limit=args.limit, device=args.device, dtype=args.dtype,
-                                     progress=sys.stderr.isatty()), args.out)
+        print_report(args, lambda: evaluate_choice(args.model, args.data, limit=args.limit, device=args.device,
+                                                   dtype=args.dtype, progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -454,31 +463,18 @@ def add_pretrain(sub):
 @verb('demo')
 def add_demo(sub):
     p = _parser(sub, "demo", "The whole pipeline in minutes, no download: tokenizer, data, pretraining, samples, a model to generate from.")
-    p.add_argument("--out", default="runs/demo", metavar="RUNDIR", help="run directory to write")
-    p.add_argument("--data", default=None, metavar="FILE", help="your own UTF-8 text instead of Python's documentation")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=None, help="train this many steps instead of fitting the budget")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
-    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
-    p.add_argument("--layers", type=int, default=4, help="transformer blocks")
-    p.add_argument("--emb-dim", type=int, default=256, help="model width")
-    p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--context-length", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--prompt", default="The", help="prompt of the before/after samples")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    from scratchllm.recipes.config import DemoConfig
+
+    names = add_options(p, DemoConfig)
 
     def run(args):
         from scratchllm.recipes.demo import demo
 
-        summary = demo(args.out, data=args.data, minutes=args.minutes, device=args.device, vocab_size=args.vocab_size,
-                       n_layers=args.layers, emb_dim=args.emb_dim, n_heads=args.heads, context_length=args.context_length,
-                       batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, overwrite=args.overwrite,
-                       max_steps=args.max_steps, prompt=args.prompt)
+        cfg = options_of(args, DemoConfig, names)
+        fields = dataclasses.asdict(cfg)
+        summary = demo(**fields | {"n_layers": fields.pop("layers"), "n_heads": fields.pop("heads")})
         print(json.dumps(summary))
-        return summary["exit_code"]
+        return summary["exit_code"]  # 0, or 130 / 143 after SIGINT / SIGTERM (a checkpoint was saved)
 
     p.set_defaults(func=run)
 
@@ -490,27 +486,15 @@ def add_demo(sub):
 @verb('respond')
 def add_respond(sub):
     p = _parser(sub, "respond", "Generate a response to each instruction record; save the records with a model_response field.")
-    p.add_argument("--model", required=True, help="model or run directory (LoRA adapters are merged in) or GPT-2 name")
-    p.add_argument("--data", required=True, help="JSON/JSONL records: {instruction, input, output} or {messages}, e.g. RUNDIR/test.json")
-    p.add_argument("--out", required=True, help="responses JSON file to write")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest response in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    p.add_argument("--seed", type=int, default=123, help="sampling seed (temperature > 0)")
-    p.add_argument("--prompt-style", default=None, help="alpaca, phi3 or plain (default: the one stored with the model, else alpaca)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None, help="cast the weights: float32, bfloat16 or float16")
+    from scratchllm.inference.config import RespondConfig
+
+    names = add_options(p, RespondConfig)
 
     def run(args):
         from scratchllm.evaluation.responses import respond
 
-        records = respond(args.model, args.data, args.out, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, batch_size=args.batch_size,
-                          seed=args.seed, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
-                          limit=args.limit, progress=sys.stderr.isatty())
+        cfg = options_of(args, RespondConfig, names)
+        records = respond(**dataclasses.asdict(cfg), progress=sys.stderr.isatty())
         print(f"{len(records)} responses written to {args.out}")
 
     p.set_defaults(func=run)
@@ -541,6 +525,7 @@ def add_evaluate_responses(tasks):
     p.add_argument("--judge-model", default=None, help="the judge model's name on that server, e.g. llama3")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
     p.add_argument("--out", default=None, help="write the JSON report (with per-record scores) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
         import os
@@ -549,7 +534,7 @@ def add_evaluate_responses(tasks):
 
         report = evaluate_responses(args.data, judge_url=args.judge_url, judge_model=args.judge_model, out=args.out,
                                     timeout=args.timeout, api_key=os.environ.get("OPENAI_API_KEY"),
-                                    progress=sys.stderr.isatty())
+                                    progress=sys.stderr.isatty(), overwrite=args.overwrite)
         print(format_evaluation(report))
 
     p.set_defaults(func=run)
@@ -612,12 +597,13 @@ def add_classify(sub):
     p.add_argument("--out", default=None, help="write the JSONL here instead of stdout")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
         from scratchllm.inference.classify import classify_texts
 
         rows = classify_texts(args.model, texts=args.text, input=args.input, out=args.out, device=args.device,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, overwrite=args.overwrite)
         if args.out:
             print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
         elif args.text:
@@ -677,7 +663,7 @@ def add_chat(sub):
         from scratchllm.inference.generation import check_sampling
 
         cfg = options_of(args, ChatConfig, names, token_delay=token_delay_from_env())
-        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
         net, tokenizer, style, name = load_for_chat(cfg.model, cfg.device, cfg.dtype, cfg.prompt_style)
         session = ChatSession(net, tokenizer, style, cfg)
         if not sys.stdin.isatty():
@@ -835,7 +821,7 @@ def add_generate(sub):
 
         cfg = options_of(args, GenerateConfig, names)
         top_k = cfg.top_k or None
-        check_sampling(cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p)
+        check_sampling(cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p, cfg.seed)
         gpt, tokenizer = load(cfg.model, device=cfg.device, dtype=cfg.dtype, kind="gpt")
         optimize_for_decoding(gpt)  # inference only: a faster weight layout for CPU decoding
         options = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=top_k, top_p=cfg.top_p,

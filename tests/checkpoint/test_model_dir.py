@@ -202,6 +202,19 @@ def test_export_hf_loads_in_transformers_with_same_logits(tmp_path, capsys, over
         assert (again(ids) - model(ids)).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("switch, message", [
+    ({"mlp": "relu2"}, "export: no Hugging Face family holds this model; the closest, .* needs mlp 'gelu' \\(got 'relu2'\\)"),
+    ({"logit_softcap": 15.0}, "logit_softcap=15.0: Hugging Face's GPT-2, Llama and Qwen have no logit soft-capping"),
+])
+def test_export_hf_refuses_what_hugging_face_cannot_express(tmp_path, switch, message):
+    save_model(tiny_gpt(**switch), tmp_path / "ours")
+    with pytest.raises(ScratchLLMError, match=message):
+        export_hf(tmp_path / "ours", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    model, _ = load(tmp_path / "ours")  # our own format keeps them
+    assert {k: getattr(model.config, k) for k in switch} == switch
+
+
 def test_export_hf_tokenizer_files_load_in_transformers(tmp_path):
     save_model(tiny_gpt(), tmp_path / "ours")
     export_hf(tmp_path / "ours", tmp_path / "hf")
@@ -378,7 +391,8 @@ def test_failed_save_keeps_previous_directory_and_leaves_no_temp(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
-    with pytest.raises(ScratchLLMError, match=r"m: cannot write \(No space left on device\)$"):
+    with pytest.raises(ScratchLLMError, match=r"m: not enough disk space: needs more than the [\d,.]+ MB that were "
+                                              r"free \(the disk filled up after [\d.]+ MB\); nothing was replaced"):
         save_model(tiny_gpt(seed=1), tmp_path / "m", extra={"task": "new"})
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

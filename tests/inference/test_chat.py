@@ -226,3 +226,57 @@ def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A model with a chat template (the ChatML test tokenizer of tests/hf_tokenizers.py)
+
+
+def chatml_model(tok, end: str):
+    """A GPT that answers any ChatML chat with "Hello there!" and then the special token `end`."""
+    from tests.inference.test_generation import bigram_gpt
+
+    last = tok.encode("<|im_start|>assistant\n", allowed_special="all")[-1]
+    script = tok.encode("Hello there!")
+    chain = dict(zip([last, *script], [*script, tok.special_tokens[end]]))
+    assert len(chain) == len(script) + 1
+    return bigram_gpt(tok, chain)
+
+
+@pytest.fixture(scope="module")
+def qwen_tok(hf_tokenizer_dir):
+    pytest.importorskip("tokenizers")
+    return Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))
+
+
+def test_template_chat_stops_at_the_end_of_turn(qwen_tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    d = save_model(chatml_model(qwen_tok, "<|im_end|>"), tmp_path / "chatml", qwen_tok)
+    net, tok, style, _ = load_for_chat(str(d), device="cpu")
+    assert style.name == "template"  # the model's own template, unasked
+    chat = ChatSession(net, tok, style, ChatSettings(temperature=0, max_new_tokens=20, system="Be brief."))
+    answer = chat.send("Hi!")
+    assert "".join(answer) == "Hello there!" and answer.finish_reason == "stop"
+    hf = transformers.AutoTokenizer.from_pretrained(d)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Again?"}]
+    assert chat.messages() == messages[:3]
+    assert chat.encode(messages) == hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert chat.say("Again?") == "Hello there!"
+
+
+@pytest.mark.parametrize("end, stop_ids, finish", [
+    ("<|im_end|>", [], "stop"),  # the template's turn end (and eos_token)
+    ("<|endoftext|>", "endoftext", "stop"),  # generation_config.json's eos_token_id
+    ("<|endoftext|>", [], "length"),  # not a stop id of this tokenizer: decoding goes on
+    ("<|im_start|>", "endoftext", "length"),
+])
+def test_which_special_tokens_end_an_answer(qwen_tok, hf_tokenizer_dir, end, stop_ids, finish):
+    if stop_ids == "endoftext":
+        stop_ids = [qwen_tok.special_tokens["<|endoftext|>"]]
+    tok = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"), stop_ids=stop_ids)
+    chat = ChatSession(chatml_model(tok, end), tok, "template", ChatSettings(temperature=0, max_new_tokens=8))
+    answer = chat.send("Hi!")
+    text = "".join(answer)
+    assert answer.finish_reason == finish
+    assert text == "Hello there!" if finish == "stop" else text.startswith("Hello there!" + end)

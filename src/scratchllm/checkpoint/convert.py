@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.checkpoint.adapter_dir import ADAPTER_WEIGHTS, load_adapters, read_adapter_config
-from scratchllm.checkpoint.hf import adapter_for_model
+from scratchllm.checkpoint.hf import GENERATION_CONFIG, adapter_for_model
 from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_kind, read_model_config,
                                              resolve_model_dir, save_model)
@@ -57,19 +57,29 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     `hf.adapter_for_model`).
 
     With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
-    trained tokenizer is copied as scratchllm_tokenizer.json (transformers cannot read it).
+    Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
+    copied as they are, with a generation_config.json naming the ids that end an answer (the
+    chat template's end-of-turn token too); a trained tokenizer is copied as scratchllm_tokenizer.json (transformers
+    cannot read it).
     """
     from safetensors.torch import save_file
 
     where, d = locate(model_dir)
     model, tokenizer = load(d, kind="gpt")
     config = model.config
+    if config.logit_softcap is not None:  # no family has it: exporting would change the logits
+        raise ScratchLLMError(f"{d}: logit_softcap={config.logit_softcap!r}: Hugging Face's GPT-2, Llama and Qwen "
+                              "have no logit soft-capping; cannot export")
     adapter = adapter_for_model(config)
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
-    eos_id = tokenizer.special_tokens.get(ENDOFTEXT)
+    eos_id = tokenizer.eot_id if tokenizer.hf_files else tokenizer.special_tokens.get(ENDOFTEXT)
+    bos_id = tokenizer.bos_ids[0] if tokenizer.bos_ids else None
     state = adapter.to_hf(model.state_dict(), config)
     with atomic_directory(out_dir, _is_hf_dir, "a Hugging Face model directory") as tmp:
-        write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id))
+        write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id, bos_id))
+        stops = sorted(i for i in tokenizer.stop_ids if i < config.vocab_size)
+        if tokenizer.hf_files and stops:  # the ids that end an answer (a chat model's end-of-turn token too)
+            write_json(tmp / GENERATION_CONFIG, {"bos_token_id": bos_id, "eos_token_id": stops[0] if len(stops) == 1 else stops})
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if is_gpt2:
             encoder, merges = gpt2_files()
@@ -81,6 +91,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
                 "add_prefix_space": False,
             })
+        elif tokenizer.hf_files:
+            for name, blob in tokenizer.hf_files.items():
+                (tmp / name).write_bytes(blob)
         elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():
             shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")
     return Path(out_dir)

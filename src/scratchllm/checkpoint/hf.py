@@ -34,6 +34,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer.hf import TOKENIZER_JSON
 
 # OpenAI's four GPT-2 releases, as named on the Hugging Face hub (Radford et al. 2019, table 2).
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -41,9 +42,10 @@ _GPT2_ALIASES = {"gpt2-small": "gpt2", **{f"openai-community/{n}": n for n in GP
 HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 GPT2_FILES = ("config.json", "model.safetensors")
 HUB_INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map: tensor name -> shard file
+GENERATION_CONFIG = "generation_config.json"  # generation defaults; its eos_token_id lists the ids that end an answer
 # What else a model brings when it exists: its tokenizer, chat template and generation settings.
 HUB_OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                      "generation_config.json")
+                      GENERATION_CONFIG)
 HUB_MANIFEST = "scratchllm_download.json"  # written when every file of a hub download is in place
 
 
@@ -65,7 +67,8 @@ class HFAdapter:
         """What `config` would need to change to be a model of this family (empty: it is one)."""
         raise NotImplementedError
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict[str, Any]:
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -137,7 +140,7 @@ class GPT2Adapter(HFAdapter):
                 qkv_bias=True,
                 tie_embeddings=bool(h.get("tie_word_embeddings", True)),
                 mlp_ratio=mlp_ratio,
-                layer_norm_eps=float(h.get("layer_norm_epsilon", 1e-5)),
+                layer_norm_eps=h.get("layer_norm_epsilon", 1e-5),  # checked by GPTConfig (no float("x") traceback)
             )
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{source}: {exc}") from None
@@ -182,8 +185,10 @@ class GPT2Adapter(HFAdapter):
             found.append(f"head_dim emb_dim / n_heads (got {config.head_dim})")
         return found
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256) -> dict[str, Any]:
-        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new)."""
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256,
+                     bos_id: int | None = None) -> dict[str, Any]:
+        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new); GPT-2 begins
+        with its end-of-text token, so bos_id is eos_id unless given."""
         problems = self.mismatches(config)
         if problems:
             raise ScratchLLMError(f"export: not a GPT-2 model; it needs {', '.join(problems)}")
@@ -210,7 +215,7 @@ class GPT2Adapter(HFAdapter):
             "reorder_and_upcast_attn": False,
             "add_cross_attention": False,
             "use_cache": True,
-            "bos_token_id": eos_id,
+            "bos_token_id": eos_id if bos_id is None else bos_id,
             "eos_token_id": eos_id,
             "tie_word_embeddings": config.tie_embeddings,
             "dtype": str(dtype).removeprefix("torch."),
@@ -344,7 +349,8 @@ class LlamaAdapter(HFAdapter):
     def biases_to_hf(self, config: GPTConfig) -> dict[str, Any]:
         return {"attention_bias": config.bias, "mlp_bias": config.bias}
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict[str, Any]:
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
         """A config.json that transformers reads as this family. The rotary settings are written both
         as transformers 5 does (rope_parameters) and as earlier versions did (rope_theta, rope_scaling)."""
         problems = self.mismatches(config)
@@ -380,7 +386,7 @@ class LlamaAdapter(HFAdapter):
             "initializer_range": 0.02,
             "tie_word_embeddings": config.tie_embeddings,
             "use_cache": True,
-            "bos_token_id": None,
+            "bos_token_id": bos_id if bos_id is not None and bos_id < config.vocab_size else None,
             "eos_token_id": eos_id,
             "dtype": str(dtype).removeprefix("torch."),
             "torch_dtype": str(dtype).removeprefix("torch."),  # the key's name before transformers 5
@@ -612,8 +618,19 @@ def load_hf(directory: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
-    """The tokenizer of a Hugging Face directory: GPT-2's for the GPT-2 family."""
-    return Tokenizer.gpt2()
+    """The tokenizer of a Hugging Face directory: its tokenizer.json (with tokenizer_config.json and the
+    chat template beside it; generation_config.json's eos_token_id also end generation), else GPT-2's
+    (a GPT-2 directory may hold only config.json and the weights; vocab.json + merges.txt are GPT-2's)."""
+    d = Path(directory)
+    if not (d / TOKENIZER_JSON).is_file():
+        return Tokenizer.gpt2()
+    stop_ids: list[int] = []
+    if (d / GENERATION_CONFIG).is_file():
+        eos = read_json(d / GENERATION_CONFIG).get("eos_token_id")
+        stop_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in stop_ids):
+            raise ScratchLLMError(f"{d / GENERATION_CONFIG}: eos_token_id is {eos!r}; expected an id or a list of ids")
+    return Tokenizer.from_hf(d, stop_ids=stop_ids)
 
 
 # --------------------------------------------------------------------------------------------------

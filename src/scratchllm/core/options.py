@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import sys
 import textwrap
 import types
 import typing
@@ -67,7 +66,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 @cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    # Each class's annotations are evaluated in its own module (get_type_hints' default): a subclass
+    # defined elsewhere must not evaluate its bases' annotations among its own module's names.
+    return typing.get_type_hints(cls)
 
 
 def _split_optional(hint: Any) -> tuple[Any, bool]:

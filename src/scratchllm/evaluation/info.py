@@ -18,28 +18,9 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import flops_per_token, parameter_groups
+from scratchllm.models.size import parameter_breakdown
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
-
-
-def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
-    """Parameters per group, counted as `GPT.parameter_breakdown` counts them."""
-    C, L, V, hidden = config.emb_dim, config.n_layers, config.vocab_size, config.hidden_dim
-    q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
-    bias = 1 if config.bias else 0
-    attention = C * (q_dim + 2 * kv_dim) + (q_dim + 2 * kv_dim if config.qkv_bias else 0)  # qkv
-    attention += q_dim * C + bias * C  # output projection
-    mlp_in = 2 if config.mlp == "swiglu" else 1  # SwiGLU has a gate beside the up-projection
-    mlp = mlp_in * (C * hidden + bias * hidden) + hidden * C + bias * C
-    norm = C if config.norm == "rmsnorm" else C * (1 + bias)  # scale (and shift)
-    qk_norm = 2 * config.head_dim if config.qk_norm else 0  # a query and a key RMSNorm per block
-    return {
-        "embeddings": V * C + (config.context_length * C if config.position == "learned" else 0),
-        "attention": L * attention,
-        "mlp": L * mlp,
-        "norms": (2 * L + 1) * norm + L * qk_norm,  # two per block and the final one
-        "head": 0 if config.tie_embeddings else V * C,
-    }
 
 
 def _seq2seq_config(spec: str | Path | GPTConfig) -> GPTConfig | None:

@@ -13,6 +13,9 @@ from scratchllm.errors import ScratchLLMError
 
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
+# prompts.STYLE_NAMES, spelled out so that the configs (and `--help`) need not import the prompts
+PromptStyleName = Literal["alpaca", "phi3", "plain", "template"]
+
 
 @dataclass(kw_only=True)
 class SamplingConfig:
@@ -66,6 +69,31 @@ class GenerateConfig(LoadConfig, SamplingConfig):
 
 
 @dataclass(kw_only=True)
+class RespondConfig(LoadConfig, SamplingConfig):
+    """`scratchllm respond`: answer every record of an instruction file (evaluation/responses.py `respond`)."""
+
+    data: str
+    """JSON/JSONL records: {instruction, input, output} or {messages}, e.g. RUNDIR/test.json"""
+    out: str
+    """responses JSON file to write"""
+    temperature: float = 0.0
+    """0 = greedy"""
+    seed: int = 123
+    """sampling seed (temperature > 0)"""
+    batch_size: int = 8
+    """prompts decoded together"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else alpaca"""
+    limit: int | None = None
+    """only the first N records"""
+    overwrite: bool = False
+    """replace --out if it exists (without this an existing file is an error, before any generation)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "respond")
+
+
+@dataclass(kw_only=True)
 class ChatSettings(SamplingConfig):
     """A conversation's settings (inference/chat.py `ChatSession`)."""
 
@@ -79,8 +107,8 @@ class ChatSettings(SamplingConfig):
 class ChatConfig(LoadConfig, ChatSettings):
     """`scratchllm chat`: talk to a model in the terminal, or answer one line of standard input each."""
 
-    prompt_style: str | None = None
-    """alpaca, phi3 or plain (default: the one stored with the model, else plain)"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else plain"""
 
     def __post_init__(self) -> None:
         check_fields(self, "chat")
@@ -108,13 +136,19 @@ class ServeSettings:
     """Retry-After of a 503, in seconds"""
     model_name: str | None = None
     """model id in /v1/models (default: the directory's name)"""
-    prompt_style: str | None = None
-    """alpaca, phi3 or plain (default: the one stored with the model, else plain)"""
+    prompt_style: PromptStyleName | None = None
+    """default: the one stored with the model, else its chat template (template), else plain"""
     token_delay: float = 0.0
     """seconds slept after each token (tests and demos; $SCRATCHLLM_TOKEN_DELAY)"""
+    header_timeout_s: float = 10.0
+    """a request's headers must arrive within this many seconds, or the connection is closed (slow clients)"""
+    body_timeout_s: float = 30.0
+    """a request's body must arrive within this many seconds after its headers (408 otherwise)"""
+    max_connections: int = 256
+    """connections served at once; beyond, uvicorn answers 503"""
 
     def check(self) -> None:
-        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s"):
+        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ScratchLLMError(f"serve setting {name} must be an integer >= 1, got {value!r}")
@@ -126,6 +160,9 @@ class ServeSettings:
             raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
         if not self.token_delay >= 0:
             raise ScratchLLMError(f"serve setting token_delay must be >= 0, got {self.token_delay!r}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if isinstance(getattr(self, name), bool) or not 0 < getattr(self, name) < float("inf"):
+                raise ScratchLLMError(f"serve setting {name} must be a number of seconds > 0, got {getattr(self, name)!r}")
 
 
 @dataclass(kw_only=True)

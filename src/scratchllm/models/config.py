@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from scratchllm.core.options import from_mapping
+from scratchllm.core.options import check_fields, from_mapping
 from scratchllm.errors import ScratchLLMError
 
 
@@ -50,7 +50,7 @@ class GPTConfig:
     # Options beyond GPT-2 (the Llama family, Touvron et al. 2023; encoders, Devlin et al. 2019):
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     position: str = "learned"  # "learned" absolute embeddings, "rope" rotary, or "sinusoidal" (fixed)
-    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu" (gated SiLU)
+    mlp: str = "gelu"  # "gelu" (GPT-2), "swiglu" (gated SiLU) or "relu2" (squared ReLU, So et al. 2021)
     mlp_hidden_dim: int | None = None  # feed-forward width; None = mlp_ratio * emb_dim
     n_kv_heads: int | None = None  # grouped-query attention: key/value heads (None = n_heads)
     bias: bool = True  # biases in the output projection, feed-forward and norms
@@ -60,6 +60,9 @@ class GPTConfig:
     head_dim: int | None = None  # width of one head; None = emb_dim // n_heads (resolved in __post_init__)
     qk_norm: bool = False  # RMSNorm on each query/key head before RoPE (Qwen3)
     rope_scaling: dict[str, Any] | None = None  # None or Llama 3's {"type": "llama3", ...}
+    # Switches of small-budget training recipes (the modded-nanogpt speedrun, Jordan et al. 2024):
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (each block starts as the identity)
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c) (Gemma 2, Team et al. 2024); None = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "mlp_ratio"):
@@ -67,7 +70,7 @@ class GPTConfig:
         for name in ("mlp_hidden_dim", "n_kv_heads", "head_dim"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        for name in ("qkv_bias", "tie_embeddings", "bias", "causal", "qk_norm"):
+        for name in ("qkv_bias", "tie_embeddings", "bias", "causal", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise ScratchLLMError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("drop_rate", "layer_norm_eps", "rope_theta"):
@@ -89,7 +92,7 @@ class GPTConfig:
             ("attn_impl", ("sdpa", "manual")),
             ("norm", ("layernorm", "rmsnorm")),
             ("position", ("learned", "rope", "sinusoidal")),
-            ("mlp", ("gelu", "swiglu")),
+            ("mlp", ("gelu", "swiglu", "relu2")),
         ):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise ScratchLLMError(
@@ -99,12 +102,19 @@ class GPTConfig:
             raise ScratchLLMError(
                 f"config: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
             )
+        if self.logit_softcap is not None and not (
+            isinstance(self.logit_softcap, (int, float)) and not isinstance(self.logit_softcap, bool) and self.logit_softcap > 0
+        ):
+            raise ScratchLLMError(f"config field 'logit_softcap' must be a positive number or null, got {self.logit_softcap!r}")
         if self.position == "rope" and self.head_dim % 2:
             raise ScratchLLMError(f"config: rotary positions need an even head_dim, got {self.head_dim}")
         if self.rope_scaling is not None:
             if self.position != "rope":
                 raise ScratchLLMError(f"config: rope_scaling needs position 'rope', got position {self.position!r}")
             self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+        # Last, every field against its annotation: a field added later is type-checked even before
+        # it gets a check (and a message) of its own above.
+        check_fields(self, "config")
 
     @property
     def kv_heads(self) -> int:

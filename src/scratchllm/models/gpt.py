@@ -212,11 +212,13 @@ def _attention_weights(q, k, mask, causal) -> torch.Tensor:
 
 class FeedForward(nn.Module):
     """Position-wise MLP. "gelu": C -> hidden -> GELU (tanh approximation, as GPT-2) -> C.
-    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama."""
+    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama.
+    "relu2": proj(relu(fc(x))^2), the squared ReLU of Primer (So et al. 2021)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.hidden_dim
+        self.kind = config.mlp
         self.swiglu = config.mlp == "swiglu"
         if self.swiglu:
             self.gate = nn.Linear(config.emb_dim, hidden, bias=config.bias)
@@ -227,6 +229,8 @@ class FeedForward(nn.Module):
     def forward(self, x):
         if self.swiglu:
             h = F.silu(self.gate(x)) * self.fc(x)  # (B, T, hidden)
+        elif self.kind == "relu2":
+            h = F.relu(self.fc(x)).square()  # (B, T, hidden)
         else:
             h = F.gelu(self.fc(x), approximate="tanh")
         return self.drop(self.proj(h))
@@ -286,9 +290,14 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layers),
         # since each block adds two such branches and the residual variance grows with depth.
+        # zero_init_proj instead starts them at zero, so that every block begins as the identity and
+        # the residual stream as the embeddings (as the modded-nanogpt speedrun does).
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -356,14 +365,22 @@ class GPT(nn.Module):
             x = x + self.pos_table[position_ids]
         return self.drop_emb(x)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., C) -> logits (..., V): the LM head, then the soft cap when configured
+        (c * tanh(z / c) keeps every logit inside (-c, c); Gemma 2, Team et al. 2024)."""
+        z = self.out_head(h)
+        cap = self.config.logit_softcap
+        return z if cap is None else cap * torch.tanh(z / cap)
+
     def forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V). Keyword arguments as in `hidden_states`."""
-        return self.out_head(self.hidden_states(idx, **kwargs))
+        return self.logits(self.hidden_states(idx, **kwargs))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, **kwargs) -> torch.Tensor:
         """Mean next-token cross-entropy of targets (B, T) given idx (B, T), without full logits."""
         h = self.hidden_states(idx, **kwargs)  # (B, T, C)
-        return chunked_cross_entropy(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index)
+        return chunked_cross_entropy(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index,
+                                     softcap=self.config.logit_softcap)
 
     # ----------------------------------------------------------------------------------------------
     # accounting

@@ -18,10 +18,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     The head's matmuls run on W padded with zero rows to a multiple of `multiple` (50,257 -> 50,304,
     as nanoGPT pads its vocabulary): BLAS is ~12% faster on the padded shape, and the padded columns
     get a logit of -inf, so they add nothing to the softmax and their gradient rows are dropped.
+
+    With `softcap` c the logits are c * tanh(z / c) of the head's z (Gemma 2; the modded-nanogpt
+    speedrun), and the gradient with respect to z gains the factor d/dz = 1 - tanh(z / c)^2.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int, multiple: int):
+    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int, multiple: int, softcap: float | None):
         N, V = h.shape[0], weight.shape[0]
         valid = targets != ignore_index
         n_valid = int(valid.sum())
@@ -42,6 +45,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # as the softmax), so the logits, log-probabilities and softmax gradient all live in it.
         buffer = torch.empty((min(chunk, N), padded), dtype=torch.float32, device=h.device)
         low = torch.empty_like(buffer, dtype=mm_dtype) if mm_dtype != torch.float32 else None
+        slope = torch.empty_like(buffer) if (softcap is not None and need_grad) else None  # 1 - tanh^2 per logit
         for start in range(0, N, chunk):
             hc = h[start : start + chunk].to(mm_dtype)  # (n, C)
             tc = targets[start : start + chunk]
@@ -51,6 +55,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(hc, w.t(), out=logp)
             else:
                 logp.copy_(torch.mm(hc, w.t(), out=low[: len(tc)]))
+            if softcap is not None:
+                torch.tanh(logp.div_(softcap), out=logp)  # tanh(z / c), in place
+                if slope is not None:
+                    torch.mul(logp, logp, out=slope[: len(tc)]).neg_().add_(1.0)  # d tanh = 1 - tanh^2
+                logp.mul_(softcap)  # the capped logits c * tanh(z / c)
             logp[:, V:] = float("-inf")
             if logp.device.type == "cpu":  # in place: the CPU kernel reads each row before writing it
                 torch._log_softmax(logp, -1, False, out=logp)
@@ -63,6 +72,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = logp.exp_()
                 probs[torch.arange(len(tc), device=h.device), safe_t] -= 1.0
                 probs *= vc[:, None]
+                if slope is not None:  # chain rule through the cap: d loss / d z
+                    probs *= slope[: len(tc)]
                 g = probs if low is None else low[: len(tc)].copy_(probs)
                 if grad_h is not None:
                     grad_h[start : start + chunk] = (g @ w).to(h.dtype)
@@ -91,12 +102,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def chunked_cross_entropy(
-    h, weight, targets, ignore_index: int = -100, chunk: int = 1024, multiple: int = 64
+    h, weight, targets, ignore_index: int = -100, chunk: int = 1024, multiple: int = 64, softcap: float | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T against targets (N,)."""
-    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk, multiple)
+    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T (soft-capped at `softcap` when set)
+    against targets (N,)."""
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk, multiple, softcap)
 

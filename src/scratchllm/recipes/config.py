@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scratchllm.core.options import check_fields
+from scratchllm.inference.config import PromptStyleName
 
 
 @dataclass(kw_only=True)
@@ -22,12 +23,12 @@ class PretrainConfig:
     """a preset name or a config.json (vocab_size comes from the tokenizer)"""
     out: str | None = None
     """the run directory to write"""
-    tokenizer: str = "gpt2"
-    """'gpt2', a tokenizer .json file or a model directory"""
+    tokenizer: str | None = None
+    """'gpt2' (the default), a tokenizer .json file or a model directory; a resumed run keeps its own"""
     config: str | None = None
     """a run file (.toml / .json / .yaml) with train settings and optionally data, model, tokenizer, out; flags win"""
-    val_fraction: float = 0.1
-    """validation share of a text file"""
+    val_fraction: float | None = None
+    """validation share of a text file (default 0.1); a resumed run keeps its own"""
     resume: bool | str = False
     """continue the newest checkpoint of --out (or of the run directory given); settings not given again
     come from its run_config.json"""
@@ -37,6 +38,46 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "pretrain")
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """`scratchllm demo` (recipes/demo.py `demo`): the small-budget recipe end to end. The model and
+    training fields left as None keep the recipe's values (SMALL_BUDGET)."""
+
+    out: str = "runs/demo"
+    """run directory to write"""
+    data: str | None = None
+    """your own UTF-8 text instead of Python's standard library (its last 10% held out)"""
+    minutes: float = 3.0
+    """wall-time budget: tokenizer, data and training"""
+    max_steps: int | None = None
+    """train this many steps instead of fitting the budget"""
+    device: str = "auto"
+    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """autocast dtype (bfloat16 pays only where the CPU has native bf16, or on GPUs)"""
+    overwrite: bool = False
+    """replace an existing demo run directory"""
+    prompt: str | None = None
+    """prompt of the before/after samples (default: 'def ' on the built-in corpus, 'The' with data)"""
+    vocab_size: int | None = None
+    """tokenizer vocabulary (default: the recipe's)"""
+    layers: int | None = None
+    """transformer blocks (default: the recipe's)"""
+    emb_dim: int | None = None
+    """model width (default: the recipe's)"""
+    heads: int | None = None
+    """attention heads (default: the recipe's)"""
+    context_length: int | None = None
+    """tokens per sequence (default: the recipe's)"""
+    batch_size: int | None = None
+    """sequences per step (default: the recipe's)"""
+    lr: float | None = None
+    """AdamW's peak learning rate (default: the recipe's)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "demo")
 
 
 @dataclass(kw_only=True)
@@ -184,8 +225,9 @@ class FinetuneConfig:
 class InstructConfig(FinetuneConfig):
     """Instruction fine-tuning on {instruction, input, output} or {messages} records."""
 
-    prompt_style: str = "alpaca"
-    """prompt template, stored with the model: alpaca, phi3 or plain"""
+    prompt_style: PromptStyleName | None = None
+    """prompt layout, stored with the model (default: the base model's stored one, else its chat template
+    (template), else alpaca)"""
     mask_prompt: bool = False
     """learn the response only (the prompt's targets are ignored)"""
 
@@ -196,8 +238,8 @@ class DPOConfig(FinetuneConfig):
 
     beta: float = 0.1
     """how far the policy may move from the reference"""
-    prompt_style: str | None = None
-    """prompt template (default: the model's, else alpaca)"""
+    prompt_style: PromptStyleName | None = None
+    """prompt layout (default: the model's stored one, else its chat template (template), else alpaca)"""
     epochs: int = 1
     """passes over the training split"""
     lr: float = 5e-6

@@ -24,7 +24,7 @@ from scratchllm.data.instructions import (
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import apply_lora
 from scratchllm.models.loss import IGNORE_INDEX
-from scratchllm.prompts import get_style, stored_style
+from scratchllm.prompts import choose_style, stored_style
 from scratchllm.recipes.config import DPOConfig
 from scratchllm.recipes.instruct import (
     EpochLoader,
@@ -169,7 +169,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     {"instruction", "input", "chosen", "rejected"} records, against a frozen copy of the starting
     model; returns fit's summary with the validation metrics before and after.
 
-    The prompt style defaults to the one stored with the model (else alpaca). The book's DPO
+    The prompt style defaults to the one stored with the model, else its chat template, else alpaca. The book's DPO
     appendix uses lr 5e-6, beta 0.1 and one or two epochs.
     """
     check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
@@ -177,7 +177,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_preference_data)
     train_records, val_records, test_records = splits
     net, tokenizer, stored = prepare_model(cfg, lora=False)
-    style = get_style(cfg.prompt_style or stored_style(stored) or "alpaca")
+    style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
     max_length = check_max_length(cfg.max_length, net.config.context_length)
     dev = resolve_device(cfg.device)
     reference = copy.deepcopy(net).to(dev)  # pi_ref: the starting policy, frozen

@@ -30,7 +30,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.lora import apply_lora, count_parameters, merge_lora
 from scratchllm.models.loss import IGNORE_INDEX
-from scratchllm.prompts import PromptStyle, get_style
+from scratchllm.prompts import PromptStyle, choose_style, stored_style
 from scratchllm.recipes.config import FinetuneConfig, InstructConfig
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
@@ -275,15 +275,16 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     shared training loop; returns fit's summary plus the split sizes and parameter counts.
 
     The run directory gets test.json / val.json (the held-out records, for `respond`), and each saved
-    model records its `prompt_style`. With `lora_rank`, only adapters train; best/ and final/ then
+    model records its `prompt_style` (default: the base model's stored one, else its chat template, else
+    alpaca). With `lora_rank`, only adapters train; best/ and final/ then
     hold merged weights and adapter/ the adapters alone.
     """
     check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
-    style = get_style(cfg.prompt_style)
     records = load_instruction_data(cfg.data)
     splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_instruction_data)
     train_records, val_records, test_records = splits
-    net, tokenizer, _ = prepare_model(cfg)
+    net, tokenizer, stored = prepare_model(cfg)
+    style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
     max_length = check_max_length(cfg.max_length, net.config.context_length)
     encode = lambda rs: [encode_example(tokenizer, style, r) for r in rs]  # noqa: E731
     task = InstructionTask(

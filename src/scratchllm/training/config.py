@@ -53,6 +53,12 @@ class TrainConfig:
     """torch's fused AdamW kernel where the device has one (~5x faster on CPU)"""
     schedule: Literal["steps", "time"] = "steps"
     """steps: warmup + cosine over max_steps; time: over max_time, so a wall-clock budget always ends decayed"""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw; or muon: Muon for the matrices inside the blocks (at muon_lr), AdamW (at lr) for the rest"""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (follows the same warmup and decay as lr)"""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum"""
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
     eval_every: int = 200
     """evaluate every N steps (0: only at the end)"""
@@ -117,6 +123,13 @@ class TrainConfig:
             raise ScratchLLMError("train config: patience puts best/'s weights back, which FSDP runs cannot yet; use DDP")
         if self.schedule == "time" and self.max_time is None:
             raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
+        if not self.muon_lr > 0:
+            raise ScratchLLMError(f"train config field 'muon_lr' must be > 0, got {self.muon_lr!r}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ScratchLLMError(f"train config field 'muon_momentum' must be in [0, 1), got {self.muon_momentum!r}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise ScratchLLMError("train config: optimizer 'muon' does not work with fsdp (Muon orthogonalises whole "
+                                  "matrices, which FSDP shards across processes); use DDP (no fsdp) or optimizer adamw")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
 

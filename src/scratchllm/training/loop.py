@@ -344,8 +344,8 @@ def train_step(parallel: Parallel, task: Task, optimizer: torch.optim.Optimizer,
     process stops after the same step. A NaN or infinite loss raises before the weights are
     touched, naming the step and the last good checkpoint.
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group in optimizer.param_groups:  # Muon's groups run at muon_lr / lr times the schedule
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     device = context.device
     loss_sum = torch.zeros((), device=device)
     step_tokens = 0
@@ -396,7 +396,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     env, device = init_distributed(cfg.device)
     context = Context(device, autocast_dtype(cfg.dtype, device))
     run = RunDir(out_dir, main=env.is_main)
-    latest = run.start(resume)
+    latest = run.start(resume, tokenizer)  # also writes RUNDIR/tokenizer.json, for a resume before the first checkpoint
     seq_len = cfg.context_length or model.config.context_length
     accum, accum_formula = derive_grad_accum(cfg, seq_len, env.world_size)
 
