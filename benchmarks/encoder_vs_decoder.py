@@ -86,7 +86,8 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, device {device}")
 
     sms_file = SHARED / "sms_spam_collection.tsv"
-    (train, val, test), _ = quietly(prepare_splits, ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False))
+    splits, _ = quietly(prepare_splits, ClassifyConfig(model="", data=str(sms_file), seed=args.seed, progress=False))
+    train, test = splits.train, splits.test
     shakespeare = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")
     tok = Tokenizer.train([shakespeare, *train.texts], args.vocab_size)
     mlm_tok = with_mask_token(tok)

@@ -307,6 +307,8 @@ def add_evaluate_fewshot(tasks):
     p.add_argument("--template", default="Message: {text}\\nLabel:", help="one example; {text} is replaced, the label follows after a space; \\n means newline")
     p.add_argument("--train-fraction", type=float, default=0.7, help="share of each class used as the pool of shots")
     p.add_argument("--train-data", default=None, help="draw shots from this file instead, and test on all of --data")
+    p.add_argument("--keep-duplicates", action="store_true", help="keep repeated texts (default: one example per text, "
+                   "compared case-folded on letters and digits, before splitting; with --train-data, shots whose text is in --data go)")
 
     def run(args):
         from scratchllm.evaluation.lm import evaluate_fewshot
@@ -316,8 +318,8 @@ def add_evaluate_fewshot(tasks):
         print_report(args, lambda: evaluate_fewshot(
             args.model, args.data, args.shots, seed=args.seed, text_column=args.text_column,
             label_column=args.label_column, labels=labels, limit=args.limit, template=template,
-            train_fraction=args.train_fraction, train_data=args.train_data, device=args.device,
-            dtype=args.dtype, progress=sys.stderr.isatty()))
+            train_fraction=args.train_fraction, train_data=args.train_data, keep_duplicates=args.keep_duplicates,
+            device=args.device, dtype=args.dtype, progress=sys.stderr.isatty()))
 
     p.set_defaults(func=run)
 
@@ -574,9 +576,13 @@ def add_finetune_classify(recipes):
         print()
         print(format_classification(report["test"], "test"))
         best = report["best"]
-        if best is not None and best["epoch"] is not None:
-            print(f"(best/ is epoch {best['epoch']:g}: validation accuracy {100 * best['val_accuracy']:.2f}%, "
-                  f"test accuracy {100 * best['test_accuracy']:.2f}%)")
+        last = report["epochs"][-1]["epoch"] if report["epochs"] else None
+        if report["final_epoch"] is not None and (report["stopped"] == "patience" or report["final_epoch"] != last):
+            early = f"stopped early after epoch {last:g}; " if report["stopped"] == "patience" else ""
+            print(f"({early}final/ holds epoch {report['final_epoch']:g}, the lowest validation loss)")
+        elif best is not None and best["epoch"] is not None and best["epoch"] != report["final_epoch"]:
+            print(f"(best/ is epoch {best['epoch']:g}: validation loss {best['val_loss']:.4f}, accuracy "
+                  f"{100 * best['val_accuracy']:.2f}%, test accuracy {100 * best['test_accuracy']:.2f}%)")
 
     p.set_defaults(func=run)
 

@@ -365,6 +365,25 @@ def test_fewshot_prompt_is_exact_and_shots_come_from_train(tmp_path, capsys, gpt
     assert again["predictions"] == r["predictions"]  # seeded: the same shots, the same scores
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_fewshot_removes_duplicates_before_splitting(tmp_path, gpt2_tok, keep):
+    rows = [("ham", f"see you at {h}") for h in range(1, 9)] + [("spam", f"WIN {k}00 pounds") for k in range(1, 7)]
+    rows += [("ham", "See you at 1!"), ("ham", "SEE YOU AT 2"), ("spam", "see you at 1")]  # two repeats, a conflict
+    data = tmp_path / "d.tsv"
+    data.write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
+    model = tiny_gpt(gpt2_tok.vocab_size)
+    r = ev.evaluate_fewshot(model, data, 1, tokenizer=gpt2_tok, keep_duplicates=keep)
+    assert r["n"] + r["train_examples"] == (17 if keep else 13)  # "see you at 1" has ham and spam copies: all 3 go
+    assert r["duplicates"] == ({"kept": True} if keep else
+                               {"kept": False, "repeated": 1, "conflicting": 3, "conflicting_texts": 1, "held_out": 0, "removed": 4})
+    assert ("duplicates removed  none (kept)" if keep else "duplicates removed  4") in ev.format_report(r)
+    # with a separate pool of shots, the pool loses what is in the test data
+    pool = tmp_path / "pool.tsv"
+    pool.write_text("ham\tsee you at 3\nham\tsomething else\nspam\tWIN 500 POUNDS!\nspam\tcall now\n", encoding="utf-8")
+    r = ev.evaluate_fewshot(model, data, 1, tokenizer=gpt2_tok, train_data=pool, keep_duplicates=keep)
+    assert r["train_examples"] == (4 if keep else 2) and r["n"] == 17
+
+
 def test_fewshot_predicts_the_label_the_logits_favour(tmp_path, gpt2_tok, sms_slice):
     logits = torch.zeros(gpt2_tok.vocab_size)
     logits[gpt2_tok.encode(" spam")] = 4.0  # " spam" is one token; the context cannot change it

@@ -1,5 +1,6 @@
-"""Classification fine-tuning: data loading and splits, last-real-token pooling, the recipe end to end
-through the CLI, save/load, resume, and the one-line errors for bad input."""
+"""Classification fine-tuning: data loading and splits (duplicates removed before splitting),
+last-real-token pooling, early stopping, the recipe end to end through the CLI, save/load, resume, and
+the one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ import torch
 from scratchllm.checkpoint import save_model
 from scratchllm.checkpoint.loader import load
 from scratchllm.checkpoint.model_dir import HEAD_FILE
-from scratchllm.data.labelled import label_names, load_labelled, load_sms_spam, stratified_split, undersample
+from scratchllm.data.labelled import (label_names, load_labelled, load_sms_spam, normalise_text, stratified_split,
+                                      undersample)
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
-from scratchllm.recipes.classify import ClassificationTask
+from scratchllm.recipes import classify as classify_recipe
+from scratchllm.recipes.classify import ClassificationTask, default_lr, prepare_splits
+from scratchllm.recipes.config import ClassifyConfig
+from scratchllm.training.config import TrainConfig
+from scratchllm.training.loop import fit
+from scratchllm.training.run_dir import RunDir
 from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
@@ -110,6 +117,47 @@ def test_stratified_split_proportions_and_seeding(sms):
     again = stratified_split(sms, (0.7, 0.1, 0.2), seed=123)
     assert [p.texts for p in again] == [train.texts, val.texts, test.texts]
     assert stratified_split(sms, (0.7, 0.1, 0.2), seed=124)[2].texts != test.texts
+
+
+@pytest.mark.parametrize("keep, counts, overlaps", [
+    # one example per normalised text (5,131: 629 spam), balanced, 70/10/20: nothing on two sides
+    (False, (440, 63, 126), {"validation_in_train": 0, "test_in_train": 0, "test_in_validation": 0}),
+    # the book's split of all 5,574 (747 spam): 24 of 150 validation and 33 of 298 test texts are in train
+    (True, (523, 75, 149), {"validation_in_train": 24, "test_in_train": 33, "test_in_validation": 6}),
+])
+def test_prepare_splits_removes_duplicates_before_splitting(shared_data, keep, counts, overlaps, capsys):
+    cfg = ClassifyConfig(data=str(shared_data / "sms_spam_collection.tsv"), keep_duplicates=keep, progress=False)
+    train, val, test, duplicates = prepare_splits(cfg)
+    assert [part.counts() for part in (train, val, test)] == [{"ham": n, "spam": n} for n in counts]
+    seen = {normalise_text(t) for t in train.texts}
+    assert sum(normalise_text(t) in seen for t in val.texts + test.texts) == overlaps["validation_in_train"] + overlaps["test_in_train"]
+    assert duplicates["overlap"] == overlaps and duplicates["kept"] is keep
+    err = capsys.readouterr().err
+    if keep:
+        assert "duplicates: kept (--keep-duplicates); 443 of 5574 examples repeat an earlier text" in err
+        assert duplicates["repeats"] == 443
+        assert "warning: texts on two sides of the split (normalised): 24 of 150 validation and 33 of 298 test" in err
+    else:
+        assert duplicates["removed"] == duplicates["repeated"] == 443 and duplicates["conflicting"] == 0
+        assert "duplicates: removed 443 of 5574 examples (443 repeats of an earlier text" in err
+
+
+def test_training_texts_in_a_given_test_file_are_dropped(tmp_path, capsys):
+    data = tmp_path / "d.tsv"
+    rows = [("a", f"text {i}") for i in range(10)] + [("b", f"other {i}") for i in range(10)]
+    rows += [("a", "Text 3!"), ("b", "x"), ("a", "x")]  # a repeat; a text with two labels
+    data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+    test = tmp_path / "t.tsv"
+    test.write_text("a\ttext 1\nb\tOTHER 2\nb\tnew\n", encoding="utf-8")
+    train, val, given, duplicates = prepare_splits(ClassifyConfig(data=str(data), test=str(test), split=(0.8, 0.2, 0.0),
+                                                                  balance="none", header=False, progress=False))
+    assert given.texts == ["text 1", "OTHER 2", "new"]  # a given file stays as it is
+    assert sorted(train.texts + val.texts) == sorted({f"text {i}" for i in range(10)} - {"text 1"}
+                                                     | {f"other {i}" for i in range(10)} - {"other 2"})
+    assert {k: duplicates[k] for k in ("repeated", "conflicting", "conflicting_texts", "held_out", "removed")} == \
+        {"repeated": 1, "conflicting": 2, "conflicting_texts": 1, "held_out": 2, "removed": 5}
+    assert "duplicates: removed 5 of 23 examples (1 repeats of an earlier text, compared case-folded on letters and " \
+        "digits; 2 copies of 1 texts with conflicting labels, 2 whose text is in --val/--test); 18 left" in capsys.readouterr().err
 
 
 def test_sms_download_extracts_and_checks_sha256(tmp_path, monkeypatch):
@@ -268,14 +316,69 @@ def test_task_resumes_its_batch_order(tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------
+# early stopping and the default learning rate
+
+
+class ScriptedTask(ClassificationTask):
+    """A classification task whose validation loss per evaluation (epoch 0, 1, ...) is given."""
+
+    def __init__(self, losses, **kwargs):
+        super().__init__(**kwargs)
+        self.losses = losses
+
+    def evaluate(self, model):
+        row = super().evaluate(model)
+        row["val_loss"] = self.history[-1]["val_loss"] = self.losses[len(self.history) - 1]
+        return row
+
+
+VAL_LOSSES = [0.7, 0.5, 0.4, 0.45, 0.42, 0.38, 0.5, 0.6, 0.7]  # epochs 0-8: lowest at 2, then at 5
+
+
+@pytest.mark.parametrize("patience, last_epoch, kept_epoch, stopped", [
+    (1, 3, 2, "patience"),  # epoch 3 is no lower than epoch 2's 0.4
+    (2, 4, 2, "patience"),  # epochs 3 and 4 are not
+    (3, 8, 5, "max_steps"),  # epoch 5 is; 6, 7, 8 are not, but 8 is the last anyway
+    (0, 8, 8, "max_steps"),  # no early stopping: final/ is the last epoch
+])
+def test_early_stopping_on_validation_loss(tokenizer, tmp_path, monkeypatch, patience, last_epoch, kept_epoch, stopped):
+    monkeypatch.setattr(RunDir, "plot", lambda self, rows=None: None)  # loss.png after each epoch: seconds each here
+    ids = [[i % 7 + 1] * (1 + i % 3) for i in range(12)]
+    data = {"train_ids": ids, "train_targets": [i % 2 for i in range(12)], "val_ids": ids[:4], "val_targets": [0, 1, 0, 1]}
+    task = ScriptedTask(VAL_LOSSES, batch_size=4, pad_id=0, seed=1, **data)
+    model = Classifier(tiny_gpt(tokenizer), ["a", "b"], "last", tokenizer).train()
+    cfg = TrainConfig(max_steps=8 * 3, eval_every=3, patience=patience, lr=1e-2, min_lr=1e-2, warmup_steps=0,
+                      save_every=0, log_every=100, device="cpu", progress=False)
+    summary = fit(model, task, cfg, tmp_path / "run")
+    assert [r["epoch"] for r in task.history] == list(range(last_epoch + 1))
+    assert (summary["steps"], summary["stopped"]) == (3 * last_epoch, stopped)
+    from safetensors.torch import load_file
+
+    final = load_file(tmp_path / "run" / "final" / HEAD_FILE)
+    last = load_file(tmp_path / "run" / "checkpoints" / f"step-{3 * last_epoch:07d}" / HEAD_FILE)
+    best = load_file(tmp_path / "run" / "best" / HEAD_FILE)
+    kept = best if kept_epoch != last_epoch else last
+    assert all(torch.equal(final[k], kept[k]) for k in final)  # in memory too: the recipe tests the kept model
+    assert all(torch.equal(model.state_dict()[k], kept[k]) for k in final)
+    assert (kept_epoch == last_epoch) == all(torch.equal(final[k], last[k]) for k in final)
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["training"]["epoch"] == kept_epoch
+
+
+@pytest.mark.parametrize("width, lr", [(768, 5e-5), (128, 3e-4), (1600, 2.4e-5)])
+def test_default_lr_is_the_books_at_gpt2_width_and_scales_inversely(width, lr):
+    assert default_lr(width) == pytest.approx(lr)
+
+
+# --------------------------------------------------------------------------------------------------
 # the recipe, end to end through the CLI
 
 
 @pytest.fixture(scope="module")
 def small_sms(sms, tmp_path_factory):
-    """300 balanced messages (the first 150 of each class) as a headerless label<TAB>text file."""
-    rows = [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "ham"][:150]
-    rows += [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "spam"][:150]
+    """300 balanced distinct messages (the first 150 of each class) as a headerless label<TAB>text file."""
+    distinct = {normalise_text(t): (y, t) for y, t in reversed(list(zip(sms.labels, sms.texts)))}
+    first = sorted(distinct.values(), key=lambda row: sms.texts.index(row[1]))
+    rows = [row for row in first if row[0] == "ham"][:150] + [row for row in first if row[0] == "spam"][:150]
     path = tmp_path_factory.mktemp("sms") / "small.tsv"
     path.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
     return path
@@ -300,15 +403,53 @@ def test_pipeline_learns_on_a_small_slice(trained):
                                 "test": {"ham": 30, "spam": 30}}
     # A 2-layer, 32-wide model from random weights and a 512-token BPE: the majority class is 50%.
     assert report["test"]["accuracy"] >= 0.80, report["test"]
-    assert [r["epoch"] for r in report["epochs"]] == [0, 1, 2, 3, 4]
-    assert report["epochs"][-1]["train_accuracy"] >= 0.9
+    assert report["duplicates"]["removed"] == 0 and report["lr"] == 1e-3
+    epochs = [r["epoch"] for r in report["epochs"]]
+    assert epochs[0] == 0 and epochs[-1] <= 4 and report["epochs"][-1]["train_accuracy"] >= 0.9
     assert set(report["test"]["per_class"]) == {"ham", "spam"}
     assert sum(map(sum, report["test"]["confusion_matrix"])) == 60
-    best = max(report["epochs"], key=lambda r: r["val_accuracy"])  # the earliest of equals
-    assert (report["best"]["epoch"], report["best"]["val_accuracy"]) == (best["epoch"], best["val_accuracy"])
+    best = min(report["epochs"][1:], key=lambda r: r["val_loss"])  # the earliest of equals
+    assert (report["best"]["epoch"], report["best"]["val_loss"]) == (best["epoch"], best["val_loss"])
+    assert report["final_epoch"] == best["epoch"]  # with patience (default 2) final/ holds best/'s weights
+    assert report["stopped"] == ("max_steps" if epochs[-1] == 4 else "patience")
     for name in ("classify-loss.png", "classify-accuracy.png", "loss.png", "metrics.jsonl", "final/classifier.safetensors",
                  "best/classifier.safetensors"):
         assert (trained / name).is_file(), name
+
+
+@pytest.mark.parametrize("flags, message, counts", [
+    ([], ("duplicates: removed 7 of 86 examples (5 repeats of an earlier text, compared case-folded on letters and "
+          "digits; 2 copies of 1 texts with conflicting labels); 79 left (--keep-duplicates keeps them)"), 39),
+    (["--keep-duplicates"], ("duplicates: kept (--keep-duplicates); 6 of 86 examples repeat an earlier text "
+                             "(compared case-folded on letters and digits)"), 41),  # 45 ham, 41 spam
+])
+def test_cli_removes_duplicates_unless_kept(tiny_dir, small_sms, tmp_path, monkeypatch, capsys, flags, message, counts):
+    monkeypatch.setattr(RunDir, "plot", lambda self, rows=None: None)  # the plots are not what this checks
+    monkeypatch.setattr(classify_recipe, "plot_epochs", lambda history, out: [])
+    rows = [line.split("\t", 1) for line in small_sms.read_text(encoding="utf-8").splitlines()]
+    rows = rows[:40] + rows[150:190]  # 40 ham, 40 spam, all distinct
+    rows += [(y, t.upper() + " !!") for y, t in rows[1:6]]  # 5 copies, as the normalisation sees them
+    rows += [("spam", rows[0][1])]  # the first text again, labelled spam: both copies go
+    data = tmp_path / "dups.tsv"
+    data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+    code, _out, err = run_cli(["finetune", "classify", "--model", tiny_dir, "--data", data, "--out", tmp_path / "run",
+                               "--epochs", "1", "--split", "0.5", "0.25", "0.25", *TRAIN_ARGS, *flags], capsys)
+    assert code == 0 and message in err
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sum(report["counts"]["train"].values()) + sum(report["counts"]["validation"].values()) \
+        + sum(report["counts"]["test"].values()) == 2 * counts
+    assert report["duplicates"]["kept"] == bool(flags) and report["duplicates"]["examples"] == 86
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())["classification"]
+    assert saved["keep_duplicates"] == bool(flags) and saved["duplicates"] == report["duplicates"]
+
+
+def test_help_shows_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "classify", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--keep-duplicates" in out and "keep repeated texts (default: one example per text" in out
+    assert "--patience PATIENCE stop after this many epochs without a lower validation loss" in out
+    assert "default: 5e-5 x 768 / the model's width" in out
 
 
 def test_classify_verb_text_and_jsonl(trained, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Labelled examples: text + label files (TSV, CSV, JSONL, JSON) read with one-line errors, the UCI SMS
-Spam Collection (downloaded once, checked), balancing and seeded stratified splits.
+Spam Collection (downloaded once, checked), duplicate removal, balancing and seeded stratified splits.
 
 The one labelled-file reader: `finetune classify` and `evaluate fewshot` both read their data here.
 """
@@ -247,6 +247,74 @@ def _extract_member(archive: Path, member: str, target: Path, sha256: str) -> No
         raise ScratchLLMError(f"{archive}: {member} has SHA-256 {got}, expected {sha256.lower()}")
     write_atomic(target, data)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Duplicates: a text that is in two splits is a test question seen in training
+#
+# The UCI collection repeats texts ("Sorry, I'll call later" 30 times): 5,574 messages, 5,131 distinct
+# after normalisation. Split as they come, copies land on both sides of a split, and test accuracy
+# measures memory as well as classification.
+
+
+def normalise_text(text: str) -> str:
+    """The form in which two texts count as the same message: case-folded, every run of characters
+    that are not letters or digits (`str.isalnum`: punctuation, symbols, whitespace) made one space,
+    stripped. "Sorry, I'll call later" and "sorry i'll call later..." both become "sorry i ll call
+    later"; digits stay, so spam that differs in its phone number stays two texts. A text with no
+    letter or digit (":)", ":-) :-)") is instead its own whitespace-collapsed self, so that different
+    emoticons stay different texts."""
+    words = "".join(ch if ch.isalnum() else " " for ch in text.casefold()).split()
+    return " ".join(words) if words else " ".join(text.split())
+
+
+@dataclass
+class Duplicates:
+    """What `dedupe` removed, by reason (each example is counted under one reason)."""
+
+    repeated: int = 0  # later copies of a text whose copies agree on the label (the first is kept)
+    conflicting: int = 0  # every copy of a text whose copies carry different labels
+    conflicting_texts: int = 0  # the distinct texts among those
+    held_out: int = 0  # examples whose text is in a held-out set (a given validation or test file)
+
+    @property
+    def removed(self) -> int:
+        return self.repeated + self.conflicting + self.held_out
+
+
+def dedupe(data: Examples, held_out: Sequence[Examples] = ()) -> tuple[Examples, Duplicates]:
+    """`data` with one example per normalised text (`normalise_text`), in file order, and the counts
+    of what went.
+
+    The first copy of a text is kept. When the copies of a text carry different labels, all of them
+    go: which label is right cannot be told from the file, and keeping the first would make file order
+    decide. Examples whose text occurs in a `held_out` set (a validation or test file given beside
+    the training data) go too, so that no held-out text is trained on.
+    """
+    keys = [normalise_text(t) for t in data.texts]
+    labels_of: dict[str, set[str]] = {}
+    for key, label in zip(keys, data.labels):
+        labels_of.setdefault(key, set()).add(label)
+    banned = {normalise_text(t) for part in held_out for t in part.texts}
+    stats = Duplicates(conflicting_texts=sum(len(v) > 1 for k, v in labels_of.items() if k not in banned))
+    keep, seen = [], set()
+    for i, key in enumerate(keys):
+        if key in banned:
+            stats.held_out += 1
+        elif len(labels_of[key]) > 1:
+            stats.conflicting += 1
+        elif key in seen:
+            stats.repeated += 1
+        else:
+            seen.add(key)
+            keep.append(i)
+    return data.subset(keep), stats
+
+
+def overlap(train: Examples, other: Examples) -> int:
+    """How many examples of `other` have a normalised text that also occurs in `train`."""
+    known = {normalise_text(t) for t in train.texts}
+    return sum(normalise_text(t) in known for t in other.texts)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import math
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import check_overwrite, json_lines, read_text, write_json
-from scratchllm.data.labelled import load_labelled, stratified_split
+from scratchllm.data.labelled import dedupe, load_labelled, stratified_split
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.metrics import classification_report
@@ -382,12 +383,15 @@ def evaluate_fewshot(model: Any, data: str | os.PathLike[str], shots: int = 0, *
                      seed: int = 0, text_column: str | int | None = None, label_column: str | int | None = None,
                      labels: Sequence[str] | None = None, limit: int | None = None,
                      template: str = DEFAULT_TEMPLATE, train_fraction: float = 0.7,
-                     train_data: str | os.PathLike[str] | None = None, device: str | None = "auto",
-                     dtype: str | None = None, progress: bool = False) -> dict[str, Any]:
+                     train_data: str | os.PathLike[str] | None = None, keep_duplicates: bool = False,
+                     device: str | None = "auto", dtype: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Classify the test split of `data` by prompting with `shots` labelled examples.
 
     The file is split per class into train (train_fraction) and test, seeded; with `train_data`
-    the whole of `data` is the test set and shots come from `train_data`. For each test example,
+    the whole of `data` is the test set and shots come from `train_data`. As in `finetune classify`,
+    repeated texts go first (`data.labelled.dedupe`: one example per normalised text, copies with
+    conflicting labels all dropped), so that no query is also a shot; with `train_data`, the pool loses
+    the texts that are in `data`. `keep_duplicates` keeps everything as read. For each test example,
     `shots` examples are drawn without replacement from train, each rendered with `template` and
     its label, joined by a blank line, and the query (template without label) follows. Every
     candidate " label" is scored by its summed log-likelihood (one batched forward pass per
@@ -401,13 +405,21 @@ def evaluate_fewshot(model: Any, data: str | os.PathLike[str], shots: int = 0, *
     if limit is not None and limit < 1:
         raise ScratchLLMError(f"limit {limit}: expected at least 1")
     examples = _labelled(data, text_column, label_column)
-    rows = list(zip(examples.texts, examples.labels))
+    duplicates: dict[str, Any] = {"kept": keep_duplicates}
     if train_data is not None:
         train = _labelled(train_data, text_column, label_column)
+        if not keep_duplicates:
+            train, stats = dedupe(train, [examples])
+            duplicates.update(asdict(stats), removed=stats.removed)
+        rows = list(zip(examples.texts, examples.labels))
         train_rows, test_rows, split = list(zip(train.texts, train.labels)), rows, "train_data"
     else:
         if not 0.0 < train_fraction < 1.0:
             raise ScratchLLMError(f"train_fraction {train_fraction}: expected a number in (0, 1)")
+        if not keep_duplicates:
+            examples, stats = dedupe(examples)
+            duplicates.update(asdict(stats), removed=stats.removed)
+        rows = list(zip(examples.texts, examples.labels))
         train, test = stratified_split(examples, (train_fraction, 1 - train_fraction), seed)
         train_rows, test_rows = list(zip(train.texts, train.labels)), list(zip(test.texts, test.labels))
         split = f"stratified {train_fraction:g}/{1 - train_fraction:g} (seed {seed})"
@@ -478,6 +490,7 @@ def evaluate_fewshot(model: Any, data: str | os.PathLike[str], shots: int = 0, *
         "shots": shots,
         "seed": seed,
         "split": split,
+        "duplicates": duplicates,  # removed before splitting (or from the train_data pool)
         "train_examples": len(train_rows),
         "labels": labels,
         "candidates": candidates,
@@ -565,7 +578,8 @@ def format_report(report: dict[str, Any]) -> str:
                  ("accuracy", f"{report['accuracy']:.4f}  ({report['correct']}/{report['n']})"),
                  ("macro F1", f"{report['macro']['f1']:.4f}"),
                  ("majority baseline", f"{report['majority_accuracy']:.4f}  ({report['majority_label']})"),
-                 ("truncated prompts", str(report["truncated"]))]
+                 ("truncated prompts", str(report["truncated"])),
+                 ("duplicates removed", "none (kept)" if report["duplicates"]["kept"] else str(report["duplicates"]["removed"]))]
     elif task == "choice":
         lines = [("examples", f"{report['n']:,}"), ("acc", f"{report['acc']:.4f}"),
                  ("acc_norm (chars)", f"{report['acc_norm']:.4f}"),

@@ -1,8 +1,9 @@
 """Classification fine-tuning (`scratchllm finetune classify`): a pretrained GPT becomes a text classifier.
 
-    labelled file -> load_labelled -> balance (undersample) -> stratified split 70/10/20
-    -> encode (truncate to the context) -> Classifier (GPT body + head on the last real token)
-    -> ClassificationTask on the shared loop -> test report (accuracy, per-class F1, confusion matrix)
+    labelled file -> load_labelled -> drop duplicate texts -> balance (undersample)
+    -> stratified split 70/10/20 -> encode (truncate to the context)
+    -> Classifier (GPT body + head on the last real token) -> ClassificationTask on the shared loop,
+       stopped early on validation loss -> test report (accuracy, per-class F1, confusion matrix)
 
 The model is models/classifier.py, the data data/labelled.py and the report evaluation/metrics.py;
 here: `ClassificationTask` (the task interface of the loop), `ClassifyConfig` (every option, which
@@ -18,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,11 @@ from torch import nn
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.checkpoint.model_dir import HEAD_FILE, read_model_config
-from scratchllm.core.console import log
+from scratchllm.core.console import log, warn
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import write_json
-from scratchllm.data.labelled import Examples, check_labels, class_weights, load_labelled, load_sms_spam, stratified_split, undersample
+from scratchllm.data.labelled import (Examples, check_labels, class_weights, dedupe, load_labelled, load_sms_spam,
+                                      normalise_text, overlap, stratified_split, undersample)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
@@ -38,6 +40,18 @@ from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
 
 METRICS_FILE = "metrics.json"
+
+# The book's learning rate for GPT-2 small (Raschka 2024, ch. 6), and that model's width.
+BOOK_LR, BOOK_WIDTH = 5e-5, 768
+
+
+def default_lr(width: int) -> float:
+    """5e-5 x 768 / width: the book's rate at GPT-2's width, inversely proportional to the width
+    elsewhere. With Adam every weight moves by about lr per step, so a layer's output moves by about
+    lr x fan-in; keeping that constant across widths is muP's rule for hidden matrices (Yang et al.
+    2022, "Tensor Programs V"). At 128 wide this gives 3e-4 (docs/LOG.md has the measurements)."""
+    return BOOK_LR * BOOK_WIDTH / width
+
 
 
 @torch.no_grad()
@@ -63,8 +77,8 @@ class ClassificationTask(Task):
     the epoch's), and each evaluation appends a row to `history` for the per-epoch report and plots.
     """
 
-    best_metric = "val_accuracy"
-    higher_is_better = True
+    best_metric = "val_loss"  # smoother than accuracy on a few hundred texts: early stopping reads it
+    higher_is_better = False
 
     def __init__(self, train_ids: list[list[int]], train_targets: list[int], val_ids: list[list[int]],
                  val_targets: list[int], batch_size: int, pad_id: int, device: Any = "cpu", seed: int = 123,
@@ -149,7 +163,23 @@ class ClassificationTask(Task):
 # The recipe: `scratchllm finetune classify`
 
 
-def prepare_splits(cfg: ClassifyConfig) -> tuple[Examples, Examples, Examples]:
+class Splits(NamedTuple):
+    """The three parts `finetune classify` uses, and what removing duplicates did (for metrics.json)."""
+
+    train: Examples
+    val: Examples
+    test: Examples
+    duplicates: dict[str, Any]
+
+
+def prepare_splits(cfg: ClassifyConfig) -> Splits:
+    """Read the data, drop duplicate texts (unless keep_duplicates), balance, split 70/10/20.
+
+    Duplicates go before balancing and splitting, so that no text is on two sides of the split: one
+    example per normalised text (data/labelled.py `dedupe`; copies that disagree on the label are all
+    dropped), and no training example whose text is in a given --val/--test file. The overlap of the
+    final splits with train is counted either way (0 unless duplicates were kept).
+    """
     def read(path: str) -> Examples:
         return load_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header)
 
@@ -159,7 +189,20 @@ def prepare_splits(cfg: ClassifyConfig) -> tuple[Examples, Examples, Examples]:
         data = read(cfg.data)
     val = read(cfg.val) if cfg.val else None
     test = read(cfg.test) if cfg.test else None
-    check_labels(data, [x for x in (val, test) if x is not None])  # one class, or unseen labels: fail early
+    given = [x for x in (val, test) if x is not None]
+    check_labels(data, given)  # one class, or unseen labels: fail early
+    duplicates: dict[str, Any] = {"kept": cfg.keep_duplicates, "examples": len(data)}
+    if cfg.keep_duplicates:
+        duplicates["repeats"] = len(data) - len({normalise_text(t) for t in data.texts})
+        log(f"duplicates: kept (--keep-duplicates); {duplicates['repeats']} of {len(data)} examples repeat an "
+            "earlier text (compared case-folded on letters and digits)")
+    else:
+        data, stats = dedupe(data, given)
+        duplicates.update(asdict(stats), removed=stats.removed)
+        held = f", {stats.held_out} whose text is in --val/--test" if given else ""
+        log(f"duplicates: removed {stats.removed} of {duplicates['examples']} examples ({stats.repeated} repeats of "
+            f"an earlier text, compared case-folded on letters and digits; {stats.conflicting} copies of "
+            f"{stats.conflicting_texts} texts with conflicting labels{held}); {len(data)} left (--keep-duplicates keeps them)")
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if cfg.balance == "undersample" and len(set(data.counts().values())) > 1:
         before = data.counts()
@@ -176,16 +219,25 @@ def prepare_splits(cfg: ClassifyConfig) -> tuple[Examples, Examples, Examples]:
             raise ScratchLLMError(
                 f"{data.source}: the {name} split is empty ({len(data)} examples); give more data or --{'val' if name == 'validation' else 'test'} FILE"
             )
-    return train, val, test
+    duplicates["overlap"] = {"validation_in_train": overlap(train, val), "test_in_train": overlap(train, test),
+                             "test_in_validation": overlap(val, test)}
+    if any(duplicates["overlap"].values()):
+        o = duplicates["overlap"]
+        warn(f"texts on two sides of the split (normalised): {o['validation_in_train']} of {len(val)} validation "
+             f"and {o['test_in_train']} of {len(test)} test texts are in train, {o['test_in_validation']} test texts "
+             "in validation")
+    return Splits(train, val, test, duplicates)
 
 
 def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     """Fine-tune a pretrained GPT as a classifier; returns (and writes to OUT/metrics.json) the report.
 
-    Loads and balances the data, splits it, loads the model, swaps in a classification head, trains
-    with the shared loop (evaluating once per epoch; OUT/best/ keeps the best validation
-    accuracy, OUT/final/ the last model), then reports test accuracy, per-class precision, recall and
-    F1 and the confusion matrix of the final model, and plots loss and accuracy per epoch.
+    Loads the data, drops duplicate texts, balances and splits it, loads the model, swaps in a
+    classification head, trains with the shared loop (evaluating once per epoch; OUT/best/ keeps the
+    lowest validation loss; with patience the run stops after that many epochs without a lower one and
+    OUT/final/ gets best/'s weights, else OUT/final/ is the last model), then reports test accuracy,
+    per-class precision, recall and F1 and the confusion matrix of final/, and plots loss and accuracy
+    per epoch.
     """
     if not cfg.epochs > 0:
         raise ScratchLLMError(f"epochs {cfg.epochs!r}: expected a number > 0")
@@ -193,9 +245,13 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         raise ScratchLLMError(f"batch_size {cfg.batch_size!r}: expected an integer >= 1")
     if cfg.max_length is not None and cfg.max_length < 1:
         raise ScratchLLMError(f"max_length {cfg.max_length!r}: expected an integer >= 1")
+    if cfg.patience < 0:
+        raise ScratchLLMError(f"patience {cfg.patience!r}: expected an integer >= 0 (0: no early stopping)")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ScratchLLMError(f"lr {cfg.lr!r}: expected a number > 0")
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    train, val, test = prepare_splits(cfg)
+    train, val, test, duplicates = prepare_splits(cfg)
     labels = check_labels(train, [val, test])
     log(f"data: {len(train)} train {train.counts()}, {len(val)} validation {val.counts()}, "
          f"{len(test)} test {test.counts()}; labels {labels}")
@@ -206,6 +262,9 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
         _set_dropout(body, cfg.dropout)
     if cfg.lm_weight and not getattr(body.config, "causal", True):
         raise ScratchLLMError(f"lm_weight {cfg.lm_weight}: {cfg.model} is a bidirectional encoder; it has no next-token loss")
+    width = body.config.emb_dim
+    lr = cfg.lr if cfg.lr is not None else default_lr(width)
+    log(f"lr: {lr:.3g}" + (" (--lr)" if cfg.lr is not None else f" = {BOOK_LR:g} x {BOOK_WIDTH} / width {width} (--lr sets it)"))
     torch.manual_seed(cfg.seed)  # the head's initial weights (and LoRA's A matrices)
     context = body.config.context_length
     max_length = min(cfg.max_length or context, context)
@@ -227,44 +286,55 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     spe = task.steps_per_epoch
     max_steps = max(1, round(cfg.epochs * spe))
     train_cfg = TrainConfig(
-        max_steps=max_steps, max_time=cfg.max_time, batch_size=cfg.batch_size, lr=cfg.lr,
-        min_lr=cfg.lr if cfg.min_lr is None else cfg.min_lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_every=spe, eval_batches=0,
+        max_steps=max_steps, max_time=cfg.max_time, batch_size=cfg.batch_size, lr=lr,
+        min_lr=lr if cfg.min_lr is None else cfg.min_lr, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_every=spe, eval_batches=0, patience=cfg.patience,
         log_every=max(1, spe // 4), save_every=spe, keep_last=1, seed=cfg.seed, device=cfg.device,
         dtype=cfg.dtype, progress=cfg.progress, context_length=max_length,
     )
-    log(f"schedule: {cfg.epochs:g} epochs x {spe} steps of {cfg.batch_size} texts = {max_steps} steps")
+    stop = f", stopping after {cfg.patience} without a lower validation loss" if cfg.patience else ""
+    log(f"schedule: at most {cfg.epochs:g} epochs x {spe} steps of {cfg.batch_size} texts = {max_steps} steps{stop}")
     extra = {"classification": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")},
-                                "labels": labels, "max_length": max_length, "steps_per_epoch": spe,
-                                "counts": {"train": train.counts(), "validation": val.counts(), "test": test.counts()}}}
+                                "lr": lr, "labels": labels, "max_length": max_length, "steps_per_epoch": spe,
+                                "counts": {"train": train.counts(), "validation": val.counts(), "test": test.counts()},
+                                "duplicates": duplicates}}
     summary = fit(model, task, train_cfg, out, resume=cfg.resume, tokenizer=tokenizer, extra_config=extra)
     train_time = time.perf_counter() - t_start
 
     test_loss, test_metrics = evaluate_split(model, *encoded["test"], cfg.eval_batch_size, weight)
-    # The final model is what `classify --model OUT` loads; best/ (highest validation accuracy, the
-    # earliest on ties) is the early-stopping alternative, reported beside it.
+    # The final model is what `classify --model OUT` loads. best/ (lowest validation loss, the earliest
+    # on ties) is reported beside it; with patience, final/ holds best/'s weights.
     best_report = None
     if (out / "best" / HEAD_FILE).is_file():
-        best, _ = load(out / "best", device=device, kind="classifier")
         info = read_model_config(out / "best").get("training", {})
-        best_loss, best_metrics = evaluate_split(best, *encoded["test"], cfg.eval_batch_size, weight)
-        best_report = {"epoch": info.get("epoch"), "val_accuracy": info.get("val_accuracy"),
-                       "test_loss": best_loss, "test_accuracy": best_metrics["accuracy"]}
-        del best
+        best_report = {"epoch": info.get("epoch"), "val_loss": info.get("val_loss"),
+                       "val_accuracy": info.get("val_accuracy"), "test_loss": test_loss,
+                       "test_accuracy": test_metrics["accuracy"]}
+        if summary["restored_best"] is None:
+            best, _ = load(out / "best", device=device, kind="classifier")
+            best_loss, best_metrics = evaluate_split(best, *encoded["test"], cfg.eval_batch_size, weight)
+            best_report.update(test_loss=best_loss, test_accuracy=best_metrics["accuracy"])
+            del best
+    restored = summary["restored_best"]
+    finished = summary["stopped"] in ("max_steps", "max_time", "patience")
+    final_epoch = restored.get("epoch") if restored else (task.history[-1]["epoch"] if finished and task.history else None)
     report = {
         "model": cfg.model,
         "data": cfg.data or "sms-spam",
         "labels": labels,
         "counts": {"train": train.counts(), "validation": val.counts(), "test": test.counts()},
+        "duplicates": duplicates,  # what was removed before splitting, and the splits' overlap with train
+        "lr": lr,
         "trainable": cfg.trainable,
         "trainable_parameters": n_train,
         "parameters": n_total,
         "epochs": task.history,  # per evaluation: epoch, train/val loss and accuracy
         "test_loss": test_loss,
         "test": test_metrics,
-        "best": best_report,  # the best/ checkpoint's epoch, validation and test accuracy
+        "best": best_report,  # the best/ checkpoint's epoch, validation loss and accuracy, test accuracy
+        "final_epoch": final_epoch,  # the epoch whose weights final/ holds (None: stopped by a signal, no final/)
         "steps": summary["steps"],
-        "stopped": summary["stopped"],
+        "stopped": summary["stopped"],  # max_steps (all epochs), patience (early), max_time or a signal
         "time_s": round(train_time, 1),
         "run_dir": str(out),
     }

@@ -104,14 +104,22 @@ class ClassifyConfig:
     """test file (default: carved out of data)"""
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """train, validation, test fractions of data (stratified, seeded)"""
+    keep_duplicates: bool = False
+    """keep repeated texts (default: one example per text, compared case-folded on letters and digits,
+    before balancing and splitting, so that no text is in two splits; copies with conflicting labels
+    are all dropped, and so are training texts that are in --val/--test)"""
     balance: Literal["undersample", "weights", "none"] = "undersample"
     """undersample every class to the smallest (the book), or weight the loss by inverse class frequency"""
     epochs: float = 5.0
-    """passes over the training split"""
+    """passes over the training split (at most: see patience)"""
+    patience: int = 2
+    """stop after this many epochs without a lower validation loss; final/ then gets the weights of the
+    epoch with the lowest (0: train every epoch, final/ is the last)"""
     batch_size: int = 8
     """texts per step"""
-    lr: float = 5e-5
-    """AdamW learning rate"""
+    lr: float | None = None
+    """AdamW learning rate (default: 5e-5 x 768 / the model's width: the book's 5e-5 for GPT-2's 768,
+    3e-4 for a 128-wide model)"""
     min_lr: float | None = None
     """cosine-decay the learning rate to this (default: constant, as in the book)"""
     warmup_steps: int = 0

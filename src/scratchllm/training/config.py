@@ -64,6 +64,9 @@ class TrainConfig:
     """evaluate every N steps (0: only at the end)"""
     eval_batches: int = 20
     """validation batches per evaluation (0: the whole split)"""
+    patience: int = 0
+    """early stopping: stop after this many evaluations in a row without a better validation metric, and
+    give final/ the best evaluation's weights (RUNDIR/best/); 0: train to max_steps, final/ is the last"""
     log_every: int = 10
     """log every N steps"""
     save_every: int = 500
@@ -96,7 +99,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ScratchLLMError(f"train config field {name!r} must be >= 1, got {getattr(self, name)!r}")
-        non_negative = ("warmup_steps", "eval_every", "eval_batches", "save_every", "sample_every",
+        non_negative = ("warmup_steps", "eval_every", "eval_batches", "patience", "save_every", "sample_every",
                         "weight_decay", "grad_clip", "min_lr")
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -114,6 +117,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
+        if self.patience and not self.eval_every:
+            raise ScratchLLMError("train config: patience counts evaluations; it needs eval_every > 0")
+        if self.patience and self.fsdp:
+            raise ScratchLLMError("train config: patience puts best/'s weights back, which FSDP runs cannot yet; use DDP")
         if self.schedule == "time" and self.max_time is None:
             raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
         if not self.muon_lr > 0:

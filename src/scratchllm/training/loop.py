@@ -6,7 +6,7 @@
     Parallel       where the model runs: one process, DDP or FSDP2 under torchrun, compiled (parallel.py)
     RunDir         the run directory: checkpoints, metrics.jsonl, loss.png, run_config.json (run_dir.py)
     train_step     one optimizer step: grad_accum micro-batches, the all-reduced loss, clipping, AdamW
-    Validator      evaluation every eval_every steps, the best metric, RUNDIR/best/
+    Validator      evaluation every eval_every steps, the best metric, RUNDIR/best/, early stopping
     Checkpointer   step checkpoints every save_every steps (model directory + trainer.pt), exact resume
     Logger         a line and a metrics.jsonl row every log_every steps, tokens/s and MFU
     Sampler        text samples every sample_every steps
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scratchllm.checkpoint.model_dir import load_weights, save_model
+from scratchllm.checkpoint.model_dir import CONFIG_FILE, load_weights, read_model_config, save_model
 from scratchllm.core.console import log
 from scratchllm.core.device import DistInfo, autocast_dtype, init_distributed, peak_flops
 from scratchllm.errors import ScratchLLMError
@@ -102,6 +102,7 @@ class Progress:
     step: int = 0
     tokens: int = 0
     best: float | None = None
+    since_best: int = 0  # evaluations since the best one (early stopping counts these)
     elapsed_before: float = 0.0  # seconds of training in earlier processes (max_time counts them)
     resumed: bool = False
 
@@ -190,6 +191,7 @@ class Checkpointer:
         if run.main:
             trainer = {
                 "format": 1, "step": progress.step, "tokens": progress.tokens, "best": progress.best,
+                "since_best": progress.since_best,
                 "elapsed_s": elapsed, "world_size": self.env.world_size, "optimizer": optim_state, "ranks": ranks,
                 "train_config": self.cfg.to_dict(),
             }
@@ -209,11 +211,14 @@ class Checkpointer:
         self.saver.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
         self.task.load_state_dict(state["ranks"][self.env.rank]["task"])
         self.saved_at = state["step"]
-        return Progress(state["step"], state["tokens"], state["best"], state.get("elapsed_s", 0.0), resumed=True)
+        return Progress(state["step"], state["tokens"], state["best"], state.get("since_best", 0),
+                        state.get("elapsed_s", 0.0), resumed=True)
 
 
 class Validator:
-    """Evaluates every `eval_every` steps; keeps RUNDIR/best/ at the best `task.best_metric`."""
+    """Evaluates every `eval_every` steps; keeps RUNDIR/best/ at the best `task.best_metric`. With
+    `patience` it stops the run after that many evaluations without a new best (early stopping,
+    Prechelt 1998) and puts the best weights back before final/ is written."""
 
     def __init__(self, task: Task, saver: Saver, context: Context, cfg: TrainConfig, show):
         self.task, self.saver, self.context, self.cfg, self.show = task, saver, context, cfg, show
@@ -230,14 +235,34 @@ class Validator:
             progress.best is None or (result[name] > progress.best if higher else result[name] < progress.best)
         )
         if improved:
-            progress.best = result[name]
+            progress.best, progress.since_best = result[name], 0
             if progress.step > 0:
                 self.saver.model_dir("best", {"step": progress.step, "tokens": progress.tokens, **result})
+        elif name in result:
+            progress.since_best += 1
         if result:
             shown = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
             self.show(f"step {progress.step:>6} | {shown}{' (best)' if improved else ''}")
         self.evaluated_at, self.last = progress.step, result
         return result
+
+    def should_stop(self, progress: Progress) -> bool:
+        return self.cfg.patience > 0 and progress.since_best >= self.cfg.patience
+
+    def restore_best(self, env: DistInfo) -> dict[str, Any] | None:
+        """Copy RUNDIR/best/'s weights into the model; returns its training info (step, metrics), or
+        None when there is no best/ (the best evaluation was the one before training)."""
+        best = self.saver.run.path / "best"
+        if env.world_size > 1:
+            torch.distributed.barrier()  # rank 0 wrote best/
+        if not (best / CONFIG_FILE).is_file():
+            self.show("early stopping: no best/ (no evaluation after step 0 improved); final/ keeps the last weights")
+            return None
+        load_weights(self.saver.parallel.raw, best)
+        info = read_model_config(best).get("training", {})
+        self.show(f"early stopping: final/ gets the weights of step {info.get('step')} "
+                  f"({self.task.best_metric} {info.get(self.task.best_metric, float('nan')):.4f})")
+        return info
 
 
 class Sampler:
@@ -409,6 +434,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     start_step = progress.step
     stopped = "max_steps"
     last_loss = None
+    restored = None  # with patience: the training info of the best/ weights put back before final/
     try:
         with Stop() as stop:
             if not progress.resumed and cfg.eval_every > 0:
@@ -455,16 +481,22 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
                 if result.time_votes > 0 and progress.step < cfg.max_steps:
                     stopped = "max_time"
                     break
+                if validator.should_stop(progress) and progress.step < cfg.max_steps:
+                    stopped = "patience"
+                    break
             logger.bar.close()
-            finished = stopped in ("max_steps", "max_time")
+            finished = stopped in ("max_steps", "max_time", "patience")
             if finished and validator.evaluated_at != progress.step:
                 if result := validator.validate(progress):
                     run.append_metrics({"step": progress.step, "tokens": progress.tokens, **result})
             run.plot()
             if checkpointer.saved_at != progress.step and (progress.step > start_step or not progress.resumed):
                 checkpointer.save(progress, elapsed())
+            if finished and cfg.patience > 0:
+                restored = validator.restore_best(env)
             if finished:
-                saver.model_dir("final", {"step": progress.step, "tokens": progress.tokens, **validator.last})
+                info = {"step": progress.step, "tokens": progress.tokens, **validator.last}
+                saver.model_dir("final", info if restored is None else {**info, **restored, "stopped_at_step": progress.step})
                 if cfg.sample_every > 0 and progress.step % cfg.sample_every != 0:
                     sampler.sample(progress.step)
     finally:
@@ -480,6 +512,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
         "eval": validator.last,
         "best_metric": task.best_metric,
         "best": progress.best,
+        "restored_best": restored,
         "stopped": stopped,
         "exit_code": 128 + int(getattr(signal, stopped)) if stopped.startswith("SIG") else 0,
         "train_time_s": round(train_time, 3),
