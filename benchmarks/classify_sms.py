@@ -20,7 +20,7 @@ measured with what can be made here, within `--minutes` of wall time in total:
    texts are ham**: no label is read, but the pretraining stream holds far more ham than spam, which
    the reader should weigh. `--sms-texts train` keeps the training texts only.
 2. Train a byte-level BPE tokenizer on tinyshakespeare + those texts.
-3. Pretrain a small GPT (next-token prediction, bf16 autocast by default) on tinyshakespeare + those
+3. Pretrain a small GPT (next-token prediction, bf16 autocast by default where the CPU has native bf16, else float32) on tinyshakespeare + those
    texts (each message a document ended by <|endoftext|>, repeated `--sms-repeat` times: ~60% of
    the stream), for what the budget leaves after a reserve for fine-tuning.
 4. Fine-tune it `--ft-seeds` times with `finetune_classifier` (all weights, lr 1e-3, last-real-token
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from scratchllm.checkpoint import save_model
-from scratchllm.core.device import resolve_device
+from scratchllm.core.device import cpu_has_native_bf16, resolve_device
 from scratchllm.data.labelled import load_labelled, normalise_text
 from scratchllm.evaluation.metrics import classification_report, format_classification
 from scratchllm.recipes.classify import finetune_classifier, format_history, prepare_splits
@@ -149,8 +149,9 @@ def main() -> None:
                     help="unlabelled SMS texts for pretraining: the training split's, or every message not in validation or test")
     ap.add_argument("--sms-repeat", type=int, default=4,
                     help="passes over the SMS texts in the pretraining stream (~60%% of it; 16 with --sms-texts train)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
-                    help="pretraining and fine-tuning: float32, or bf16 autocast (CPUs with AVX512-BF16/AMX)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16" if cpu_has_native_bf16() else "float32",
+                    help="pretraining and fine-tuning: float32, or bf16 autocast (the default only on CPUs with "
+                         "AVX512-BF16/AMX; elsewhere bf16 is emulated, many times slower)")
     ap.add_argument("--split", type=float, nargs=3, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST"),
                     help="fractions of the deduplicated, balanced collection; validation as large as test, since choices are made on it")
     ap.add_argument("--ft-epochs", type=float, default=8, help="at most; --ft-patience stops earlier")
