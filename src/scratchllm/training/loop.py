@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from scratchllm.checkpoint.model_dir import load_weights, save_model
-from scratchllm.core.device import DistInfo, autocast_dtype, init_distributed, peak_flops
+from scratchllm.core.device import DistInfo, autocast_dtype, init_distributed, join_single_process_group, peak_flops
 from scratchllm.core.files import write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.training.config import TrainConfig, derive_grad_accum
@@ -501,9 +501,11 @@ def _shard(raw: nn.Module, wrapper: nn.Module, env: DistInfo, device: torch.devi
     Returns (sharded root, full-precision copy on rank 0 for writing checkpoints). Each block's
     parameters are all-gathered just before its forward and freed after (ZeRO-3, Rajbhandari et al.
     2020); gradients are reduce-scattered so each process keeps the optimizer state of its shard.
+    A single process (plain `scratchllm pretrain --fsdp`, or torchrun --nproc_per_node=1) becomes a
+    group of one and runs the same code, so a configuration can be checked on one GPU first.
     """
-    if env.world_size < 2:
-        raise ScratchLLMError("fsdp: needs several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
+    if env.world_size == 1:
+        join_single_process_group(device)
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError:
