@@ -374,6 +374,36 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ve
     assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
 
 
+def test_fsdp_in_one_process_matches_one_process_without_it(tmp_path, verdict, tok_file, one_process):
+    """torchrun --nproc_per_node=1 --fsdp: a process group of one, each "shard" the whole tensor;
+    the losses and the saved weights are those of the plain run."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "scratchllm",
+              "pretrain", "--data", str(verdict), "--tokenizer", str(tok_file), *DIST_ARGS, "--batch-size", "4",
+              "--out", str(tmp_path / "fsdp1"), "--fsdp"]
+    done = subprocess.run(launch, env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _losses(one_process), _losses(tmp_path / "fsdp1")
+    assert sorted(b) == list(range(1, 9)) and max(abs(a[s] - b[s]) for s in a) < 1e-4
+    config = json.loads((tmp_path / "fsdp1/run_config.json").read_text())
+    assert config["derived"]["world_size"] == 1 and config["train"]["fsdp"] is True
+    from scratchllm.checkpoint import load
+
+    model, _ = load(tmp_path / "fsdp1")
+    ref, _ = load(one_process)
+    assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_cuda_fsdp_in_one_process_trains(tmp_path, verdict, tok_file):
+    """The issue's case: a user checks an --fsdp configuration on one GPU (nccl, a group of one)."""
+    args = [a if a != "cpu" else "cuda" for a in DIST_ARGS]
+    done = subprocess.run(_cli("--data", str(verdict), "--tokenizer", str(tok_file), *args, "--batch-size", "4",
+                               "--out", str(tmp_path / "run"), "--fsdp"), env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1] - 0.5
+
+
 def test_demo_runs_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
     from scratchllm.checkpoint import load
     from scratchllm.recipes.demo import demo

@@ -176,6 +176,13 @@ def acquire_decoder(model: GPT, batch_size: int, max_len: int, graph: bool = Tru
     return decoder
 
 
+def kept_decoder(model: GPT) -> StaticDecoder | None:
+    """The decoder kept for `model` from its latest static generation, if any."""
+    with _LOCK:
+        kept = _KEPT.get(model)
+    return kept[1] if kept is not None else None
+
+
 def release_decoder(decoder: StaticDecoder | None) -> None:
     """Let a later generation reuse `decoder`."""
     if decoder is not None:
