@@ -394,11 +394,20 @@ def test_fsdp_in_one_process_matches_one_process_without_it(tmp_path, verdict, t
 
 
 @pytest.mark.cuda
-def test_cuda_fsdp_in_one_process_trains(tmp_path, verdict, tok_file):
-    """The issue's case: a user checks an --fsdp configuration on one GPU (nccl, a group of one)."""
+def test_cuda_fsdp_in_one_process_trains(tmp_path):
+    """The issue's case: a user checks an --fsdp configuration on one GPU (nccl, a group of one).
+    The text is Python's own documentation (as the demo's), so no data folder is needed."""
+    from pydoc_data.topics import topics
+
+    from scratchllm.tokenizer import Tokenizer
+
+    text = "\n\n".join(topics.values())[:200_000]
+    (tmp_path / "docs.txt").write_text(text, encoding="utf-8")
+    Tokenizer.train([text], 384).save(tmp_path / "tok.json")
     args = [a if a != "cpu" else "cuda" for a in DIST_ARGS]
-    done = subprocess.run(_cli("--data", str(verdict), "--tokenizer", str(tok_file), *args, "--batch-size", "4",
-                               "--out", str(tmp_path / "run"), "--fsdp"), env=ENV, capture_output=True, text=True, check=False)
+    done = subprocess.run(_cli("--data", str(tmp_path / "docs.txt"), "--tokenizer", str(tmp_path / "tok.json"), *args,
+                               "--batch-size", "4", "--out", str(tmp_path / "run"), "--fsdp"),
+                          env=ENV, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1] - 0.5

@@ -161,8 +161,8 @@ def _fingerprint(model: GPT) -> tuple:
 
 def acquire_decoder(model: GPT, batch_size: int, max_len: int, graph: bool = True) -> StaticDecoder:
     """A StaticDecoder for `model` with these dimensions: the one kept from an earlier generation
-    when it fits and no other decode loop is using it, else a new one (then kept). Pair with
-    `release_decoder`."""
+    when it fits and no other decode loop is using it, else a new one (then kept, if small). Pair
+    with `release_decoder`."""
     key = (batch_size, max_len, graph, _fingerprint(model))
     with _LOCK:
         kept = _KEPT.get(model)
@@ -170,10 +170,21 @@ def acquire_decoder(model: GPT, batch_size: int, max_len: int, graph: bool = Tru
             decoder = kept[1]
         else:
             decoder = StaticDecoder(model, batch_size, max_len, graph)
-            if kept is None or id(kept[1]) not in _BUSY:
+            if (kept is None or id(kept[1]) not in _BUSY) and _small(decoder):
                 _KEPT[model] = (key, decoder)  # one per model: the newest, unless the old one is in use
         _BUSY.add(id(decoder))
     return decoder
+
+
+def _small(decoder: StaticDecoder) -> bool:
+    """Whether keeping `decoder` after its generation costs little: on a GPU, a cache of at most
+    1/32 of the device's memory (GPT-2 small's for 8 rows of 1,024 positions in bf16 is 300 MB, a
+    Llama-2-7B's for one row of 4,096 positions 2 GB); a larger one is freed with its generation."""
+    device = decoder.idx.device
+    if device.type != "cuda":
+        return True
+    nbytes = sum(t.numel() * t.element_size() for t in (*decoder.cache.keys, *decoder.cache.values))
+    return nbytes <= torch.cuda.get_device_properties(device).total_memory // 32
 
 
 def kept_decoder(model: GPT) -> StaticDecoder | None:
