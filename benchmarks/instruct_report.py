@@ -87,15 +87,16 @@ def stage_pretrain(work: Path, steps: int) -> dict:
 
 
 def stage_finetune(work: Path, name: str, epochs: int, max_new_tokens: int) -> dict:
+    from scratchllm.recipes.config import InstructConfig
     from scratchllm.recipes.instruct import finetune_instruct
 
     lora = name == "lora"
     t = time.perf_counter()
-    summary = finetune_instruct(
-        str(work / "pretrain"), INSTRUCTIONS, work / name, prompt_style="alpaca", epochs=epochs, batch_size=8,
-        lr=1e-3 if lora else 3e-4, lora_rank=8 if lora else None, lora_alpha=16.0, seed=123, device="cpu",
-        dtype="float32", eval_every=58,
-    )
+    summary = finetune_instruct(InstructConfig(
+        model=str(work / "pretrain"), data=str(INSTRUCTIONS), out=str(work / name), prompt_style="alpaca", epochs=epochs,
+        batch_size=8, lr=1e-3 if lora else 3e-4, lora_rank=8 if lora else None, lora_alpha=16.0, seed=123,
+        device="cpu", dtype="float32", eval_every=58,
+    ))
     wall = time.perf_counter() - t
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val_loss" in r]
@@ -115,11 +116,13 @@ def stage_base_score(work: Path, max_new_tokens: int) -> dict:
 
 
 def stage_dpo(work: Path, max_new_tokens: int) -> dict:
+    from scratchllm.recipes.config import DPOConfig
     from scratchllm.recipes.dpo import finetune_dpo
 
     t = time.perf_counter()
-    summary = finetune_dpo(str(work / "full"), PREFERENCES, work / "dpo", beta=0.1, epochs=1, batch_size=8, lr=2e-5,
-                           seed=123, device="cpu", dtype="float32", eval_every=DPO_STEPS // 2, max_steps=DPO_STEPS)
+    summary = finetune_dpo(DPOConfig(model=str(work / "full"), data=str(PREFERENCES), out=str(work / "dpo"), beta=0.1,
+                                     epochs=1, batch_size=8, lr=2e-5, seed=123, device="cpu", dtype="float32",
+                                     eval_every=DPO_STEPS // 2, max_steps=DPO_STEPS))
     keys = ("val_loss", "val_reward_margin", "val_pref_accuracy", "val_logp_accuracy")
     result = {"train_s": summary["train_time_s"], "wall_s": round(time.perf_counter() - t, 1), "steps": summary["steps"],
               "before": {k: summary["eval_before"][k] for k in keys}, "after": {k: summary["eval_after"][k] for k in keys},

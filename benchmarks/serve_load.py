@@ -5,16 +5,23 @@ Run from the repository root:  python -m benchmarks.serve_load [--clients 50] [-
 
 The server runs as a real subprocess (`python -m scratchllm serve`) on a free 127.0.0.1 port, serving
 a tiny random GPT (or --model DIR). First a reference round: one client, requests one after another.
-Then `--rounds` load rounds: `--clients` threads each send `--requests` requests, a third each of
+Then `--rounds` load rounds: `--clients` threads each send `--requests` requests, in turn
   - chat, streamed (time to first token measured),
   - completion, not streamed,
-  - chat, streamed, the client hanging up after two chunks (its slot must come free).
+  - chat, streamed, the client hanging up after two chunks (its slot must come free),
+  - completion, not streamed, the client hanging up after 0.1 s (its slot must come free too),
+  - a malformed or out-of-range request (bad JSON, wrong types, a seed beyond 64 bits, ...): a 4xx
+    in OpenAI's error shape is right, a 500 or another shape is an error,
+  - valid values at the edges of their ranges (temperature 1e-39, top_p 1e-46, seed 2^64 - 1): 200.
 A 503 (queue full) makes the client wait the Retry-After (capped at 0.2 s here) and go on to its
 next request; it is counted, not retried. Reported per round: requests/s, tokens/s, p50/p95 latency,
-p50/p95 time to first token, 503s, and the server's resident memory (VmRSS from /proc/PID/status).
+p50/p95 time to first token, 503s, and the server's resident memory (VmRSS from /proc/PID/status);
+at the end, requests by status, and how many slow clients (headers sent a line at a time) the
+server cut off within its header deadline (`--header-timeout-s`).
 
-Fails (exit 1) on any error other than a 503, on a slot still held after a round, or when the
-server's memory grows by more than --rss-slack-mb from the first load round to the last.
+Fails (exit 1) on any error other than a 503, on a slot still held after a round, on a slow client
+held past the deadline, or when the server's memory grows by more than --rss-slack-mb from the
+first load round to the last.
 """
 
 from __future__ import annotations
@@ -77,10 +84,30 @@ def make_model(directory: Path) -> Path:
     return save_model(model, directory / "tiny", Tokenizer.gpt2(), extra={"prompt_style": "phi3"})
 
 
+# Bodies a hostile-but-fair client sends: each must get a 4xx in OpenAI's error shape, never a 500.
+MALFORMED = [
+    '{"prompt": "x",', "[1, 2]", "{}", '{"prompt": 5}', '{"prompt": "x", "max_tokens": "5"}',
+    '{"prompt": "x", "max_tokens": -3}', '{"prompt": "x", "temperature": 3}', '{"prompt": "x", "temperature": -1e-9}',
+    '{"prompt": "x", "top_p": 0}', '{"prompt": "x", "stream": 1}', '{"prompt": "x", "n": 2}',
+    '{"prompt": "x", "echo": true}', '{"prompt": "x", "stop": ["a", ""]}', '{"prompt": "x", "seed": 18446744073709551616}',
+    '{"prompt": "x", "seed": -9223372036854775809}', '{"prompt": "x", "seed": 1.5}', '{"prompt": "x", "logit_bias": {"1": 5}}',
+    '{"messages": []}', '{"messages": [{"role": "robot", "content": "hi"}]}', '{"messages": [{"role": "user"}]}',
+    '{"prompt": "' + " word" * 300 + '"}', '{"prompt": "x", "top_k": 0}', '\u0000\u0001', '{"prompt": "x", "max_tokens": 1e400}',
+]
+EDGES = [{"temperature": 1e-39}, {"temperature": 1e-300, "top_p": 1e-46}, {"seed": 2**64 - 1, "temperature": 1.0},
+         {"seed": -(2**63)}, {"top_p": 5e-324, "seed": 7}]
+
+
 def request(port: int, kind: str, max_tokens: int, rng: random.Random) -> Result:
     words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "model", "token", "serve"]) for _ in range(rng.randint(3, 20)))
+    if kind == "malformed":
+        return malformed(port, rng)
+    if kind == "completion-hang-up":
+        return hang_up(port, words, max_tokens)
     if kind == "completion":
         path, body = "/v1/completions", {"prompt": words, "max_tokens": max_tokens, "temperature": 0.8, "seed": rng.randint(0, 9999)}
+    elif kind == "edge":
+        path, body = "/v1/completions", {"prompt": words, "max_tokens": max_tokens, **rng.choice(EDGES)}
     else:
         path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": words}], "max_tokens": max_tokens,
                                              "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}}
@@ -93,7 +120,7 @@ def request(port: int, kind: str, max_tokens: int, rng: random.Random) -> Result
             retry = float(response.getheader("retry-after") or 0)
             response.read()
             return Result(kind, response.status, time.perf_counter() - start, None, int(retry * 1000))
-        if kind == "completion":
+        if kind in ("completion", "edge"):
             data = json.loads(response.read())
             return Result(kind, 200, time.perf_counter() - start, None, data["usage"]["completion_tokens"])
         ttft, chunks, tokens, done = None, 0, 0, False
@@ -124,8 +151,68 @@ def request(port: int, kind: str, max_tokens: int, rng: random.Random) -> Result
         conn.close()
 
 
+def malformed(port: int, rng: random.Random) -> Result:
+    """One bad request: a 4xx with an {"error": {...}} body is the right answer ("4xx")."""
+    body = rng.choice(MALFORMED)
+    path = "/v1/chat/completions" if '"messages"' in body else "/v1/completions"
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", path, body.encode(), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status == 503:
+            return Result("malformed", 503, time.perf_counter() - start, None, int(float(response.getheader("retry-after") or 0) * 1000))
+        shape = set(json.loads(data).get("error", {})) == {"message", "type", "param", "code"}
+        if 400 <= response.status < 500 and shape:
+            return Result("malformed", "4xx", time.perf_counter() - start)
+        return Result("malformed", f"{response.status} for {body[:40]!r}: {data[:120]!r}")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return Result("malformed", f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def hang_up(port: int, words: str, max_tokens: int) -> Result:
+    """A non-streamed completion whose client gives up after 0.1 s (the server must free its slot)."""
+    body = json.dumps({"prompt": words, "max_tokens": max_tokens, "temperature": 0.8}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.1)
+        return Result("completion-hang-up", "hung-up", 0.1)
+    except OSError as exc:
+        return Result("completion-hang-up", f"{type(exc).__name__}: {exc}")
+
+
+def slow_clients(port: int, n: int, deadline_s: float) -> tuple[int, int]:
+    """Open n connections that send a request line and one header, then nothing; return (how many
+    the server closed within deadline_s + 2 s, n)."""
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        socks.append(sock)
+    end = time.monotonic() + deadline_s + 2.0
+    closed = 0
+    for sock in socks:
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            while sock.recv(4096):
+                pass
+            closed += 1
+        except ConnectionResetError:
+            closed += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return closed, n
+
+
 def run_round(name: str, port: int, clients: int, per_client: int, max_tokens: int, seed: int, limit_s: float) -> Round:
-    kinds = ["chat-stream", "completion", "hang-up"]
+    kinds = ["chat-stream", "completion", "hang-up", "completion-hang-up", "malformed", "edge"]
     rnd = Round(name)
     lock = threading.Lock()
     deadline = time.monotonic() + limit_s
@@ -135,7 +222,7 @@ def run_round(name: str, port: int, clients: int, per_client: int, max_tokens: i
         for j in range(per_client):
             if time.monotonic() > deadline:
                 return
-            result = request(port, kinds[(i + j) % 3], max_tokens, rng)
+            result = request(port, kinds[(i + j) % len(kinds)], max_tokens, rng)
             with lock:
                 rnd.results.append(result)
             if result.status == 503:
@@ -165,7 +252,8 @@ def summary(rnd: Round) -> dict:
     return {
         "round": rnd.name, "requests": len(rnd.results), "ok": len(ok),
         "hung_up": sum(r.status == "hung-up" for r in rnd.results), "busy_503": sum(r.status == 503 for r in rnd.results),
-        "errors": [r.status for r in rnd.results if r.status not in (200, 503, "hung-up")],
+        "bad_4xx": sum(r.status == "4xx" for r in rnd.results),
+        "errors": [r.status for r in rnd.results if r.status not in (200, 503, "hung-up", "4xx")],
         "wall_s": rnd.wall, "served_per_s": len(served) / rnd.wall, "tokens_per_s": sum(r.tokens for r in ok) / rnd.wall,
         "p50_ms": 1000 * pct([r.latency for r in ok], 0.5), "p95_ms": 1000 * pct([r.latency for r in ok], 0.95),
         "ttft_p50_ms": 1000 * pct(ttfts, 0.5), "ttft_p95_ms": 1000 * pct(ttfts, 0.95), "rss_mb": rnd.rss_mb,
@@ -184,6 +272,8 @@ def main() -> int:
     ap.add_argument("--rss-slack-mb", type=float, default=16.0, help="allowed VmRSS growth, first load round to last")
     ap.add_argument("--server-threads", type=int, default=None,
                     help="OMP_NUM_THREADS of the server (torch's intra-op threads); default: torch's choice")
+    ap.add_argument("--header-timeout-s", type=float, default=2.0, help="the server's deadline for a request's headers")
+    ap.add_argument("--slow-clients", type=int, default=50, help="connections that send their headers too slowly")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +284,7 @@ def main() -> int:
             env["OMP_NUM_THREADS"] = str(args.server_threads)
         server = subprocess.Popen(
             [sys.executable, "-m", "scratchllm", "serve", "--model", model, "--port", str(port), "--device", "cpu",
-             "--queue-size", str(args.queue_size), "--log-level", "warning"],
+             "--queue-size", str(args.queue_size), "--log-level", "warning", "--header-timeout-s", str(args.header_timeout_s)],
             env=env)
         try:
             deadline = time.monotonic() + 120
@@ -222,6 +312,7 @@ def main() -> int:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/health")
             left = json.loads(conn.getresponse().read())["queue"]["admitted"]
+            cut_off, slow = slow_clients(port, args.slow_clients, args.header_timeout_s)
         finally:
             server.terminate()
             server.wait(30)
@@ -236,11 +327,18 @@ def main() -> int:
               f"{row['p50_ms']:7.0f} {row['p95_ms']:7.0f} {row['ttft_p50_ms']:7.0f} {row['ttft_p95_ms']:7.0f} "
               f"{row['rss_mb']:7.1f}")
     print("\nreq/s counts answers served (whole ones and streams the client left); x ref = against the sequential round.")
+    statuses: dict[str, int] = {}
+    for rnd in rounds:
+        for r in rnd.results:
+            key = str(r.status) if r.status in (200, 503, "hung-up", "4xx") else "error"
+            statuses[key] = statuses.get(key, 0) + 1
+    print(f"requests by status: {statuses} (4xx: malformed requests answered in OpenAI's error shape)")
+    print(f"slow clients cut off within the {args.header_timeout_s:g} s header deadline (+2 s): {cut_off} of {slow}")
     errors = [e for row in rows for e in row["errors"]]
     growth = rows[-1]["rss_mb"] - rows[1]["rss_mb"] if len(rows) > 2 else 0.0
     print(f"errors other than 503: {len(errors)}; slots held after the last round: {left}; "
           f"RSS growth from load round 1 to {len(rows) - 1}: {growth:+.1f} MB (allowed {args.rss_slack_mb})")
-    failed = bool(errors) or left != 0 or growth > args.rss_slack_mb
+    failed = bool(errors) or left != 0 or growth > args.rss_slack_mb or cut_off != slow
     if errors:
         print("errors:", errors[:10])
     print("FAIL" if failed else "OK")

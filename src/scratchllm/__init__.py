@@ -25,7 +25,7 @@ _EXPORTS = {
     "save_model": "scratchllm.checkpoint.model_dir",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["GPT", "GPTConfig", "ScratchLLMError", "Tokenizer", "generate", "load", "save_model", "stream"]
 
 
 def __getattr__(name: str):

@@ -6,14 +6,21 @@ is stored with the model (`prompt_style` in its config.json) and reused by `resp
 - `alpaca`: the Stanford Alpaca template that Raschka's book (ch. 7) uses.
 - `phi3`: Microsoft Phi-3's chat markers, `<|user|>` / `<|assistant|>` (plain text to GPT-2's tokenizer).
 - `plain`: no template; a base model just continues the text.
-The response itself is followed by `<|endoftext|>` during training, so generation stops there.
+- `template`: the model's own chat template (Llama 3.x, Qwen2.5/3, SmolLM2 ship one with their
+  tokenizer; tokenizer/chat_template.py), rendered as transformers' `apply_chat_template` renders it.
+  It is the default for a model whose tokenizer has one (`choose_style`).
+The response itself is followed by the end-of-text token during training, so generation stops there
+(for a model with a template also at the token that closes its turns: `Tokenizer.stop_ids`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer.chat_template import ChatTemplate
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -23,9 +30,19 @@ ALPACA_PREAMBLE = (
 @dataclass(frozen=True)
 class PromptStyle:
     name: str
+    template: ChatTemplate | None = field(default=None, compare=False, repr=False)  # the `template` style's
+
+    @property
+    def writes_special_tokens(self) -> bool:
+        """Whether the text holds the model's control tokens (a chat template writes <|im_start|>, BOS,
+        ...): it is then encoded with special-token text allowed, as transformers encodes it."""
+        return self.template is not None
 
     def format_instruction(self, instruction: str, input: str = "") -> str:
         """The prompt for one record; the response text follows it directly."""
+        if self.template is not None:  # one user message, the input below the instruction
+            body = f"{instruction}\n{input}" if input else instruction
+            return self.format_chat([{"role": "user", "content": body}], add_generation_prompt=True)
         if self.name == "alpaca":
             text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}"
             if input:
@@ -49,6 +66,8 @@ class PromptStyle:
                 raise ScratchLLMError(
                     f"message {i}: expected role system/user/assistant and a string content, got {message!r}"
                 )
+            if self.template is not None:
+                continue  # the template lays the turns out below
             if self.name == "alpaca":
                 if role == "system":
                     parts.append(f"{content}\n\n")
@@ -60,6 +79,8 @@ class PromptStyle:
                 parts.append(f"<|{role}|>\n{content}\n\n")
             else:
                 parts.append(f"{content}\n")
+        if self.template is not None:
+            return self.template.render(messages, add_generation_prompt=add_generation_prompt)
         text = "".join(parts)
         if self.name == "alpaca":
             if not messages or messages[0].get("role") != "system":
@@ -71,7 +92,8 @@ class PromptStyle:
 
     @property
     def stop_strings(self) -> list[str]:
-        """Text that marks the start of the next turn: generation stops before it."""
+        """Text that marks the start of the next turn: generation stops before it. (A template's turns
+        end with a special token, which stops generation as an id: `Tokenizer.stop_ids`.)"""
         if self.name == "alpaca":
             return ["\n\n### Instruction:", "\n### Instruction:"]
         if self.name == "phi3":
@@ -82,9 +104,33 @@ class PromptStyle:
 STYLES = {name: PromptStyle(name) for name in ("alpaca", "phi3", "plain")}
 
 
-def get_style(name: str | None) -> PromptStyle:
+STYLE_NAMES = (*STYLES, "template")  # what `get_style` (and a --prompt-style option) accepts
+
+
+def get_style(name: str | None, tokenizer: Any = None) -> PromptStyle:
+    """The style called `name` (None: plain). "template" is the chat template of `tokenizer`."""
     if name is None:
         return STYLES["plain"]
+    if name == "template":
+        template = tokenizer.chat_template if tokenizer is not None else None
+        if template is None:
+            raise ScratchLLMError("prompt style 'template': the model's tokenizer has no chat template "
+                                  "(tokenizer_config.json 'chat_template' or chat_template.jinja); "
+                                  f"choose one of: {', '.join(STYLES)}")
+        return PromptStyle("template", template)
     if name not in STYLES:
-        raise ScratchLLMError(f"unknown prompt style {name!r}; choose one of: {', '.join(STYLES)}")
+        raise ScratchLLMError(f"unknown prompt style {name!r}; choose one of: {', '.join(STYLE_NAMES)}")
     return STYLES[name]
+
+
+def stored_style(model_config: Mapping[str, Any]) -> str | None:
+    """The prompt style recorded in a model directory's config.json, if any."""
+    style = model_config.get("prompt_style")
+    return style if isinstance(style, str) else None
+
+
+def choose_style(requested: str | None, stored: str | None, tokenizer: Any, fallback: str) -> PromptStyle:
+    """The style to use: the one asked for, else the one stored with the model (what it was tuned
+    with), else its chat template when its tokenizer has one, else `fallback`."""
+    has_template = tokenizer is not None and tokenizer.chat_template is not None
+    return get_style(requested or stored or ("template" if has_template else fallback), tokenizer)

@@ -71,3 +71,77 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     for name in ("a.txt", "b.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+
+
+# --------------------------------------------------------------------------------------------------
+# A full disk, and outputs that already exist
+
+
+def _disk_with(monkeypatch, free_bytes: int) -> None:
+    """Make shutil.disk_usage report `free_bytes` free (no small file system can be mounted here)."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, (1 << 30) - free_bytes, free_bytes))
+
+
+def test_a_full_disk_while_writing_a_directory_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """torch.save reports ENOSPC as its own RuntimeError without the errno (what a 20 MB tmpfs gave):
+    with next to nothing free, that is a full disk, said in one line with the space, the old directory kept."""
+    from scratchllm.core.files import atomic_directory
+
+    target = tmp_path / "step-1"
+    with atomic_directory(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"old" * 100)
+    _disk_with(monkeypatch, 3_000_000)
+
+    def write_and_fail(tmp):
+        (tmp / "weights.bin").write_bytes(b"x" * 2_500_000)
+        _disk_with(monkeypatch, 0)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7490496 vs 7490388")
+
+    with pytest.raises(ScratchLLMError) as info:
+        with atomic_directory(target, may_replace=lambda p: True) as tmp:
+            write_and_fail(tmp)
+    assert str(info.value) == (f"{target}: not enough disk space: needs more than the 3.0 MB that were free (the disk "
+                               "filled up after 2.5 MB); nothing was replaced (free some space or write elsewhere)")
+    assert (target / "weights.bin").read_bytes() == b"old" * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1"]
+    # Known in advance to be too big: refused before anything is written.
+    _disk_with(monkeypatch, 1_000_000)
+    with pytest.raises(ScratchLLMError, match=r"step-1: not enough disk space: needs at least 5.0 MB, 1.0 MB free"):
+        with atomic_directory(target, may_replace=lambda p: True, size=5_000_000):
+            raise AssertionError("the block must not run")
+    # Another failure with space to spare is not mistaken for a full disk.
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic_directory(target, may_replace=lambda p: True):
+            raise RuntimeError("a bug")
+
+
+def test_a_full_disk_while_writing_a_file_names_the_file_and_its_size(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    write_atomic(path, "good\n")
+
+    def no_space(self, data):  # as a real write fails: OSError 28
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    _disk_with(monkeypatch, 0)
+    with pytest.raises(ScratchLLMError) as info:
+        write_json(path, {"rows": "x" * 2_000_000}, "report file")
+    assert str(info.value).startswith(f"report file {path}: not enough disk space: needs at least 2.0 MB, 0.0 MB free")
+    monkeypatch.undo()
+    assert path.read_text() == "good\n" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_check_overwrite_refuses_an_existing_file_unless_asked(tmp_path):
+    from scratchllm.core.files import check_overwrite
+
+    out = tmp_path / "responses.json"
+    assert check_overwrite(out, False, "responses file") == out  # not there yet: fine
+    out.write_text("[]")
+    with pytest.raises(ScratchLLMError, match=rf"^responses file {out}: already exists \(pass overwrite=True / --overwrite"):
+        check_overwrite(out, False, "responses file")
+    assert check_overwrite(out, True, "responses file") == out
+    with pytest.raises(ScratchLLMError, match=rf"^responses file {tmp_path}: is a directory, expected a file path$"):
+        check_overwrite(tmp_path, True, "responses file")

@@ -21,7 +21,7 @@ from scratchllm.cli import main
 from scratchllm.data import (RandomWindowLoader, SequentialLoader, SlidingWindowDataset, TokenData, TokenStream,
                              eval_batches, load_corpus, prepare)
 from scratchllm.data.prepare import iter_text_chunks, safe_cut, val_tokens_for
-from scratchllm.data.tokens import token_dtype
+from scratchllm.data.tokens import corpus_from_texts, token_dtype
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import Tokenizer
 
@@ -305,6 +305,26 @@ def test_existing_output_needs_overwrite(tmp_path: Path, shared_data: Path, smal
     assert leftovers(tmp_path, "out") == ["out"]
 
 
+def test_overwrite_replaces_only_a_prepared_data_directory(tmp_path: Path, shared_data: Path, small_tok, capsys):
+    """`prepare --overwrite` onto a folder that is not a DATADIR (the issue's `mkdir P; echo x > P/a.txt`)
+    is refused and the folder keeps its files, from the CLI and from the library."""
+    _, tok_path = small_tok
+    folder = tmp_path / "P"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x\n")
+    args = ["prepare", "--input", str(shared_data / "the-verdict.txt"), "--tokenizer", tok_path, "--out", str(folder),
+            "--overwrite", "--no-progress"]
+    refusal = (f"output directory {folder}: not a prepared data directory (no meta.json with format 'scratchllm-tokens'); "
+               "--overwrite only replaces one, so remove it yourself or choose another --out")
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"scratchllm prepare: error: {refusal}\n"
+    with pytest.raises(ScratchLLMError) as info:
+        prepare([str(shared_data / "the-verdict.txt")], tok_path, str(folder), overwrite=True, progress=False)
+    assert str(info.value) == refusal
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"] and (folder / "a.txt").read_text() == "x\n"
+    assert leftovers(tmp_path, "P") == ["P"]
+
+
 def test_dtype_rule_and_uint32_shards(tmp_path: Path):
     assert token_dtype(300) == np.uint16 and token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32 and token_dtype(200_019) == np.uint32
@@ -337,6 +357,24 @@ def test_load_corpus_splits_a_file_90_10_and_opens_a_datadir(tmp_path: Path, sha
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScratchLLMError, match="empty: not a prepared data directory"):
         load_corpus(str(tmp_path / "empty"), gpt2)
+
+
+def test_corpus_from_texts_keeps_each_splits_text_and_bytes(small_tok):
+    tok, _ = small_tok
+    train_docs, val_docs = ["A naïve café.", "Second document\n"], ["déjà vu, 東京"]
+    data = corpus_from_texts(train_docs, val_docs, tok, name="mem")
+    np.testing.assert_array_equal(data.train.numpy(), doc_ids(tok, train_docs))
+    np.testing.assert_array_equal(data.val.numpy(), doc_ids(tok, val_docs))
+    train_bytes, val_bytes = (sum(len(d.encode("utf-8")) for d in docs) for docs in (train_docs, val_docs))
+    assert (data.train.bytes, data.val.bytes, data.meta["bytes"]) == (train_bytes, val_bytes, train_bytes + val_bytes)
+    # each split's own bytes per token; the corpus-wide figure is their pooled average
+    assert data.split_bytes_per_token("val") == val_bytes / len(data.val)
+    assert data.split_bytes_per_token("train") == train_bytes / len(data.train)
+    assert data.bytes_per_token == (train_bytes + val_bytes) / (len(data.train) + len(data.val))
+    assert data.split_bytes_per_token("val") != data.bytes_per_token
+    assert data.meta["documents"] == 3 and data.tokenizer_spec == tok.spec
+    with pytest.raises(ScratchLLMError, match="split 'test': expected 'train' or 'val'"):
+        data.split_bytes_per_token("test")
 
 
 # ---- loaders ------------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def test_perplexity_max_tokens_and_cli_report(tmp_path, capsys, small_tok, share
     assert report["perplexity"] == pytest.approx(math.exp(report["loss"]))
     lines = stdout.splitlines()
     assert lines[0].startswith("perplexity: ") and any(line.split()[:1] == ["perplexity"] for line in lines[1:])
-    assert f"  tokens            300" in stdout
+    assert "  tokens            300" in stdout
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,7 +442,8 @@ def test_evaluate_without_task_prints_help_and_exits_2(capsys):
 
 
 def test_exported_model_gives_the_same_loglikelihoods_in_transformers(tmp_path, gpt2_tok, gpt2_model_dir):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     transformers.logging.set_verbosity_error()
     hf_dir = export_hf(gpt2_model_dir, tmp_path / "hf")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -462,3 +463,19 @@ def test_exported_model_gives_the_same_loglikelihoods_in_transformers(tmp_path, 
     assert got == pytest.approx(expected, abs=1e-4)
     # The same scoring code, handed the transformers model, agrees too.
     assert [s["logprob"] for s in ev.continuation_logprobs(hf_model, ctx, conts)] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind, starts_with_bos", [("llama3", True), ("qwen2", False)])
+def test_contexts_start_as_transformers_tokenizes_them(hf_tokenizer_dir, kind, starts_with_bos):
+    """A Llama 3 context starts with <|begin_of_text|> as `tokenizer(context)` gives it (Qwen has no
+    BOS); an empty context and a scored file start from the document start (BOS, else end-of-text)."""
+    import transformers
+
+    tok = Tokenizer.from_hf(hf_tokenizer_dir(kind))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_tokenizer_dir(kind))
+    context = "The capital of France is"
+    ctx, conts = ev.encode_request(tok, context, [" Paris"])
+    assert ctx == hf_tok(context)["input_ids"]
+    start = list(tok.bos_ids) if starts_with_bos else [tok.eot_id]
+    assert bool(tok.bos_ids) == starts_with_bos and ctx[: len(tok.bos_ids)] == list(tok.bos_ids)
+    assert ev.encode_request(tok, "", [" Paris"])[0] == start == tok.document_start

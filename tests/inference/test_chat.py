@@ -13,25 +13,24 @@ import os
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
-import torch
 
 from scratchllm.checkpoint import load, save_model
 from scratchllm.cli import chat_repl
 from scratchllm.inference.chat import ChatSession, ChatSettings, load_for_chat
-from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
 from scratchllm.prompts import get_style
 from scratchllm.tokenizer import Tokenizer
+from tests.helpers import sharpened_gpt
 
 PHI3 = get_style("phi3")
 
 
 def tiny_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=2)).eval()
+    return sharpened_gpt(50257, seed, context_length=128, emb_dim=32, n_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +167,6 @@ def test_chat_repl_reads_lines_and_prints_notes(model_dir, loaded):
 
 
 def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded):
-    pexpect = pytest.importorskip("pexpect")
     # 30 ms per token: an answer of 40 tokens takes 1.2 s, long enough to interrupt in the middle.
     env = dict(os.environ, SCRATCHLLM_TOKEN_DELAY="0.03", TERM="dumb", OMP_NUM_THREADS="1")
     child = pexpect.spawn(sys.executable, ["-m", "scratchllm", "chat", "--model", str(model_dir), "--temperature", "0",
@@ -228,3 +226,57 @@ def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A model with a chat template (the ChatML test tokenizer of tests/hf_tokenizers.py)
+
+
+def chatml_model(tok, end: str):
+    """A GPT that answers any ChatML chat with "Hello there!" and then the special token `end`."""
+    from tests.inference.test_generation import bigram_gpt
+
+    last = tok.encode("<|im_start|>assistant\n", allowed_special="all")[-1]
+    script = tok.encode("Hello there!")
+    chain = dict(zip([last, *script], [*script, tok.special_tokens[end]]))
+    assert len(chain) == len(script) + 1
+    return bigram_gpt(tok, chain)
+
+
+@pytest.fixture(scope="module")
+def qwen_tok(hf_tokenizer_dir):
+    pytest.importorskip("tokenizers")
+    return Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))
+
+
+def test_template_chat_stops_at_the_end_of_turn(qwen_tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    d = save_model(chatml_model(qwen_tok, "<|im_end|>"), tmp_path / "chatml", qwen_tok)
+    net, tok, style, _ = load_for_chat(str(d), device="cpu")
+    assert style.name == "template"  # the model's own template, unasked
+    chat = ChatSession(net, tok, style, ChatSettings(temperature=0, max_new_tokens=20, system="Be brief."))
+    answer = chat.send("Hi!")
+    assert "".join(answer) == "Hello there!" and answer.finish_reason == "stop"
+    hf = transformers.AutoTokenizer.from_pretrained(d)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Again?"}]
+    assert chat.messages() == messages[:3]
+    assert chat.encode(messages) == hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert chat.say("Again?") == "Hello there!"
+
+
+@pytest.mark.parametrize("end, stop_ids, finish", [
+    ("<|im_end|>", [], "stop"),  # the template's turn end (and eos_token)
+    ("<|endoftext|>", "endoftext", "stop"),  # generation_config.json's eos_token_id
+    ("<|endoftext|>", [], "length"),  # not a stop id of this tokenizer: decoding goes on
+    ("<|im_start|>", "endoftext", "length"),
+])
+def test_which_special_tokens_end_an_answer(qwen_tok, hf_tokenizer_dir, end, stop_ids, finish):
+    if stop_ids == "endoftext":
+        stop_ids = [qwen_tok.special_tokens["<|endoftext|>"]]
+    tok = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"), stop_ids=stop_ids)
+    chat = ChatSession(chatml_model(tok, end), tok, "template", ChatSettings(temperature=0, max_new_tokens=8))
+    answer = chat.send("Hi!")
+    text = "".join(answer)
+    assert answer.finish_reason == finish
+    assert text == "Hello there!" if finish == "stop" else text.startswith("Hello there!" + end)

@@ -26,8 +26,9 @@ from scratchllm.inference.generation import (
     stream,
     window_start,
 )
-from scratchllm.models.gpt import GPT
+from scratchllm.models.gpt import GPT, KVCache
 from scratchllm.tokenizer import Tokenizer
+from tests.helpers import sharpened_gpt
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +47,7 @@ def one_thread():
 
 
 def random_gpt(tok: Tokenizer, seed: int = 0, sharpen: float = 10.0, **overrides) -> GPT:
-    """gpt-tiny with random weights. At GPT-2's init scale an untrained model ignores its context
-    (greedy repeats one token), so the matrices are scaled up to make every token depend on the
-    whole window: a wrong window or a stale cache entry then changes the output."""
-    torch.manual_seed(seed)
-    gpt = GPT(GPTConfig.from_preset("gpt-tiny", vocab_size=tok.vocab_size, **overrides)).eval()
-    with torch.no_grad():
-        for p in gpt.parameters():
-            if p.dim() == 2:
-                p.mul_(sharpen)
-    return gpt
+    return sharpened_gpt(tok.vocab_size, seed, sharpen, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +175,7 @@ def test_seed_reproducibility(tok, model):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cache_matches_recompute_past_the_window(tok, small_ctx, keep, temperature):
     ids = tok.encode("The history of the world, in brief:")
-    kw = dict(max_new_tokens=90, temperature=temperature, keep=keep, eos_id=None)
+    kw = dict(max_new_tokens=90, temperature=temperature, keep=keep)
     cached = list(generate_tokens(small_ctx, ids, generator=make_generators(3, 1)[0], **kw))
     uncached = list(generate_tokens(small_ctx, ids, generator=make_generators(3, 1)[0], use_cache=False, **kw))
     assert len(cached) == 90 and cached == uncached
@@ -290,6 +282,29 @@ def test_bfloat16_decoding(tok):
     assert cached == generate_ids(gpt, [ids], 20, 0, use_cache=False)
 
 
+def test_bfloat16_decoding_follows_float32(tok):
+    """The bfloat16 cached decode against the float32 model: fed the float32 model's own greedy
+    tokens (48 of them, varied), each bfloat16 step's logits stay within bfloat16 rounding of
+    float32's, and the next token they pick is float32's at least 90% of the time."""
+    fp32 = random_gpt(tok, seed=3)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    ids = tok.encode("Half precision decoding")
+    tokens = generate_ids(fp32, [ids], 48, 0)[0]
+    assert len(set(tokens)) >= 10
+    full = torch.tensor([ids + tokens])
+    with torch.no_grad():
+        want = fp32(full)[0, len(ids) - 1:-1].float()  # (48, V): the logits that chose each token
+        cache = KVCache.allocate(bf16.config, 1, full.shape[1], "cpu", torch.bfloat16)
+        h = bf16.hidden_states(full[:, :len(ids)], cache=cache)
+        steps = [bf16.out_head(h[:, -1]).float()]
+        for t in tokens[:-1]:  # one token at a time through the bfloat16 cache, as decoding does
+            h = bf16.hidden_states(torch.tensor([[t]]), cache=cache)
+            steps.append(bf16.out_head(h[:, -1]).float())
+        got = torch.cat(steps)  # (48, V)
+    assert (got - want).abs().max() < 0.03 * want.abs().max()  # bfloat16 keeps ~3 significant digits
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
 # ------------------------------------------------------------------------------------------------
 # batching
 
@@ -333,9 +348,20 @@ def test_finished_rows_are_frozen(tok):
         out = generate(gpt, tok, prompts, 20, temperature=0, stop=" gamma", use_cache=use_cache)
         assert out == [" red green", " one two three four five", " alpha beta"]
     batch_ids = [tok.encode(p) for p in prompts[:2]]
-    assert generate_ids(gpt, batch_ids, 20, 0, eos_id=tok.eot_id) == [short, long_]
+    assert generate_ids(gpt, batch_ids, 20, 0, stop_ids={tok.eot_id}) == [short, long_]
     # without an eos id the rows run on to max_new_tokens
     assert [len(r) for r in generate_ids(gpt, batch_ids, 9, 0)] == [9, 9]
+
+
+def test_any_stop_id_ends_a_row(tok):
+    # A chat model's answer ends at any of several ids (<|im_end|>, <|endoftext|>, ...), none of them output.
+    script = tok.encode(" one two three four five")
+    gpt = scripted_gpt(tok, "Count:", script)
+    prompt = tok.encode("Count:")
+    three, five = script[2], script[4]
+    assert generate_ids(gpt, [prompt, prompt[-1:]], 20, 0, stop_ids={five, three}) == [script[:2], script[:2]]
+    assert list(generate_tokens(gpt, prompt, 20, 0, stop_ids=[five])) == script[:4]
+    assert generate_ids(gpt, [prompt], 20, 0, stop_ids={tok.eot_id}) == [script]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,10 +411,10 @@ def test_text_assembler_holds_prefixes_of_stops(tok):
 
 def test_eot_in_prompt_and_empty_prompt(tok, model):
     eot = tok.eot_id
-    assert generate(model, tok, "", 12, temperature=0) == tok.decode(generate_ids(model, [[eot]], 12, 0, eos_id=eot)[0])
+    assert generate(model, tok, "", 12, temperature=0) == tok.decode(generate_ids(model, [[eot]], 12, 0, stop_ids={eot})[0])
     ids = tok.encode("a<|endoftext|>b", allowed_special="all")
     assert eot in ids
-    assert generate(model, tok, "a<|endoftext|>b", 12, temperature=0) == tok.decode(generate_ids(model, [ids], 12, 0, eos_id=eot)[0])
+    assert generate(model, tok, "a<|endoftext|>b", 12, temperature=0) == tok.decode(generate_ids(model, [ids], 12, 0, stop_ids={eot})[0])
 
 
 def test_zero_new_tokens_and_empty_batch(tok, model):
@@ -473,3 +499,74 @@ def test_cli_generate(tok, model, tmp_path, capsys):
     assert captured.err == "scratchllm generate: error: temperature must be a number >= 0 (0 = greedy), got -1.0\n"
     assert captured.out == ""
 
+
+
+def test_encode_prompt_puts_the_bos_first_once(hf_tokenizer_dir):
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from scratchllm.inference.generation import encode_prompt
+
+    d = hf_tokenizer_dir("llama3")
+    llama, hf = Tokenizer.from_hf(d), transformers.AutoTokenizer.from_pretrained(d)
+    bos = llama.special_tokens["<|begin_of_text|>"]
+    assert encode_prompt(llama, "Once upon a time") == hf("Once upon a time")["input_ids"] == [bos, *llama.encode("Once upon a time")]
+    assert encode_prompt(llama, "") == [bos]
+    # a chat template writes the BOS itself: not a second one
+    messages = [{"role": "user", "content": "Hi"}]
+    text = llama.chat_template.render(messages, add_generation_prompt=True)
+    assert encode_prompt(llama, text) == hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert encode_prompt(llama, text).count(bos) == 1
+    qwen = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))  # no BOS: an empty prompt starts from the eos token
+    assert encode_prompt(qwen, "") == [qwen.eot_id] and encode_prompt(qwen, "Hi") == qwen.encode("Hi")
+
+
+# ------------------------------------------------------------------------------------------------
+# the edges of the ranges: no inf/NaN probabilities, no empty nucleus, no seed overflow
+
+
+def test_sampling_at_the_edges_of_the_valid_ranges(tok, model):
+    """A temperature that small is greedy, a top_p that small keeps the most likely token (both
+    crashed with inf/NaN probabilities or an empty set before)."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, -3.0], [0.0, 7.0, 7.0, 1.0]])
+    gens = make_generators(0, 2)
+    for temperature in (1e-39, 1e-50, 5e-324, 1e-7):
+        assert sample_next(logits, temperature=temperature, generators=gens).tolist() == [0, 1]
+    for top_p in (1e-46, 1e-300, 5e-324):
+        drawn = {tuple(sample_next(logits, top_p=top_p, generators=gens).tolist()) for _ in range(50)}
+        assert drawn <= {(0, 1), (0, 2)}  # the most likely token (of a tie, either)
+    greedy = generate(model, tok, "Once upon a time", 20, temperature=0)
+    assert generate(model, tok, "Once upon a time", 20, temperature=1e-39, seed=1) == greedy
+    assert generate(model, tok, "Once upon a time", 20, temperature=1.0, top_p=1e-46, seed=2) == greedy
+
+
+def test_seeds_are_64_bit_and_others_are_one_line(tok, model):
+    for seed in (-(2**63), 2**64 - 1, 0):
+        assert isinstance(generate(model, tok, "Hi", 3, seed=seed), str)
+    for seed in (2**64, -(2**63) - 1, 1.5):
+        with pytest.raises(ScratchLLMError) as err:
+            generate(model, tok, "Hi", 3, seed=seed)
+        assert str(err.value) == f"seed must be an integer in [-2**63, 2**64 - 1], got {seed!r}"
+    with pytest.raises(ScratchLLMError, match=r"^seed must be an integer in \[-2\*\*63, 2\*\*64 - 2\], got 18446744073709551615$"):
+        generate(model, tok, ["a", "b"], 3, seed=2**64 - 1)  # row 1 would be seeded with 2**64
+
+
+def test_non_finite_scores_are_a_one_line_error():
+    for bad in (float("nan"), float("inf")):
+        logits = torch.tensor([[0.0, bad, 1.0]])
+        for temperature in (0.0, 1.0):
+            with pytest.raises(ScratchLLMError, match=r"^the model's next-token scores are NaN or infinite"):
+                sample_next(logits, temperature=temperature)
+
+
+def test_cli_generate_at_the_edges(tok, model, tmp_path, capsys):
+    from scratchllm.checkpoint import save_model
+    from scratchllm.cli import main
+
+    save_model(model, tmp_path / "tiny", tok)
+    base = ["generate", "--model", str(tmp_path / "tiny"), "--prompt", "Hello", "--max-new-tokens", "8"]
+    greedy = generate(model, tok, "Hello", 8, temperature=0)
+    for extra in (["--temperature", "1e-39"], ["--top-p", "1e-46", "--seed", "3"]):
+        assert main(base + extra) == 0
+        assert capsys.readouterr().out == "Hello" + greedy + "\n"
+    assert main(base + ["--seed", str(2**64)]) == 2
+    assert capsys.readouterr().err == f"scratchllm generate: error: seed must be an integer in [-2**63, 2**64 - 1], got {2**64}\n"

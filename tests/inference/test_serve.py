@@ -18,21 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
+import openai  # noqa: E402
 
 from scratchllm.checkpoint import load, save_model  # noqa: E402
 from scratchllm.cli import main  # noqa: E402
 from tests.conftest import serving  # noqa: E402
-from scratchllm.models.config import GPTConfig  # noqa: E402
 from scratchllm.inference.generation import generate  # noqa: E402
-from scratchllm.models.gpt import GPT  # noqa: E402
 from scratchllm.prompts import get_style  # noqa: E402
 from scratchllm.inference.serve import ServeSettings, create_app  # noqa: E402
 from scratchllm.tokenizer import Tokenizer  # noqa: E402
+from tests.helpers import sharpened_gpt  # noqa: E402
 
 KEY = "test-key-123"
 PHI3 = get_style("phi3")
@@ -40,8 +36,7 @@ PHI3 = get_style("phi3")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, context_length=128, emb_dim=32, n_layers=2, n_heads=2)).eval()
+    model = sharpened_gpt(50257, context_length=128, emb_dim=32, n_heads=2)
     return save_model(model, tmp_path_factory.mktemp("serve") / "tiny", Tokenizer.gpt2(), extra={"prompt_style": "phi3"})
 
 
@@ -311,3 +306,27 @@ def test_serve_cli_starts_a_loopback_server(model_dir):
 def test_serve_cli_bad_setting_is_one_line_error(model_dir, capsys):
     assert main(["serve", "--model", str(model_dir), "--queue-size", "-1"]) == 2
     assert capsys.readouterr().err == "scratchllm serve: error: serve setting queue_size must be an integer >= 0, got -1\n"
+
+
+def test_chat_completions_with_the_model_chat_template(hf_tokenizer_dir):
+    """A model with a ChatML template: /v1/chat/completions lays the messages out with it (the prompt is
+    transformers' apply_chat_template ids) and the answer ends at <|im_end|>."""
+    pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from tests.inference.test_chat import chatml_model
+
+    d = hf_tokenizer_dir("qwen2")
+    tok = Tokenizer.from_hf(d)
+    app = create_app((chatml_model(tok, "<|im_end|>"), tok), ServeSettings())
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    with serving(app) as port:
+        status, _, body = call(port, "POST", "/v1/chat/completions", json.dumps({"messages": messages, "temperature": 0}))
+        _, _, health = call(port, "GET", "/health")
+    answer = json.loads(body)
+    assert status == 200 and json.loads(health)["prompt_style"] == "template"
+    assert answer["choices"][0]["message"]["content"] == "Hello there!"
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    prompt = transformers.AutoTokenizer.from_pretrained(d).apply_chat_template(messages, add_generation_prompt=True,
+                                                                               return_dict=False)
+    assert answer["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(tok.encode("Hello there!")),
+                               "total_tokens": len(prompt) + len(tok.encode("Hello there!"))}

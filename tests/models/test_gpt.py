@@ -28,9 +28,16 @@ def test_sdpa_and_manual_attention_agree_in_outputs_and_gradients(drop):
     sdpa, manual = tiny(drop_rate=drop), tiny(drop_rate=drop, attn_impl="manual")
     manual.load_state_dict(sdpa.state_dict())
     idx = torch.randint(0, 211, (3, 37))
-    if drop:  # dropout masks differ between kernels, so compare in eval mode only
-        sdpa.eval(), manual.eval()
-    out_s, out_m = sdpa(idx), manual(idx)
+    # In training mode, with dropout: PyTorch's CPU attention kernel draws its dropout mask from the
+    # global RNG as F.dropout does, so from the same seed both paths drop the same weights.
+    sdpa.train(), manual.train()
+    torch.manual_seed(1)
+    out_s = sdpa(idx)
+    torch.manual_seed(1)
+    out_m = manual(idx)
+    if drop:
+        torch.manual_seed(2)
+        assert not torch.allclose(sdpa(idx), out_s)  # dropout is really on
     torch.testing.assert_close(out_s, out_m, atol=2e-6, rtol=1e-5)
     out_s.square().mean().backward()
     out_m.square().mean().backward()
@@ -169,3 +176,75 @@ def test_info_cli_prints_breakdown_and_errors_cleanly(capsys, tmp_path):
     assert main(["info", "--model", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown config key(s) 'colour'" in err[0] and str(bad) in err[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Switches of the small-budget recipe: soft-capped logits, squared-ReLU MLP, zero-initialised projections
+
+
+@pytest.mark.parametrize("cap", [2.0, 30.0])
+@pytest.mark.parametrize("chunk, multiple", [(1, 1), (5, 8), (100, 64)])
+def test_softcapped_chunked_loss_equals_plain_reference_in_value_and_gradients(cap, chunk, multiple):
+    torch.manual_seed(2)
+    h = (3 * torch.randn(37, 16)).requires_grad_()  # logits of a few units: the cap at 2 bends them
+    w = torch.randn(29, 16, requires_grad=True)
+    t = torch.randint(0, 29, (37,))
+    t[4] = -100
+    loss = chunked_cross_entropy(h, w, t, chunk=chunk, multiple=multiple, softcap=cap)
+    (2.0 * loss).backward()
+    ref_h, ref_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    reference = F.cross_entropy(cap * torch.tanh((ref_h @ ref_w.t()) / cap), t)
+    (2.0 * reference).backward()
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+    torch.testing.assert_close(h.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w.grad, ref_w.grad, atol=1e-5, rtol=1e-4)
+    if cap == 2.0:  # the cap did change the loss
+        assert abs(reference.item() - F.cross_entropy(h.detach() @ w.detach().t(), t).item()) > 0.5
+
+
+def test_softcapped_model_loss_matches_its_logits_and_caps_them():
+    model = tiny(logit_softcap=0.5, tie_embeddings=False)
+    torch.nn.init.normal_(model.out_head.weight, std=1.0)  # large raw logits
+    idx, targets = torch.randint(0, 211, (2, 30)), torch.randint(0, 211, (2, 30))
+    logits = model(idx)
+    raw = model.out_head(model.hidden_states(idx))
+    assert raw.abs().max().item() > 5.0 and logits.abs().max().item() <= 0.5
+    torch.testing.assert_close(logits, 0.5 * torch.tanh(raw / 0.5))
+    reference = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert model.loss(idx, targets).item() == pytest.approx(reference.item(), abs=1e-5)
+
+
+def test_relu2_mlp_is_squared_relu_with_two_matrices():
+    model = tiny(mlp="relu2")
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 5, 64)
+    expected = mlp.proj(torch.relu(mlp.fc(x)) ** 2)
+    torch.testing.assert_close(mlp(x), expected)
+    assert not hasattr(mlp, "gate")
+    assert parameter_breakdown(model.config) == model.parameter_breakdown()
+    assert model.flops_per_token() == tiny().flops_per_token()  # same matmuls as GELU's
+
+
+def test_zero_initialised_projections_make_every_block_the_identity():
+    model = tiny(zero_init_proj=True)
+    for block in model.blocks:
+        assert not block.attn.proj.weight.any() and not block.mlp.proj.weight.any()
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    idx = torch.randint(0, 211, (2, 12))
+    positions = torch.arange(12)[None]
+    torch.testing.assert_close(model.hidden_states(idx), model.final_norm(model.embed(idx, positions)))
+    model.loss(idx, torch.randint(0, 211, (2, 12))).backward()
+    # the projections get a gradient at once, so the blocks start learning on the first step
+    assert model.blocks[0].attn.proj.weight.grad.abs().sum() > 0 and model.blocks[0].mlp.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"logit_softcap": 0.0}, "'logit_softcap' must be a positive number or null, got 0.0"),
+     ({"logit_softcap": "15"}, "'logit_softcap' must be a positive number or null, got '15'"),
+     ({"mlp": "relu3"}, "'mlp' must be one of gelu, swiglu, relu2; got 'relu3'"),
+     ({"zero_init_proj": 1}, "'zero_init_proj' must be true or false, got 1")],
+)
+def test_recipe_switches_are_validated(fields, message):
+    with pytest.raises(ScratchLLMError, match=message):
+        GPTConfig.from_preset("gpt-tiny", **fields)

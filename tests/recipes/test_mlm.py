@@ -52,7 +52,7 @@ def test_a_tokenizer_without_mask_token_is_refused_by_name():
 
 
 def test_masking_proportions_on_a_large_batch_and_never_padding_or_specials():
-    V, eot, mask = 1000, 998, 999  # specials take the last ids; 998 ordinary ids
+    eot, mask = 998, 999  # a vocabulary of 1000: the specials take the last ids, 998 ordinary ids
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 998, (128, 512), generator=g)
     ids[torch.rand(ids.shape, generator=g) < 0.05] = eot  # document separators in the windows

@@ -427,11 +427,18 @@ def test_train_tokenizer_command(tmp_path: Path) -> None:
     assert encode_command("gpt2", "Hello, world!") == [(15496, "Hello"), (11, ","), (995, " world"), (0, "!")]
     assert encode_command("gpt2", "🦜")[0][1] == "\ufffd"  # part of a character
     with pytest.raises(ScratchLLMError, match="missing.txt: no such file"):
-        train_tokenizer([str(a), str(tmp_path / "missing.txt")], 300, str(out))
+        train_tokenizer([str(a), str(tmp_path / "missing.txt")], 300, str(tmp_path / "other.json"))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(ScratchLLMError, match="latin1.txt: not UTF-8"):
-        train_tokenizer([str(latin1)], 300, str(out))
+        train_tokenizer([str(latin1)], 300, str(tmp_path / "other.json"))
+    # An existing tokenizer is replaced only when asked, and the refusal comes before any training.
+    before = out.read_bytes()
+    with pytest.raises(ScratchLLMError, match=rf"^tokenizer file {out}: already exists \(pass overwrite=True"):
+        train_tokenizer([str(a)], 280, str(out))
+    assert out.read_bytes() == before
+    assert train_tokenizer([str(a)], 280, str(out), overwrite=True).vocab_size == 280
+    assert Tokenizer.load(out).vocab_size == 280
 
 
 # ---- downloading -----------------------------------------------------------------------------
@@ -485,5 +492,12 @@ def test_tokenizer_cli_trains_and_encodes(tmp_path, capsys, shared_data):
     assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "I had"]) == 0
     ids = [int(i) for i in capsys.readouterr().out.splitlines()[0].split()]
     assert Tokenizer.load(out).decode(ids) == "I had"
-    assert main(["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", str(out)]) == 2
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "300",
+                 "--out", str(tmp_path / "new.json")]) == 2
     assert capsys.readouterr().err.strip() == f"scratchllm tokenizer: error: input file {tmp_path / 'missing.txt'}: no such file"
+    before = out.read_bytes()  # an existing --out is not replaced without --overwrite
+    assert main(["tokenizer", "train", "--input", str(shared_data / "the-verdict.txt"), "--vocab-size", "300",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"scratchllm tokenizer: error: tokenizer file {out}: already exists "
+                                       "(pass overwrite=True / --overwrite to replace it)\n")
+    assert out.read_bytes() == before

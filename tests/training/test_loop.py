@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,15 +115,21 @@ def test_train_config_files_flags_and_errors(tmp_path):
         TrainConfig.from_file(tmp_path / "run.ini")
 
 
-def test_cli_flags_are_the_train_config_fields():
+def test_cli_flags_are_the_train_config_fields_with_their_help(capsys):
+    """Every TrainConfig field is a `pretrain` flag whose help is the text below the field."""
     import dataclasses
 
-    from scratchllm.cli import TRAIN_FLAGS
+    from scratchllm.cli import main
+    from scratchllm.core.options import field_docs
 
-    fields = dataclasses.fields(TrainConfig)
-    assert [name for name, *_ in TRAIN_FLAGS] == [f.name for f in fields]
-    for (name, kind, default, _), f in zip(TRAIN_FLAGS, fields):
-        assert default == f.default and kind.__name__ == str(f.type).split(" ")[0], name
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in text, f.name
+        assert docs[f.name] and docs[f.name] in text, f.name
+    assert "--no-fused-adamw" in text and "{steps,time}" in text
 
 
 def test_grad_accum_derived_from_tokens_per_step():
@@ -151,7 +158,7 @@ def run(tmp_path_factory, verdict, tok_file):
     return out, summary
 
 
-def test_run_loss_falls_and_metrics_are_logged(run):
+def test_run_loss_falls_and_metrics_are_logged(run, verdict, tok_file):
     out, summary = run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 10, 20, 30, 40, 50, 60, 70, 80]
@@ -171,8 +178,17 @@ def test_run_loss_falls_and_metrics_are_logged(run):
     # that ignores context can reach): the model uses the context after 80 steps.
     assert train[-1]["loss"] < 4.4 and evals[-1]["val_loss"] < 4.5  # measured: 4.18 and 4.34
     assert summary["steps"] == 80 and summary["stopped"] == "max_steps" and summary["exit_code"] == 0
-    assert summary["eval"]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2) / json.loads(
-        (out / "run_config.json").read_text())["data"]["bytes_per_token"])
+    # bits per byte: the loss in bits over the UTF-8 bytes of exactly the validation tokens evaluated
+    from scratchllm.data import eval_batches, load_corpus
+    from scratchllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tok_file)
+    corpus = load_corpus(verdict, tok)
+    targets = np.concatenate([y.numpy().ravel() for _, y in eval_batches(corpus.val, 16, 32, 4)])
+    n_bytes = tok.token_byte_lengths()[targets].sum()
+    assert summary["eval"]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] * len(targets) / math.log(2) / n_bytes)
+    data = json.loads((out / "run_config.json").read_text())["data"]
+    assert data["val_bytes_per_token"] == corpus.split_bytes_per_token("val") != data["bytes_per_token"]
 
 
 def test_run_directory_layout(run):
@@ -412,24 +428,3 @@ def test_cuda_fsdp_in_one_process_trains(tmp_path):
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1] - 0.5
 
-
-def test_demo_runs_end_to_end_on_the_embedded_corpus(tmp_path, capsys):
-    from scratchllm.checkpoint import load
-    from scratchllm.recipes.demo import demo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        summary = demo(tmp_path / "demo", max_steps=6, vocab_size=300, n_layers=1, emb_dim=32, n_heads=2,
-                       context_length=32, batch_size=4, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
-    err = capsys.readouterr().err
-    assert "demo: trained a 300-token byte-level BPE tokenizer on 466,27" in err  # pydoc_data.topics
-    assert "demo: samples before and after training (prompt 'The'):\n--- step 0 ---\nThe" in err
-    assert summary["steps"] == 6 and summary["stopped"] == "max_steps"
-    model, tok = load(tmp_path / "demo")
-    assert tok.vocab_size == 300 and model.config.n_layers == 1
-    assert (tmp_path / "demo/loss.png").stat().st_size > 0
-    with pytest.raises(ScratchLLMError, match=r"demo: already exists; pass --overwrite to replace it or choose another --out"):
-        demo(tmp_path / "demo", max_steps=1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.checkpoint.adapter_dir import ADAPTER_WEIGHTS, load_adapters, read_adapter_config
-from scratchllm.checkpoint.hf import ADAPTERS, GPT2_NAMES, gpt2_name
+from scratchllm.checkpoint.hf import GENERATION_CONFIG, adapter_for_model
 from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_kind, read_model_config,
                                              resolve_model_dir, save_model)
@@ -28,8 +28,9 @@ def import_hf(
     out: str | os.PathLike[str],
     dtype: str | torch.dtype | None = None,
 ) -> Path:
-    """Convert a Hugging Face checkpoint (a hub name such as "gpt2-medium", downloaded once, or a
-    Hugging Face directory of a supported family) into a scratchllm model directory at `out`."""
+    """Convert a Hugging Face checkpoint (a hub name such as "gpt2-medium" or "Qwen/Qwen2.5-0.5B",
+    downloaded once, or a Hugging Face directory of a supported family) into a scratchllm model
+    directory at `out`."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.exists():
@@ -40,10 +41,6 @@ def import_hf(
                                   f"holding {CONFIG_FILE} and the weights)")
         if dir_kind(resolve_model_dir(path)) == "scratchllm":
             raise ScratchLLMError(f"{resolve_model_dir(path)}: already a scratchllm model directory; nothing to import")
-    elif gpt2_name(text) is None and (os.sep in text or text.startswith(".")):
-        raise ScratchLLMError(f"{path}: no such directory")
-    elif gpt2_name(text) is None:
-        raise ScratchLLMError(f"{text!r}: no such Hugging Face directory, and not a GPT-2 name (one of {', '.join(GPT2_NAMES)})")
     model, tokenizer = load(text, dtype=dtype, kind="gpt")
     return save_model(model, out, tokenizer=None if tokenizer.spec.get("type") == "gpt2" else tokenizer,
                       extra={"imported_from": text})
@@ -55,22 +52,34 @@ def _is_hf_dir(directory: Path) -> bool:
 
 def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write a scratchllm model (directory, run directory or anything `load` takes) as a Hugging Face
-    directory that `transformers.AutoModelForCausalLM.from_pretrained` loads (GPT-2 layout).
+    directory that `transformers.AutoModelForCausalLM.from_pretrained` loads, in the family its
+    switches make it (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM; see
+    `hf.adapter_for_model`).
 
     With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
-    trained tokenizer is copied as scratchllm_tokenizer.json (transformers cannot read it).
+    Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
+    copied as they are, with a generation_config.json naming the ids that end an answer (the
+    chat template's end-of-turn token too); a trained tokenizer is copied as scratchllm_tokenizer.json (transformers
+    cannot read it).
     """
     from safetensors.torch import save_file
 
     where, d = locate(model_dir)
     model, tokenizer = load(d, kind="gpt")
     config = model.config
-    adapter = ADAPTERS["llama" if config.position == "rope" else "gpt2"]
+    if config.logit_softcap is not None:  # no family has it: exporting would change the logits
+        raise ScratchLLMError(f"{d}: logit_softcap={config.logit_softcap!r}: Hugging Face's GPT-2, Llama and Qwen "
+                              "have no logit soft-capping; cannot export")
+    adapter = adapter_for_model(config)
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
-    eos_id = tokenizer.special_tokens.get(ENDOFTEXT)
+    eos_id = tokenizer.eot_id if tokenizer.hf_files else tokenizer.special_tokens.get(ENDOFTEXT)
+    bos_id = tokenizer.bos_ids[0] if tokenizer.bos_ids else None
     state = adapter.to_hf(model.state_dict(), config)
     with atomic_directory(out_dir, _is_hf_dir, "a Hugging Face model directory") as tmp:
-        write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id))
+        write_json(tmp / CONFIG_FILE, adapter.config_to_hf(config, model.tok_emb.weight.dtype, eos_id, bos_id))
+        stops = sorted(i for i in tokenizer.stop_ids if i < config.vocab_size)
+        if tokenizer.hf_files and stops:  # the ids that end an answer (a chat model's end-of-turn token too)
+            write_json(tmp / GENERATION_CONFIG, {"bos_token_id": bos_id, "eos_token_id": stops[0] if len(stops) == 1 else stops})
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if is_gpt2:
             encoder, merges = gpt2_files()
@@ -82,6 +91,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
                 "add_prefix_space": False,
             })
+        elif tokenizer.hf_files:
+            for name, blob in tokenizer.hf_files.items():
+                (tmp / name).write_bytes(blob)
         elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():
             shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")
     return Path(out_dir)

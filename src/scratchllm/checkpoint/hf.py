@@ -4,9 +4,16 @@ downloading Hugging Face checkpoints, and their tokenizers.
 An adapter knows one family's config.json fields and tensor names and turns them into ours (and
 back): GPT-2 (`GPT2LMHeadModel`; its linear layers are `Conv1D` modules whose weight is (in, out),
 the transpose of `nn.Linear`'s (out, in), so import and export transpose those four matrices per
-block) and Llama (`LlamaForCausalLM`: RMSNorm, rotary positions, SwiGLU, grouped-query attention;
-q/k/v projections concatenated into our fused qkv). A hub name ("gpt2", "gpt2-medium", ...) is
-downloaded once into scratchllm's cache with size and SHA-256 checks.
+block), Llama (`LlamaForCausalLM`, also SmolLM2's: RMSNorm, rotary positions with Llama 3's
+scaling, SwiGLU, grouped-query attention; q/k/v projections concatenated into our fused qkv), Qwen2
+(`Qwen2ForCausalLM`, Qwen2.5's: biases on q/k/v only) and Qwen3 (`Qwen3ForCausalLM`: query/key
+norms, wider heads). On export the family is read from the model's switches (`adapter_for_model`).
+Settings our model lacks (sliding-window attention, other rotary scalings, biases it cannot place)
+are one-line errors naming them.
+
+A hub name (GPT-2's "gpt2", "gpt2-medium", ..., or any OWNER/NAME such as
+"HuggingFaceTB/SmolLM2-135M-Instruct") is downloaded once into scratchllm's cache with size and
+SHA-256 checks: config.json, the weights (sharded too) and the tokenizer files.
 """
 
 from __future__ import annotations
@@ -22,23 +29,33 @@ import torch
 
 from scratchllm.checkpoint.model_dir import CONFIG_FILE, gpt_from_state_dict, read_safetensors
 from scratchllm.core.download import cache_dir, download_file
-from scratchllm.core.files import read_json
+from scratchllm.core.files import read_json, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer.hf import TOKENIZER_JSON
 
 # OpenAI's four GPT-2 releases, as named on the Hugging Face hub (Radford et al. 2019, table 2).
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 _GPT2_ALIASES = {"gpt2-small": "gpt2", **{f"openai-community/{n}": n for n in GPT2_NAMES}}
 HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
-HF_FILES = ("config.json", "model.safetensors")
+GPT2_FILES = ("config.json", "model.safetensors")
+HUB_INDEX = "model.safetensors.index.json"  # a sharded checkpoint's map: tensor name -> shard file
+GENERATION_CONFIG = "generation_config.json"  # generation defaults; its eos_token_id lists the ids that end an answer
+# What else a model brings when it exists: its tokenizer, chat template and generation settings.
+HUB_OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                      GENERATION_CONFIG)
+HUB_MANIFEST = "scratchllm_download.json"  # written when every file of a hub download is in place
 
 
 class HFAdapter:
-    """What one Hugging Face model family needs: config.json <-> GPTConfig, tensor names <-> ours."""
+    """What one Hugging Face model family needs: config.json <-> GPTConfig, tensor names <-> ours,
+    and which of our configs the family can hold (`mismatches`, used to pick the family on export)."""
 
-    model_type: str = ""
+    model_type: str = ""  # config.json's "model_type"
+    family: str = ""  # for messages
+    architecture: str = ""  # config.json's "architectures"
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
         raise NotImplementedError
@@ -46,11 +63,16 @@ class HFAdapter:
     def from_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig, source: str = "weights") -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict[str, Any]:
-        raise ScratchLLMError(f"export: writing Hugging Face {self.model_type} directories is not supported")
+    def mismatches(self, config: GPTConfig) -> list[str]:
+        """What `config` would need to change to be a model of this family (empty: it is one)."""
+        raise NotImplementedError
+
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
+        raise NotImplementedError
 
     def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-        raise ScratchLLMError(f"export: writing Hugging Face {self.model_type} directories is not supported")
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,6 +100,8 @@ class GPT2Adapter(HFAdapter):
     """GPT2LMHeadModel (OpenAI's GPT-2 and models exported from scratchllm)."""
 
     model_type = "gpt2"
+    family = "GPT-2"
+    architecture = "GPT2LMHeadModel"
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
         """GPTConfig of a Hugging Face GPT-2 config.json; settings our model lacks are errors.
@@ -116,7 +140,7 @@ class GPT2Adapter(HFAdapter):
                 qkv_bias=True,
                 tie_embeddings=bool(h.get("tie_word_embeddings", True)),
                 mlp_ratio=mlp_ratio,
-                layer_norm_eps=float(h.get("layer_norm_epsilon", 1e-5)),
+                layer_norm_eps=h.get("layer_norm_epsilon", 1e-5),  # checked by GPTConfig (no float("x") traceback)
             )
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{source}: {exc}") from None
@@ -151,8 +175,23 @@ class GPT2Adapter(HFAdapter):
             out[f"blocks.{layer}.{_HF_BLOCK[module]}.{param}"] = tensor
         return out
 
-    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256) -> dict[str, Any]:
-        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new)."""
+    def mismatches(self, config: GPTConfig) -> list[str]:
+        wanted = {"norm": "layernorm", "position": "learned", "mlp": "gelu", "causal": True, "bias": True,
+                  "qk_norm": False}
+        found = [f"{k} {v!r} (got {getattr(config, k)!r})" for k, v in wanted.items() if getattr(config, k) != v]
+        if config.kv_heads != config.n_heads:
+            found.append(f"n_kv_heads equal to n_heads (got {config.kv_heads} and {config.n_heads})")
+        if config.n_heads * config.head_dim != config.emb_dim:
+            found.append(f"head_dim emb_dim / n_heads (got {config.head_dim})")
+        return found
+
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = 50256,
+                     bos_id: int | None = None) -> dict[str, Any]:
+        """A Hugging Face GPT-2 config.json for `config` (GPT2LMHeadModel, gelu_new); GPT-2 begins
+        with its end-of-text token, so bos_id is eos_id unless given."""
+        problems = self.mismatches(config)
+        if problems:
+            raise ScratchLLMError(f"export: not a GPT-2 model; it needs {', '.join(problems)}")
         if eos_id is not None and eos_id >= config.vocab_size:
             eos_id = None  # a model smaller than the tokenizer; transformers rejects an id out of range
         return {
@@ -164,7 +203,7 @@ class GPT2Adapter(HFAdapter):
             "n_embd": config.emb_dim,
             "n_layer": config.n_layers,
             "n_head": config.n_heads,
-            "n_inner": None if config.mlp_ratio == 4 else config.mlp_ratio * config.emb_dim,
+            "n_inner": None if config.hidden_dim == 4 * config.emb_dim else config.hidden_dim,
             "activation_function": "gelu_new",
             "resid_pdrop": config.drop_rate,
             "embd_pdrop": config.drop_rate,
@@ -176,7 +215,7 @@ class GPT2Adapter(HFAdapter):
             "reorder_and_upcast_attn": False,
             "add_cross_attention": False,
             "use_cache": True,
-            "bos_token_id": eos_id,
+            "bos_token_id": eos_id if bos_id is None else bos_id,
             "eos_token_id": eos_id,
             "tie_word_embeddings": config.tie_embeddings,
             "dtype": str(dtype).removeprefix("torch."),
@@ -213,93 +252,298 @@ class GPT2Adapter(HFAdapter):
 
 
 # --------------------------------------------------------------------------------------------------
-# Llama
+# The Llama family: Llama 2/3.x and SmolLM2 (LlamaForCausalLM), Qwen2/2.5 (Qwen2ForCausalLM), Qwen3
 
+# Per-block module names, Hugging Face -> ours (q/k/v projections are fused into our attn.qkv).
 _LLAMA_BLOCK = {
     "self_attn.o_proj": "attn.proj", "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.fc",
     "mlp.down_proj": "mlp.proj", "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
+    "self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm",
 }
-
+_LLAMA_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight"}
 
 
 class LlamaAdapter(HFAdapter):
-    """LlamaForCausalLM: RMSNorm, rotary positions, SwiGLU, grouped-query attention."""
+    """LlamaForCausalLM: RMSNorm, rotary positions (optionally with Llama 3's scaling), SwiGLU,
+    grouped-query attention; biases on all attention projections and the MLP, or on none.
+
+    Qwen2 and Qwen3 are this architecture with other switches, so they subclass it and change only
+    the config: the tensor names are the same three families over.
+    """
 
     model_type = "llama"
+    family = "Llama"
+    architecture = "LlamaForCausalLM"
+    qk_norm = False  # Qwen3 normalises queries and keys
+    # transformers' defaults for keys a config.json leaves out
+    defaults: dict[str, Any] = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                    num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                                    head_dim=None)
+
+    # -- config.json -> GPTConfig
+
+    def biases_from_hf(self, h: Mapping[str, Any]) -> tuple[bool, bool, list[tuple[bool, str]]]:
+        """(qkv_bias, bias, unsupported settings) of a config.json. Llama: attention_bias puts a bias
+        on q, k, v and o, mlp_bias on the MLP; our `bias` covers o and the MLP together."""
+        attention, mlp = bool(h.get("attention_bias", False)), bool(h.get("mlp_bias", False))
+        return attention, attention, [(attention != mlp, f"attention_bias {str(attention).lower()} with mlp_bias "
+                                                         f"{str(mlp).lower()} (only both or neither)")]
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
-        """GPTConfig of a Hugging Face Llama config.json (LlamaForCausalLM): RMSNorm, rotary positions,
-        SwiGLU, grouped-query attention."""
-        h = hf_config
-        rope = h.get("rope_parameters") or {}
-        theta = rope.get("rope_theta", h.get("rope_theta", 10000.0))
-        hidden, heads = h.get("hidden_size", 4096), h.get("num_attention_heads", 32)
+        """GPTConfig of a Hugging Face config.json of this family; settings our model lacks are errors
+        naming them. Dropout is 0 (a training choice; recipes set their own)."""
+        h = {**self.defaults, **{k: v for k, v in hf_config.items() if v is not None}}
+        theta, scaling, rope_problems = rope_from_hf(hf_config)
+        qkv_bias, bias, bias_problems = self.biases_from_hf(h)
+        layer_types = h.get("layer_types") or []
         unsupported = [
             (h.get("hidden_act", "silu") != "silu", f"hidden_act {h.get('hidden_act')!r} (only silu)"),
-            (rope.get("rope_type", "default") != "default" or h.get("rope_scaling"), "rope scaling"),
-            (bool(h.get("attention_bias")) != bool(h.get("mlp_bias")), "attention_bias different from mlp_bias"),
-            (h.get("head_dim") not in (None, hidden // max(heads, 1)), f"head_dim {h.get('head_dim')!r} != hidden_size / heads"),
+            (bool(h.get("use_sliding_window")), "use_sliding_window true (sliding-window attention)"),
+            (any(t != "full_attention" for t in layer_types), f"layer_types {sorted(set(layer_types))} (only full_attention)"),
+            (bool(h.get("use_mrope")), "use_mrope true (multimodal rotary positions)"),
+            *rope_problems,
+            *bias_problems,
         ]
         for bad, what in unsupported:
             if bad:
-                raise ScratchLLMError(f"{source}: unsupported Llama setting {what}")
-        bias = bool(h.get("attention_bias", False))
+                raise ScratchLLMError(f"{source}: unsupported {self.family} setting {what}")
+        heads = h["num_attention_heads"]
         try:
             return GPTConfig(
-                vocab_size=h.get("vocab_size", 32000),
-                context_length=h.get("max_position_embeddings", 2048),
-                emb_dim=hidden,
-                n_layers=h.get("num_hidden_layers", 32),
+                vocab_size=h["vocab_size"],
+                context_length=h["max_position_embeddings"],
+                emb_dim=h["hidden_size"],
+                n_layers=h["num_hidden_layers"],
                 n_heads=heads,
                 n_kv_heads=h.get("num_key_value_heads") or heads,
-                mlp_hidden_dim=h.get("intermediate_size", 11008),
+                head_dim=h["head_dim"],
+                mlp_hidden_dim=h["intermediate_size"],
                 drop_rate=0.0,
-                qkv_bias=bias,
+                qkv_bias=qkv_bias,
                 bias=bias,
                 tie_embeddings=bool(h.get("tie_word_embeddings", False)),
-                layer_norm_eps=float(h.get("rms_norm_eps", 1e-6)),
+                layer_norm_eps=h["rms_norm_eps"],
                 norm="rmsnorm",
                 position="rope",
                 mlp="swiglu",
-                rope_theta=float(theta),
+                rope_theta=theta,
+                rope_scaling=scaling,
+                qk_norm=self.qk_norm,
             )
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{source}: {exc}") from None
 
+    # -- GPTConfig -> config.json: which of our models this family can hold, and how
+
+    def mismatches(self, config: GPTConfig) -> list[str]:
+        """What `config` would need to change to be a model of this family (empty: it is one)."""
+        wanted = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "causal": True, "qk_norm": self.qk_norm}
+        found = [f"{k} {v!r} (got {getattr(config, k)!r})" for k, v in wanted.items() if getattr(config, k) != v]
+        return found + self.bias_mismatches(config)
+
+    def bias_mismatches(self, config: GPTConfig) -> list[str]:
+        if config.qkv_bias != config.bias:
+            return [f"qkv_bias equal to bias (got qkv_bias {config.qkv_bias}, bias {config.bias})"]
+        return []
+
+    def biases_to_hf(self, config: GPTConfig) -> dict[str, Any]:
+        return {"attention_bias": config.bias, "mlp_bias": config.bias}
+
+    def config_to_hf(self, config: GPTConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None,
+                     bos_id: int | None = None) -> dict[str, Any]:
+        """A config.json that transformers reads as this family. The rotary settings are written both
+        as transformers 5 does (rope_parameters) and as earlier versions did (rope_theta, rope_scaling)."""
+        problems = self.mismatches(config)
+        if problems:
+            raise ScratchLLMError(f"export: not a {self.family} model; it needs {', '.join(problems)}")
+        if eos_id is not None and eos_id >= config.vocab_size:
+            eos_id = None  # a model smaller than the tokenizer; transformers rejects an id out of range
+        scaling = None
+        if config.rope_scaling is not None:
+            s = config.rope_scaling
+            scaling = {"rope_type": "llama3", "factor": s["factor"], "low_freq_factor": s["low_freq_factor"],
+                       "high_freq_factor": s["high_freq_factor"],
+                       "original_max_position_embeddings": s["original_context_length"]}
+        rope = {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}
+        return {
+            "architectures": [self.architecture],
+            "model_type": self.model_type,
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.emb_dim,
+            "intermediate_size": config.hidden_dim,
+            "num_hidden_layers": config.n_layers,
+            "num_attention_heads": config.n_heads,
+            "num_key_value_heads": config.kv_heads,
+            "head_dim": config.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": config.context_length,
+            "rms_norm_eps": config.layer_norm_eps,
+            "rope_theta": config.rope_theta,
+            "rope_scaling": scaling,
+            "rope_parameters": rope,
+            **self.biases_to_hf(config),
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "tie_word_embeddings": config.tie_embeddings,
+            "use_cache": True,
+            "bos_token_id": bos_id if bos_id is not None and bos_id < config.vocab_size else None,
+            "eos_token_id": eos_id,
+            "dtype": str(dtype).removeprefix("torch."),
+            "torch_dtype": str(dtype).removeprefix("torch."),  # the key's name before transformers 5
+        }
+
+    # -- tensors
+
     def from_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig, source: str = "weights") -> dict[str, torch.Tensor]:
-        """Hugging Face Llama names -> ours; q/k/v projections are concatenated into our fused qkv."""
+        """Hugging Face names -> ours; q/k/v projections are concatenated into our fused qkv."""
         out: dict[str, torch.Tensor] = {}
         qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         for name, tensor in sd.items():
-            key = name.removeprefix("model.")
+            key = name if name.startswith(("model.", "lm_head.")) else f"model.{name}"  # bare LlamaModel names too
             if key.endswith("rotary_emb.inv_freq"):
-                continue  # recomputed from rope_theta
-            if key == "embed_tokens.weight":
-                out["tok_emb.weight"] = tensor
-            elif key == "norm.weight":
-                out["final_norm.weight"] = tensor
-            elif key == "lm_head.weight":
+                continue  # recomputed from the rotary settings
+            if key in _LLAMA_TOP:
+                out[_LLAMA_TOP[key]] = tensor
+                continue
+            if key == "lm_head.weight":
                 if not config.tie_embeddings:
                     out["out_head.weight"] = tensor
+                continue
+            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+            if m is None:
+                raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a {self.family} model")
+            layer, module, param = m.groups()
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((layer, param), {})[module[-6]] = tensor
+            elif module in _LLAMA_BLOCK:
+                out[f"blocks.{layer}.{_LLAMA_BLOCK[module]}.{param}"] = tensor
             else:
-                m = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", key)
-                if m is None:
-                    raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a Llama model")
-                layer, module, param = m.groups()
-                if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                    qkv.setdefault((layer, param), {})[module[-6]] = tensor
-                elif module in _LLAMA_BLOCK:
-                    out[f"blocks.{layer}.{_LLAMA_BLOCK[module]}.{param}"] = tensor
-                else:
-                    raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a Llama model")
+                raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a {self.family} model")
         for (layer, param), parts in qkv.items():
             if set(parts) != {"q", "k", "v"}:
                 raise ScratchLLMError(f"{source}: layer {layer} lacks one of q_proj/k_proj/v_proj {param}")
             out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
         return out
 
+    def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+        """Our names -> Hugging Face's; our fused qkv is split into q_proj, k_proj, v_proj."""
+        top = {ours: hf for hf, ours in _LLAMA_TOP.items()}
+        block = {ours: hf for hf, ours in _LLAMA_BLOCK.items()}
+        sizes = [config.n_heads * config.head_dim, config.kv_heads * config.head_dim, config.kv_heads * config.head_dim]
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in sd.items():
+            tensor = tensor.detach().to("cpu")
+            if name == "out_head.weight":
+                if not config.tie_embeddings:
+                    out["lm_head.weight"] = tensor.contiguous()
+                continue
+            if name in top:
+                out[top[name]] = tensor.contiguous()
+                continue
+            m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+            if m is None or (m.group(2) not in block and m.group(2) != "attn.qkv"):
+                raise ScratchLLMError(f"export: tensor {name!r} has no {self.family} counterpart")
+            layer, module, param = m.groups()
+            if module == "attn.qkv":
+                for part, piece in zip("qkv", tensor.split(sizes, dim=0)):  # (q_dim | kv_dim | kv_dim, ...)
+                    out[f"model.layers.{layer}.self_attn.{part}_proj.{param}"] = piece.contiguous()
+            else:
+                out[f"model.layers.{layer}.{block[module]}.{param}"] = tensor.contiguous()
+        return out
 
-ADAPTERS: dict[str, HFAdapter] = {a.model_type: a for a in (GPT2Adapter(), LlamaAdapter())}
+
+def rope_from_hf(h: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None, list[tuple[bool, str]]]:
+    """(rope_theta, our rope_scaling, unsupported settings) of a config.json, written either as
+    transformers 5 does ("rope_parameters": {"rope_type", "rope_theta", ...}) or as earlier versions
+    and most hub files do ("rope_theta", "rope_scaling": {"rope_type" or "type", ...})."""
+    params: dict[str, Any] = {}
+    problems = []
+    for key in ("rope_scaling", "rope_parameters"):  # the newer key wins
+        value = h.get(key)
+        if isinstance(value, Mapping):
+            params.update(value)
+        elif value is not None:
+            problems.append((True, f"{key} {value!r} (expected an object)"))
+    theta = params.get("rope_theta", h.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    partial = params.get("partial_rotary_factor", h.get("partial_rotary_factor", 1.0))
+    problems += [(kind not in ("default", "llama3"), f"rope type {kind!r} (only default and llama3)"),
+                 (partial != 1.0, f"partial_rotary_factor {partial!r} (rotary positions on every channel only)")]
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        problems.append((True, f"rope_theta {theta!r} (expected a number)"))
+        theta = 10000.0
+    scaling = None
+    if kind == "llama3":
+        scaling = {"type": "llama3", **{k: params.get(k) for k in ("factor", "low_freq_factor", "high_freq_factor")},
+                   # absent: the context the model was configured with, as transformers reads it
+                   "original_context_length": params.get("original_max_position_embeddings",
+                                                         h.get("max_position_embeddings"))}
+    return float(theta), scaling, problems
+
+
+class Qwen2Adapter(LlamaAdapter):
+    """Qwen2ForCausalLM (Qwen2, Qwen2.5): Llama's architecture with biases on the query, key and value
+    projections only (none on the output projection or the MLP) (Yang et al. 2024, Qwen2 report)."""
+
+    model_type = "qwen2"
+    family = "Qwen2"
+    architecture = "Qwen2ForCausalLM"
+    defaults = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                    num_attention_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6, head_dim=None)
+
+    def biases_from_hf(self, h):
+        return True, False, []
+
+    def bias_mismatches(self, config: GPTConfig) -> list[str]:
+        if (config.qkv_bias, config.bias) != (True, False):
+            return [f"qkv_bias True and bias False (got qkv_bias {config.qkv_bias}, bias {config.bias})"]
+        return []
+
+    def biases_to_hf(self, config: GPTConfig) -> dict[str, Any]:
+        return {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layers}
+
+
+class Qwen3Adapter(LlamaAdapter):
+    """Qwen3ForCausalLM: Llama's architecture with RMSNorm on each query and key head (qk_norm) and
+    heads of their own width (head_dim 128 in every size), no biases (Yang et al. 2025, Qwen3 report)."""
+
+    model_type = "qwen3"
+    family = "Qwen3"
+    architecture = "Qwen3ForCausalLM"
+    qk_norm = True
+    defaults = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                    num_attention_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6, head_dim=128)
+
+    def biases_from_hf(self, h):
+        attention = bool(h.get("attention_bias", False))
+        return False, False, [(attention, "attention_bias true (biases on q/k/v/o but not the MLP)")]
+
+    def bias_mismatches(self, config: GPTConfig) -> list[str]:
+        if config.qkv_bias or config.bias:
+            return [f"no biases (got qkv_bias {config.qkv_bias}, bias {config.bias})"]
+        return []
+
+    def biases_to_hf(self, config: GPTConfig) -> dict[str, Any]:
+        return {"attention_bias": False, "use_sliding_window": False, "sliding_window": None,
+                "max_window_layers": config.n_layers}
+
+
+ADAPTERS: dict[str, HFAdapter] = {a.model_type: a for a in (GPT2Adapter(), LlamaAdapter(), Qwen2Adapter(), Qwen3Adapter())}
+
+
+def adapter_for_model(config: GPTConfig) -> HFAdapter:
+    """The family that holds a model of `config` when it is exported, read from its switches: learned
+    positions are GPT-2; rotary ones with qk_norm Qwen3, with biases on q/k/v only Qwen2, with biases
+    everywhere or nowhere Llama.
+    Nothing needs recording: each family's switches differ, so import then export gives the family
+    back. A model no family holds is a one-line error naming what the closest one needs."""
+    candidates = [ADAPTERS[t] for t in ("llama", "qwen2", "qwen3", "gpt2")]
+    for adapter in candidates:
+        if not adapter.mismatches(config):
+            return adapter
+    closest = min(candidates, key=lambda a: len(a.mismatches(config)))  # the first of those that need least
+    raise ScratchLLMError(f"export: no Hugging Face family holds this model; the closest, {closest.family} "
+                          f"({closest.architecture}), needs {', '.join(closest.mismatches(config))}")
 
 
 def adapter_for(hf_config: Mapping[str, Any], source: str = "config.json") -> HFAdapter:
@@ -332,6 +576,18 @@ def read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
+def index_shards(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's .index.json names (file names beside it), sorted."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ScratchLLMError(f"{index}: field 'weight_map' must be an object of tensor name -> shard file")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard.startswith("."):
+            raise ScratchLLMError(f"{index}: shard {shard!r} is not a file name in {index.parent}")
+    return shards
+
+
 def read_hf_dir(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
     """(config.json, state dict, weights path) of a Hugging Face directory: model.safetensors, else
     pytorch_model.bin (each possibly sharded with an .index.json)."""
@@ -342,13 +598,8 @@ def read_hf_dir(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
             return config, reader(d / file), d / file
         index = d / f"{file}.index.json"
         if index.is_file():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ScratchLLMError(f"{index}: field 'weight_map' must be an object")
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                if Path(shard).name != shard:
-                    raise ScratchLLMError(f"{index}: shard {shard!r} is not a file name in {d}")
+            for shard in index_shards(index):
                 state.update(reader(d / shard))
             return config, state, index
     raise ScratchLLMError(f"{d}: no model.safetensors or pytorch_model.bin (Hugging Face weights)")
@@ -367,8 +618,19 @@ def load_hf(directory: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
-    """The tokenizer of a Hugging Face directory: GPT-2's for the GPT-2 family."""
-    return Tokenizer.gpt2()
+    """The tokenizer of a Hugging Face directory: its tokenizer.json (with tokenizer_config.json and the
+    chat template beside it; generation_config.json's eos_token_id also end generation), else GPT-2's
+    (a GPT-2 directory may hold only config.json and the weights; vocab.json + merges.txt are GPT-2's)."""
+    d = Path(directory)
+    if not (d / TOKENIZER_JSON).is_file():
+        return Tokenizer.gpt2()
+    stop_ids: list[int] = []
+    if (d / GENERATION_CONFIG).is_file():
+        eos = read_json(d / GENERATION_CONFIG).get("eos_token_id")
+        stop_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in stop_ids):
+            raise ScratchLLMError(f"{d / GENERATION_CONFIG}: eos_token_id is {eos!r}; expected an id or a list of ids")
+    return Tokenizer.from_hf(d, stop_ids=stop_ids)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,24 +642,81 @@ def gpt2_name(name: str) -> str | None:
     return name if name in GPT2_NAMES else None
 
 
-def hub_dir(name: str, progress: bool = True) -> Path:
-    """The Hugging Face directory (config.json + model.safetensors) of a hub name, downloaded into
-    `cache_dir()/hf/NAME` ($SCRATCHLLM_CACHE, else ~/.cache/scratchllm) the first time and read
-    from there afterwards."""
+def hub_name(name: str) -> str | None:
+    """The hub repository a name stands for: "gpt2" for GPT-2's names and aliases ("gpt2-small",
+    "openai-community/gpt2", ...), the name itself for any other OWNER/NAME, else None."""
     gpt2 = gpt2_name(name)
-    if gpt2 is None:
-        if os.sep in name or name.startswith("."):
+    if gpt2 is not None:
+        return gpt2
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) and ".." not in name:
+        return name
+    return None
+
+
+def hub_dir(name: str, progress: bool = True) -> Path:
+    """The Hugging Face directory of a hub name, downloaded into `cache_dir()/hf/` ($SCRATCHLLM_CACHE,
+    else ~/.cache/scratchllm) the first time and read from there afterwards.
+
+    GPT-2's names fetch config.json and model.safetensors into hf/gpt2 (-medium, ...). Any other
+    OWNER/NAME fetches into hf/OWNER--NAME: config.json, the weights (model.safetensors, or
+    model.safetensors.index.json and the shards it names) and whichever of HUB_OPTIONAL_FILES (the
+    tokenizer, its chat template, the generation settings) the repository has; a config.json of a
+    family or setting we do not model stops it before the weights are fetched. Each file is checked
+    (SHA-256 and size for the weights, size for small files) and moved into place whole, so an
+    interrupted download resumes file by file; HUB_MANIFEST, written last, says the directory is
+    complete, and from then on nothing is asked of the network.
+    """
+    repo = hub_name(name)
+    if repo is None:
+        if os.sep in name or name.startswith((".", "~")):
             raise ScratchLLMError(f"{Path(name).expanduser()}: no such directory")
-        raise ScratchLLMError(f"{name!r}: no such model directory, and not a GPT-2 name (one of {', '.join(GPT2_NAMES)})")
-    directory = cache_dir() / "hf" / gpt2
-    for file in HF_FILES:
+        raise ScratchLLMError(f"{name!r}: no such directory, and not a hub name (a GPT-2 name, one of "
+                              f"{', '.join(GPT2_NAMES)}, or OWNER/NAME such as HuggingFaceTB/SmolLM2-135M)")
+    if repo in GPT2_NAMES:
+        return _gpt2_dir(repo, progress)
+    directory = cache_dir() / "hf" / repo.replace("/", "--")
+    if (directory / HUB_MANIFEST).is_file():
+        return directory
+    hint = (f"if the hub refuses (no network; a gated or private model, such as meta-llama's), fetch it with "
+            f"`hf download {repo} --local-dir DIR` (after `hf auth login` and accepting its licence) and pass DIR")
+
+    def fetch(file: str, optional: bool = False) -> bool:
+        """Download `file` unless it is already there; False if optional and the hub has none."""
+        if (directory / file).is_file():
+            return True
+        try:
+            return download_file(HF_URL.format(name=repo, file=file), directory / file, progress=progress,
+                                 missing_ok=optional) is not None
+        except ScratchLLMError as exc:
+            raise ScratchLLMError(f"{name!r}: no such directory, and fetching it from the Hugging Face hub "
+                                  f"failed: {exc}; {hint}") from None
+
+    fetch(CONFIG_FILE)
+    # a model we cannot run stops here, before its weights are fetched
+    config_from_hf(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
+    if not fetch("model.safetensors", optional=True):
+        if not fetch(HUB_INDEX, optional=True):
+            raise ScratchLLMError(f"{repo}: the hub has neither model.safetensors nor {HUB_INDEX} "
+                                  "(only safetensors weights are downloaded)")
+        for shard in index_shards(directory / HUB_INDEX):
+            fetch(shard)
+    present = [file for file in HUB_OPTIONAL_FILES if fetch(file, optional=True)]
+    write_json(directory / HUB_MANIFEST, {"repo": repo, "optional_files": present,
+                                          "missing": [f for f in HUB_OPTIONAL_FILES if f not in present]})
+    return directory
+
+
+def _gpt2_dir(name: str, progress: bool) -> Path:
+    """OpenAI's GPT-2 release `name`: config.json and model.safetensors in hf/NAME (the tokenizer is built in)."""
+    directory = cache_dir() / "hf" / name
+    for file in GPT2_FILES:
         if not (directory / file).is_file():
-            url = HF_URL.format(name=gpt2, file=file)
+            url = HF_URL.format(name=name, file=file)
             try:
                 download_file(url, directory / file, progress=progress)
             except ScratchLLMError as exc:
                 raise ScratchLLMError(
-                    f"{exc}; without network, put {', '.join(HF_FILES)} of {gpt2} in {directory} "
+                    f"{exc}; without network, put {', '.join(GPT2_FILES)} of {name} in {directory} "
                     "or pass a local Hugging Face directory"
                 ) from None
     return directory

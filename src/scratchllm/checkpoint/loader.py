@@ -87,7 +87,8 @@ def load(
     merge: bool = True,
 ) -> tuple[nn.Module, Tokenizer]:
     """(model in eval mode, tokenizer) from a scratchllm model directory of any kind, a training run
-    directory, a Hugging Face directory or a hub name (downloaded once). `dtype` casts the weights.
+    directory, a Hugging Face directory or a hub name (downloaded once), on `device` ("auto": CUDA,
+    else MPS, else the CPU). `dtype` casts the weights.
 
     kind: what the caller needs. None gives the directory's own kind: a GPT (`gpt`, `encoder`, and
     `lora` with its adapters merged unless merge=False), a Classifier or an EncoderDecoder. "gpt"

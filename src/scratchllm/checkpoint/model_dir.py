@@ -4,10 +4,12 @@ This is where a trained model leaves the pipeline and where every later stage (g
 fine-tuning, evaluation, serving) picks one up. A scratchllm model directory holds
 
     config.json        {"format": "scratchllm", "version": 1, "kind": KIND, "model": {GPTConfig fields},
-                        "tokenizer": {"type": "gpt2"} or {"type": "bpe", "file": "tokenizer.json", ...},
+                        "tokenizer": {"type": "gpt2"} or {"type": "bpe", "file": "tokenizer.json", ...}
+                                     or {"type": "hf", "file": "tokenizer.json", "sha256": ..., "stop_ids": [...]},
                         ...the kind's own keys, and any extra keys the writer adds ("prompt_style", ...)}
     model.safetensors  the weights under our parameter names (a tensor shared by two modules is stored once)
-    tokenizer.json     a trained tokenizer (absent when the tokenizer is GPT-2's)
+    tokenizer.json     a trained tokenizer (absent when the tokenizer is GPT-2's); for "hf" a Hugging Face
+                       tokenizer.json, with its tokenizer_config.json and chat_template.jinja beside it
 
 and one of these kinds, decided by the model object when it is written:
 
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchllm.core.device import parse_dtype
+from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.core.files import atomic_directory, read_json, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.classifier import POOLINGS, Classifier
@@ -47,6 +49,7 @@ from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora, set_tensors, split_lora_state
+from scratchllm.models.size import check_fits, parameter_count
 from scratchllm.tokenizer import Tokenizer
 
 FORMAT = "scratchllm"
@@ -187,10 +190,15 @@ def _weights_and_keys(model: nn.Module, kind: str) -> tuple[dict[str, torch.Tens
 
 
 def tokenizer_spec(tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """What config.json records of a tokenizer: {"type": "gpt2"}, or a trained one's file and SHA-256."""
+    """What config.json records of a tokenizer: {"type": "gpt2"}, or a trained one's file and SHA-256,
+    or a Hugging Face one's ("hf": its tokenizer.json's SHA-256, and the extra stop ids it was given)."""
     if tokenizer is None or tokenizer.spec.get("type") == "gpt2":
         return {"type": "gpt2"}
     blob = tokenizer.to_json_bytes()
+    if tokenizer.hf_files:
+        spec: dict[str, Any] = {"type": "hf", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+        stop_ids = tokenizer.spec.get("stop_ids")
+        return {**spec, "stop_ids": list(stop_ids)} if stop_ids else spec
     return {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
 
 
@@ -225,8 +233,13 @@ def save_model(
     weights, head, keys = _weights_and_keys(model, kind)
     spec = tokenizer_spec(tokenizer)
     directory = Path(directory)
-    with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind})") as tmp:
-        if spec["type"] != "gpt2":
+    size = sum(t.numel() * t.element_size() for t in [*weights.values(), *(head or {}).values()])
+    with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind})",
+                          size=size) as tmp:
+        if spec["type"] == "hf":  # the Hugging Face files as they were read, tokenizer.json included
+            for name, blob in tokenizer.hf_files.items():
+                (tmp / name).write_bytes(blob)
+        elif spec["type"] != "gpt2":
             # Written here rather than with tokenizer.save, which would repoint the caller's
             # tokenizer.spec at this temporary directory.
             (tmp / TOKENIZER_FILE).write_bytes(tokenizer.to_json_bytes())
@@ -249,6 +262,9 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     else best/, else its highest checkpoints/step-N/. A config.json or weights file names its folder."""
     p = Path(path).expanduser()
     if p.is_file() and (p.name == CONFIG_FILE or p.suffix in (".safetensors", ".bin")):
+        if not (p.parent / CONFIG_FILE).is_file():  # name the file given, not its folder (often ".")
+            raise ScratchLLMError(f"{p}: a weights file without a {CONFIG_FILE} beside it; expected a model directory "
+                                  f"(its {CONFIG_FILE} and weights)")
         p = p.parent
     if not p.exists():
         raise ScratchLLMError(f"{p}: no such directory")
@@ -302,16 +318,20 @@ def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
     """The tokenizer a scratchllm model directory records: GPT-2's, or its own tokenizer.json
-    (checked against the SHA-256 in config.json)."""
+    (checked against the SHA-256 in config.json): a trained one, or a Hugging Face one with its
+    tokenizer_config.json and chat template beside it."""
     d = resolve_model_dir(directory)
     spec = read_model_config(d).get("tokenizer", {"type": "gpt2"})
     if spec.get("type") == "gpt2":
         return Tokenizer.gpt2()
-    if spec.get("type") == "bpe":
+    if spec.get("type") in ("bpe", "hf"):
         file = spec.get("file")
         if not isinstance(file, str) or Path(file).name != file:
             raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'file' is {file!r}, expected a file name inside the directory")
-        tokenizer = Tokenizer.load(d / file)
+        stop_ids = spec.get("stop_ids") or []
+        if not (isinstance(stop_ids, list) and all(isinstance(i, int) for i in stop_ids)):
+            raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'stop_ids' is {stop_ids!r}, expected a list of token ids")
+        tokenizer = Tokenizer.from_hf(d / file, stop_ids=stop_ids) if spec["type"] == "hf" else Tokenizer.load(d / file)
         want = spec.get("sha256")
         if want and tokenizer.spec.get("sha256") != want:
             raise ScratchLLMError(
@@ -362,7 +382,7 @@ def _tied(model: nn.Module) -> set[str]:
 
 
 def _place(model: nn.Module, device: str | torch.device, dtype: str | torch.dtype | None) -> nn.Module:
-    dtype = parse_dtype(dtype)
+    dtype, device = parse_dtype(dtype), resolve_device(device)
     try:
         if dtype is not None:
             model.to(dtype=dtype)
@@ -381,6 +401,11 @@ def gpt_from_state_dict(
     dtype: str | torch.dtype | None = None,
 ) -> GPT:
     """A GPT in eval mode holding exactly `state_dict`'s tensors (checked against `config` first)."""
+    held = sum(t.numel() for t in state_dict.values())
+    described = parameter_count(config)
+    if described > 2 * held + 1_000_000:  # even the empty (meta) model of a hostile config takes minutes
+        raise ScratchLLMError(f"{config_source}: describes a model of {described:,} parameters, but {weights} holds "
+                              f"{held:,} numbers; the config does not belong to these weights")
     with torch.device("meta"):  # shapes only: no memory, no random init
         model = GPT(config)
     check_tensors(state_dict, _expected_shapes(model, _tied(model)), weights, config_source)
@@ -426,6 +451,11 @@ def build_model(d: Path, data: dict[str, Any], kind: str, device, dtype, merge: 
     source = str(d / CONFIG_FILE)
     config = GPTConfig.from_dict(data["model"], source=f"{source} field 'model'")
     weights = d / WEIGHTS_FILE
+    # Before reading the weights: a config too big for this machine is one line, not a minute of swapping.
+    # (2 bytes a parameter at least, bfloat16; an encoder-decoder has two stacks.)
+    wanted = parse_dtype(dtype)
+    check_fits(config, device, wanted.itemsize if wanted is not None else 2, copies=2 if kind == "seq2seq" else 1,
+               what=source)
     if kind == "seq2seq":
         model = EncoderDecoder(config)
         load_weights(model, d)

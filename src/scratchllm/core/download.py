@@ -63,12 +63,15 @@ def download_file(
     sha256: str | None = None,
     size: int | None = None,
     progress: bool = True,
-) -> Path:
+    missing_ok: bool = False,
+) -> Path | None:
     """Fetch `url` to `dest` with a progress bar, checking its size and SHA-256, then move it into place.
 
     The expected SHA-256 is `sha256` if given, else the hub's X-Linked-Etag header when it is a
     SHA-256; the expected size is `size`, else X-Linked-Size, else Content-Length. Data goes to a
     temporary file beside `dest`, so a failed or interrupted download never leaves a file there.
+    missing_ok: return None when the server has no such file (HTTP 404; a missing file:// path)
+    instead of raising, for files a caller can do without.
     """
     from tqdm.auto import tqdm
 
@@ -109,6 +112,10 @@ def download_file(
         os.replace(tmp, dest)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        not_found = isinstance(exc, urllib.error.URLError) and (
+            getattr(exc, "code", None) == 404 or isinstance(reason, FileNotFoundError))
+        if missing_ok and not_found:
+            return None
         raise ScratchLLMError(f"download {url}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)

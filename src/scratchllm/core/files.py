@@ -4,12 +4,14 @@ Everything scratchllm writes (reports, metrics, JSON, plots, tokenizers) goes to
 beside its destination that is renamed into place (`os.replace` is atomic within a directory), so
 an interrupted or failed write never leaves a half-written file and never replaces a good one.
 Directories (model directories, checkpoints, prepared data) get the same treatment as a whole:
-`atomic_directory` builds them beside the target and swaps them in with renames.
+`atomic_directory` builds them beside the target and swaps them in with renames. A write that
+fails because the disk is full says so in one line, with the space it needed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -34,10 +36,73 @@ def _label(path: Path, what: str) -> str:
     return f"{what} {path}" if what else str(path)
 
 
+def check_overwrite(path: str | os.PathLike[str], overwrite: bool, what: str = "output file") -> Path:
+    """Refuse an existing `path` unless `overwrite`: what single-file outputs (a tokenizer, a report,
+    responses) call before any work, so a mistyped --out never replaces a file silently."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScratchLLMError(f"{what} {path}: is a directory, expected a file path")
+    if path.exists() and not overwrite:
+        raise ScratchLLMError(f"{what} {path}: already exists (pass overwrite=True / --overwrite to replace it)")
+    return path
+
+
+# Below this much free space a failed write is taken for a full disk: torch.save and safetensors
+# report ENOSPC as their own errors ("file write failed", "basic_ios::clear"), without the errno.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes this process may still write on the file system holding `path` (None if unknown)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: BaseException, where: str | os.PathLike[str]) -> bool:
+    """Whether `exc`, raised while writing under `where`, means the device ran out of space."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "StorageFull" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    free = free_bytes(where)
+    return free is not None and free < LOW_SPACE_BYTES
+
+
+def _mb(n: int | None) -> str:
+    return "an unknown amount" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes in the file or tree `path` (what a failed write had written so far)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+def disk_full_error(path: Path, needed: int, free: int | None, what: str = "", written: int | None = None) -> ScratchLLMError:
+    """The one-line error of a write that does not fit: the path, the space it needs, the space free.
+    `written`: bytes written when the disk filled up, when that (not `needed`) is what is known."""
+    if written is not None and (free is None or needed <= free):
+        need = f"needs more than the {_mb(free)} that were free (the disk filled up after {_mb(written)})"
+    else:
+        need = f"needs at least {_mb(needed)}, {_mb(free)} free"
+    return ScratchLLMError(f"{_label(path, what)}: not enough disk space: {need}; nothing was replaced "
+                           "(free some space or write elsewhere)")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], what: str = "", suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], what: str = "", suffix: str = ".tmp", size: int = 0) -> Iterator[Path]:
     """Yield a temporary path beside `path` for the block to write; rename it to `path` when the
-    block succeeds, remove it when the block fails. `what` names the file in errors ("report file")."""
+    block succeeds, remove it when the block fails. `what` names the file in errors ("report file");
+    `size`, the bytes the block will write when known, is what a full disk's error says it needs."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,10 +111,15 @@ def atomic_path(path: str | os.PathLike[str], what: str = "", suffix: str = ".tm
     except OSError as exc:
         raise ScratchLLMError(f"{_label(path, what)}: cannot write ({exc.strerror or exc})") from None
     tmp = Path(name)
+    free = free_bytes(path.parent)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would otherwise stay on the result
         os.replace(tmp, path)
+    except Exception as exc:
+        if not isinstance(exc, ScratchLLMError) and is_disk_full(exc, path.parent):
+            raise disk_full_error(path, size, free, what, written=_bytes_under(tmp)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,7 +129,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, what: str = ""
     path = Path(path)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        with atomic_path(path, what) as tmp:
+        with atomic_path(path, what, size=len(blob)) as tmp:
             tmp.write_bytes(blob)
     except OSError as exc:
         raise ScratchLLMError(f"{_label(path, what)}: cannot write ({exc.strerror or exc})") from None
@@ -89,6 +159,18 @@ def read_text(path: str | os.PathLike[str], what: str = "", expected: str = "a U
         raise ScratchLLMError(f"{label}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ScratchLLMError(f"{label}: cannot read ({exc.strerror or exc})") from None
+
+
+def json_lines(text: str, source: str | os.PathLike[str]) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of JSONL text; a bad line is one error naming it."""
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                items.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ScratchLLMError(f"{source} line {n}: not valid JSON ({exc.msg})") from None
+    return items
 
 
 def read_json(path: str | os.PathLike[str], what: str = "") -> dict[str, Any]:
@@ -146,6 +228,7 @@ def atomic_directory(
     target: str | os.PathLike[str],
     may_replace: Callable[[Path], bool] = lambda path: False,
     what: str = "a directory of this kind",
+    size: int = 0,
 ) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; on success it becomes `target`.
 
@@ -155,7 +238,9 @@ def atomic_directory(
     a crash between the two renames leaves the previous directory intact as `.NAME.old-*`
     (`recover_directory` puts it back). An existing `target` is only replaced when it is empty or
     `may_replace(target)` says it is `what` the caller writes, so a mistyped path never deletes,
-    say, a run directory or $HOME.
+    say, a run directory or $HOME. `size`: the bytes the block will write at least (e.g. the
+    weights); more than the free space is refused before writing, and a disk that fills up while
+    writing is one line with the space needed.
     """
     target = Path(target)
     if target.exists():
@@ -167,8 +252,16 @@ def atomic_directory(
             )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScratchLLMError(f"{target}: cannot create directory ({exc.strerror or exc})") from None
+    free = free_bytes(target.parent)
+    if free is not None and size > free:
+        raise disk_full_error(target, size, free)
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
+        if is_disk_full(exc, target.parent):
+            raise disk_full_error(target, size, free, written=0) from None
         raise ScratchLLMError(f"{target}: cannot create directory ({exc.strerror or exc})") from None
     try:
         yield tmp
@@ -186,8 +279,16 @@ def atomic_directory(
         _fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise ScratchLLMError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    except Exception as exc:
+        if isinstance(exc, ScratchLLMError):
+            raise
+        # torch.save and safetensors raise their own errors for a full disk; the tree written so
+        # far (about what was free) says how much more than that the directory needs.
+        if is_disk_full(exc, target.parent):
+            raise disk_full_error(target, size, free, written=_bytes_under(tmp)) from None
+        if isinstance(exc, OSError):
+            raise ScratchLLMError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 

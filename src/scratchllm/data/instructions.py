@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchllm.core.files import read_text
+from scratchllm.core.files import json_lines, read_text
 from scratchllm.errors import ScratchLLMError
 from scratchllm.prompts import PromptStyle
 
@@ -34,14 +34,7 @@ def read_records(path: str | os.PathLike[str]) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise ScratchLLMError(f"{path}: not valid JSON ({exc})") from None
     else:
-        records = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ScratchLLMError(f"{path}: line {n} is not valid JSON ({exc})") from None
+        records = [value for _, value in json_lines(text, path)]
     if not isinstance(records, list):
         raise ScratchLLMError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if not records:
@@ -158,9 +151,15 @@ def prompt_and_response(record: dict, style: PromptStyle, response: str = "outpu
 
 def encode_example(tokenizer, style: PromptStyle, record: dict, response: str = "output") -> tuple[list[int], int]:
     """(prompt + response ids, number of prompt ids). Prompt and response are encoded separately,
-    the way `respond` encodes the prompt alone; special-token text in them stays plain text."""
+    the way `respond` encodes the prompt alone; special-token text in them stays plain text, except
+    the control tokens a chat template writes into the prompt (as transformers' apply_chat_template
+    encodes it). Other styles' prompts start with the tokenizer's BOS (Llama 3's; GPT-2 has none),
+    as `generation.encode_prompt` starts them at inference."""
     prompt, answer = prompt_and_response(record, style, response)
-    prompt_ids = tokenizer.encode_ordinary(prompt)
+    if style.writes_special_tokens:
+        prompt_ids = tokenizer.encode(prompt, allowed_special="all")
+    else:
+        prompt_ids = [*tokenizer.bos_ids, *tokenizer.encode_ordinary(prompt)]
     return prompt_ids + tokenizer.encode_ordinary(answer or ""), len(prompt_ids)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.core.download import cache_dir, download_file
-from scratchllm.core.files import read_text, write_atomic
+from scratchllm.core.files import json_lines, read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
 
 # The UCI SMS Spam Collection (Almeida, Gomez Hidalgo and Yamakami 2011): 5,574 messages, 747 spam.
@@ -93,13 +93,7 @@ def _read_records(path: Path, fmt: str, header: bool | None, text_column: str, l
             items = [(i + 1, obj) for i, obj in enumerate(data)]
             where = "item"
         else:
-            items = []
-            for n, line in enumerate(content.splitlines(), 1):
-                if line.strip():
-                    try:
-                        items.append((n, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise ScratchLLMError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+            items = json_lines(content, path)
             where = "line"
         rows, lines, columns = [], [], {}
         for n, obj in items:

@@ -436,7 +436,7 @@ def prepare(
       or .md file is one document; so is each JSONL record's "text". Every document ends with the
       end-of-text token.
     - tokenizer: "gpt2", a tokenizer .json path (`Tokenizer.from_spec`) or a `Tokenizer`; a trained
-      tokenizer is copied into `out/tokenizer.json`.
+      tokenizer is copied into `out/tokenizer.json`, a Hugging Face one as its files.
     - Split: with at least MIN_VAL_DOCUMENTS / val_fraction documents, each document goes to val
       with probability val_fraction (seeded); otherwise val is the last `val_tokens_for(...)`
       tokens of the stream. Either way val is then topped up from the end of train to one window
@@ -524,7 +524,12 @@ def prepare(
         val.close()
 
         spec = tok.spec
-        if spec.get("type") != "gpt2":
+        if tok.hf_files:  # a Hugging Face tokenizer: its files (config and chat template too) go with the data
+            for name, blob in tok.hf_files.items():
+                (tmp / name).write_bytes(blob)
+            spec = {**spec, "file": str((out_path / TOKENIZER_FILE).absolute()),
+                    "sha256": hashlib.sha256(tok.to_json_bytes()).hexdigest()}
+        elif spec.get("type") != "gpt2":
             # Keep the vocabulary with the data; the spec points at the copy's final location.
             src = spec.get("file")
             if src and Path(src).is_file():

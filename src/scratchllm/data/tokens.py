@@ -154,7 +154,7 @@ class TokenData:
     def tokenizer_spec(self) -> dict[str, Any]:
         """Spec for `Tokenizer.from_spec`; a trained tokenizer resolves to this DATADIR's copy."""
         spec = dict(self.meta["tokenizer"])
-        if self.path is not None and spec.get("type") == "bpe" and (self.path / TOKENIZER_FILE).is_file():
+        if self.path is not None and spec.get("type") in ("bpe", "hf") and (self.path / TOKENIZER_FILE).is_file():
             spec["file"] = str((self.path / TOKENIZER_FILE).absolute())
         return spec
 
@@ -172,9 +172,18 @@ class TokenData:
 
     @property
     def bytes_per_token(self) -> float:
-        """Average UTF-8 bytes of text per token over both splits (for bits per byte)."""
+        """Average UTF-8 bytes of text per token over both splits (a description of the corpus; bits
+        per byte of a split divide by that split's own `split_bytes_per_token`)."""
         tokens = self.meta["train"]["tokens"] + self.meta["val"]["tokens"]
         return self.meta["bytes"] / tokens if tokens else float("nan")
+
+    def split_bytes_per_token(self, split: str) -> float | None:
+        """UTF-8 bytes of text per token of one split ("train" or "val"); None when the split is empty
+        or its bytes are not recorded (DATADIRs from before per-split bytes)."""
+        if split not in ("train", "val"):
+            raise ScratchLLMError(f"split {split!r}: expected 'train' or 'val'")
+        tokens, size = self.meta[split].get("tokens"), self.meta[split].get("bytes")
+        return size / tokens if tokens and size is not None else None
 
 
 def load_corpus(path: str | os.PathLike[str], tokenizer: Any, val_fraction: float = 0.1) -> TokenData:
@@ -196,27 +205,48 @@ def load_corpus(path: str | os.PathLike[str], tokenizer: Any, val_fraction: floa
     if not text.strip():
         raise ScratchLLMError(f"the corpus is empty or all whitespace (1 file(s), {len(blob)} bytes: {root})")
     tok = Tokenizer.from_spec(tokenizer)
-    dtype = token_dtype(tok.vocab_size)
-    ids = np.array(tok.encode_ordinary(text) + [tok.eot_id], dtype=dtype)
+    ids = np.array(tok.encode_ordinary(text) + [tok.eot_id], dtype=token_dtype(tok.vocab_size))
     split = int(len(ids) * (1 - val_fraction))
+    source = {"path": str(root), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    return in_memory(ids[:split], ids[split:], tok, [source], str(root),
+                     val_fraction=val_fraction, split="tail", documents=1)
+
+
+def corpus_from_texts(train_docs: Sequence[str], val_docs: Sequence[str], tokenizer: Any, name: str = "texts",
+                      **meta: Any) -> TokenData:
+    """Train and validation documents (already split, as text) tokenized in memory: each document's
+    ids then end-of-text, concatenated per split. Splitting the text before tokenizing lets a
+    tokenizer be trained on the training text alone, and gives every tokenizer the same validation
+    text (so bits per byte compare like for like). `meta` is added to the TokenData's meta."""
+    tok = Tokenizer.from_spec(tokenizer)
+    dtype = token_dtype(tok.vocab_size)
+    parts = []
+    for docs in (train_docs, val_docs):
+        encoded = tok.encode_batch(list(docs)) if docs else []
+        flat = [i for ids in encoded for i in (*ids, tok.eot_id)]
+        parts.append(np.array(flat, dtype=dtype))
+    sources = [{"path": name, "bytes": sum(len(d.encode("utf-8")) for d in (*train_docs, *val_docs))}]
+    return in_memory(parts[0], parts[1], tok, sources, name, documents=len(train_docs) + len(val_docs), **meta)
+
+
+def in_memory(train_ids: np.ndarray, val_ids: np.ndarray, tok: Tokenizer, sources: list[dict[str, Any]], name: str,
+              **meta: Any) -> TokenData:
+    """TokenData over two in-memory id arrays, with the meta a DATADIR would have (bytes per split)."""
     lengths = tok.token_byte_lengths()
-    train_ids, val_ids = ids[:split], ids[split:]
     train_bytes, val_bytes = int(lengths[train_ids].sum()), int(lengths[val_ids].sum())
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "tokenizer": tok.spec,
         "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
+        "dtype": train_ids.dtype.name,
         "eot_id": tok.eot_id,
         "train": {"tokens": len(train_ids), "bytes": train_bytes, "shards": []},
         "val": {"tokens": len(val_ids), "bytes": val_bytes, "shards": []},
-        "sources": [{"path": str(root), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}],
+        "sources": sources,
         "bytes": train_bytes + val_bytes,
-        "val_fraction": val_fraction,
-        "split": "tail",
-        "documents": 1,
+        **meta,
     }
-    return TokenData(TokenStream([train_ids], train_bytes, f"{root}:train"),
-                     TokenStream([val_ids], val_bytes, f"{root}:val"), meta, None)
+    return TokenData(TokenStream([train_ids], train_bytes, f"{name}:train"),
+                     TokenStream([val_ids], val_bytes, f"{name}:val"), meta, None)
 

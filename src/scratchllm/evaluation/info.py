@@ -18,27 +18,9 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import flops_per_token, parameter_groups
+from scratchllm.models.size import parameter_breakdown
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
-
-
-def parameter_breakdown(config: GPTConfig) -> dict[str, int]:
-    """Parameters per group, counted as `GPT.parameter_breakdown` counts them."""
-    C, L, V, hidden = config.emb_dim, config.n_layers, config.vocab_size, config.hidden_dim
-    q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
-    bias = 1 if config.bias else 0
-    attention = C * (q_dim + 2 * kv_dim) + (q_dim + 2 * kv_dim if config.qkv_bias else 0)  # qkv
-    attention += q_dim * C + bias * C  # output projection
-    mlp_in = 2 if config.mlp == "swiglu" else 1  # SwiGLU has a gate beside the up-projection
-    mlp = mlp_in * (C * hidden + bias * hidden) + hidden * C + bias * C
-    norm = C if config.norm == "rmsnorm" else C * (1 + bias)  # scale (and shift)
-    return {
-        "embeddings": V * C + (config.context_length * C if config.position == "learned" else 0),
-        "attention": L * attention,
-        "mlp": L * mlp,
-        "norms": (2 * L + 1) * norm,  # two per block and the final one
-        "head": 0 if config.tie_embeddings else V * C,
-    }
 
 
 def _seq2seq_config(spec: str | Path | GPTConfig) -> GPTConfig | None:
@@ -65,7 +47,7 @@ def _seq2seq_counts(config: GPTConfig) -> tuple[dict[str, int], float]:
     if config.tie_embeddings:
         matmul += config.vocab_size * config.emb_dim  # the decoder's head is the shared embedding
     # attention scores and weighted sums: encoder self, decoder self and decoder cross, per layer
-    forward = 2 * matmul + 3 * 4 * config.n_layers * config.context_length * config.emb_dim
+    forward = 2 * matmul + 3 * 4 * config.n_layers * config.context_length * config.n_heads * config.head_dim
     return groups, float(forward)
 
 
@@ -113,10 +95,13 @@ def _bytes(n: float) -> str:
 def format_info(info: dict[str, Any]) -> str:
     c = info["config"]
     total = info["parameters"]
+    config = GPTConfig.from_dict(c)
+    switches = [s for s, on in (("qk_norm", config.qk_norm), ("llama3 rope scaling", config.rope_scaling)) if on]
     lines = [
         f"model: {info['model']} ({info['architecture']})",
-        f"  layers {c['n_layers']}, heads {c['n_heads']}, emb_dim {c['emb_dim']}, context {c['context_length']}, "
-        f"vocab {c['vocab_size']}, tied head {c['tie_embeddings']}",
+        f"  layers {c['n_layers']}, heads {c['n_heads']} ({config.kv_heads} key/value, width {config.head_dim}), "
+        f"emb_dim {c['emb_dim']}, context {c['context_length']}, vocab {c['vocab_size']}, tied head {c['tie_embeddings']}"
+        + "".join(f", {s}" for s in switches),
         f"parameters: {total:,} ({_human(total)})",
     ]
     for group, n in info["breakdown"].items():
@@ -137,14 +122,16 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def format_comparison(infos: list[dict[str, Any]]) -> str:
-    """One row per model: parameters, weights in bf16, KV cache per token, training FLOPs per token."""
-    header = f"{'model':<14}{'params':>10}{'layers':>7}{'emb_dim':>8}{'heads':>6}{'ctx':>6}{'bf16 weights':>14}{'KV/token bf16':>15}{'train FLOPs/tok':>17}"
+    """One row per model: parameters, shape (heads, key/value heads, head width), weights in bf16,
+    KV cache per token, training FLOPs per token."""
+    header = (f"{'model':<14}{'params':>10}{'layers':>7}{'emb_dim':>8}{'heads':>6}{'kv_heads':>9}{'head_dim':>9}"
+              f"{'ctx':>8}{'bf16 weights':>14}{'KV/token bf16':>15}{'train FLOPs/tok':>17}")
     rows = [header]
     for i in infos:
-        c = i["config"]
+        c = GPTConfig.from_dict(i["config"])
         rows.append(
-            f"{i['model']:<14}{_human(i['parameters']):>10}{c['n_layers']:>7}{c['emb_dim']:>8}{c['n_heads']:>6}"
-            f"{c['context_length']:>6}{_bytes(i['weights_bytes']['bfloat16']):>14}"
+            f"{i['model']:<14}{_human(i['parameters']):>10}{c.n_layers:>7}{c.emb_dim:>8}{c.n_heads:>6}{c.kv_heads:>9}"
+            f"{c.head_dim:>9}{c.context_length:>8}{_bytes(i['weights_bytes']['bfloat16']):>14}"
             f"{_bytes(i['kv_cache_bytes_per_token']['bfloat16']):>15}{_human(i['flops_per_token_training']):>17}"
         )
     return "\n".join(rows)

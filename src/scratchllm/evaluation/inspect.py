@@ -210,8 +210,7 @@ def next_token_distribution(model: Any, tokenizer: Any, text: str, top_k: int = 
     if not isinstance(top_k, int) or top_k < 1:
         raise ScratchLLMError(f"top_k {top_k!r}: expected an integer >= 1")
     ids = tokenizer.encode(text, disallowed_special=()) if text else []
-    if not ids:
-        ids = [tokenizer.eot_id]  # an empty prompt: what starts a document
+    ids = list(tokenizer.bos_ids) + ids if ids else tokenizer.document_start  # as a document starts
     ids = ids[-model.config.context_length:]
     device = next(model.parameters()).device
     logits = model(torch.tensor([ids], device=device))[0, -1].float().cpu()  # (V,)

@@ -35,7 +35,7 @@ import torch
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import resolve_device
-from scratchllm.core.files import read_text, write_json
+from scratchllm.core.files import check_overwrite, json_lines, read_text, write_json
 from scratchllm.data.labelled import load_labelled, stratified_split
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
@@ -85,8 +85,10 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write the report as indented JSON, atomically (temp file + rename)."""
+def write_report(report: dict[str, Any], out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the report as indented JSON, atomically (temp file + rename); an existing `out` is an
+    error unless `overwrite` (check_overwrite before the evaluation saves its time)."""
+    check_overwrite(out, overwrite, "report file")
     return write_json(out, report, "report file")
 
 
@@ -106,7 +108,7 @@ def target_logprobs(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
     """
     if isinstance(model, GPT):
         h = model.hidden_states(inputs)  # (B, T, C)
-        logits = model.out_head(h[mask]).float()  # (N, V)
+        logits = model.logits(h[mask]).float()  # (N, V)
     else:
         out = model(inputs)
         logits = getattr(out, "logits", out)[mask].float()  # (N, V)
@@ -175,8 +177,9 @@ def encode_request(tokenizer: Any, context: str, continuations: Sequence[str]) -
 
     GPT-2's pre-tokenizer attaches whitespace to the word after it, so trailing whitespace of the
     context moves to the front of each continuation; each continuation's ids are then the ids of
-    context + continuation after the context's own ids. An empty context becomes the end-of-text
-    token, the model's "start of document".
+    context + continuation after the context's own ids. The context starts with the tokenizer's BOS
+    where it has one (Llama 3, as the harness's `tokenizer(context)` does); an empty context is the
+    tokenizer's `document_start` (GPT-2: end-of-text, its "start of document").
     """
     stripped = context.rstrip()
     moved = context[len(stripped):]
@@ -186,7 +189,9 @@ def encode_request(tokenizer: Any, context: str, continuations: Sequence[str]) -
         whole = tokenizer.encode(stripped + moved + c, disallowed_special=())
         # (If a merge swallowed the whole choice into the context's last token, encode it alone.)
         conts.append(whole[len(ctx):] or tokenizer.encode(moved + c, disallowed_special=()))
-    return ctx or [tokenizer.eot_id], conts
+    if ctx and tokenizer.bos_ids:
+        ctx = list(tokenizer.bos_ids) + ctx
+    return ctx or tokenizer.document_start, conts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,10 +255,10 @@ def _perplexity_stream(data: Any, tokenizer: Any) -> tuple[Any, str]:
     ids = tokenizer.encode(text, disallowed_special=())
     if not ids:
         raise ScratchLLMError(f"data file {path}: no text to score (the file is empty)")
-    # Start with end-of-text, the model's "start of document", so every token of the file is a
-    # target and the scored bytes are exactly the file's bytes.
+    # Start from the document start (BOS, else end-of-text), so every token of the file is a target
+    # and the scored bytes are exactly the file's bytes.
     try:
-        ids = [tokenizer.eot_id] + ids
+        ids = tokenizer.document_start + ids
     except ScratchLLMError:
         pass
     return _ArrayStream(np.asarray(ids, dtype=np.int64)), "text file"
@@ -333,14 +338,8 @@ def read_choice_tasks(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     raw = read_text(path, "data file")
     tasks = []
-    for num, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
+    for num, obj in json_lines(raw, path):
         where = f"{path} line {num}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScratchLLMError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise ScratchLLMError(f"{where}: expected a JSON object with context, choices, label")
         for key in ("context", "choices", "label"):

@@ -19,11 +19,11 @@ from typing import Any
 from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
-from scratchllm.core.files import write_json
+from scratchllm.core.files import check_overwrite, write_json
 from scratchllm.data.instructions import check_records, check_string, prompt_and_response, read_records
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding
-from scratchllm.prompts import get_style
+from scratchllm.prompts import choose_style, get_style, stored_style
 
 def respond(
     model: Any,
@@ -41,18 +41,23 @@ def respond(
     limit: int | None = None,
     tokenizer=None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Generate a response to each record; returns (and writes to `out`) the records with `model_response`.
 
     model: a model or run directory / GPT-2 name (adapters are merged in), or a loaded GPT with
-    `tokenizer`. The prompt style is `prompt_style`, else the one stored with the model, else alpaca.
-    Greedy by default (temperature 0); generation stops at <|endoftext|>, at the style's stop
-    strings (the start of a next turn) or after max_new_tokens. Records go through in batches,
-    sorted by prompt length so that little left padding is decoded.
+    `tokenizer`. The prompt style is `prompt_style`, else the one stored with the model, else the
+    model's chat template if its tokenizer has one, else alpaca. Greedy by default (temperature 0);
+    generation stops at a stop id (<|endoftext|>, a template's end-of-turn token), at the style's
+    stop strings (the start of a next turn) or after max_new_tokens. Records go through in batches,
+    sorted by prompt length so that little left padding is decoded. An existing `out` is an error
+    (before any generation) unless `overwrite`.
     """
     from tqdm.auto import tqdm
 
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if out is not None:
+        check_overwrite(out, overwrite, "responses file")
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScratchLLMError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     records = data if isinstance(data, list) else check_records(read_records(data), str(data), need_answer=False)
@@ -66,7 +71,7 @@ def respond(
         optimize_for_decoding(model)  # inference only: a faster weight layout for CPU decoding
     elif tokenizer is None:
         raise ScratchLLMError("respond: a model object was given without its tokenizer")
-    style = get_style(prompt_style or _stored_style(stored) or "alpaca")
+    style = choose_style(prompt_style, stored_style(stored), tokenizer, "alpaca")
     prompts = [prompt_and_response(r, style)[0] for r in records]
     lengths = [len(tokenizer.encode_ordinary(p)) for p in prompts]
     order = sorted(range(len(records)), key=lambda i: lengths[i])
@@ -237,14 +242,17 @@ def evaluate_responses(
     timeout: float = 120.0,
     api_key: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Scores of the `model_response` of each record against its reference output.
 
     Always: mean ROUGE-L F1 and exact-match rate (records without a reference are skipped).
     With `judge_url` and `judge_model`: each response is scored 0-100 by the judge (`judge_prompt`,
     `parse_score`); the mean is over the parsed scores and unparsed answers are counted. The
-    report (with per-record scores) is written to `out` when given.
+    report (with per-record scores) is written to `out` when given (an existing one only with overwrite).
     """
+    if out is not None:
+        check_overwrite(out, overwrite, "report file")
     records = load_responses(data) if not isinstance(data, list) else data
     if (judge_url is None) != (judge_model is None):
         raise ScratchLLMError("judge: give both --judge-url and --judge-model (or neither)")
@@ -302,6 +310,3 @@ def format_evaluation(report: dict[str, Any]) -> str:
 
 
 
-def _stored_style(data: dict[str, Any]) -> str | None:
-    style = data.get("prompt_style")
-    return style if isinstance(style, str) else None

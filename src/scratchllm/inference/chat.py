@@ -2,10 +2,12 @@
 
 This sits at the end of the pipeline, after a model is trained (or imported) and, for an assistant,
 instruction-tuned. A conversation is a list of {"role", "content"} messages; the model's prompt style
-(`scratchllm.prompts`, stored as `prompt_style` in its config.json; `plain` for a base model, which
-just continues the text) lays it out as one prompt, and the answer is decoded token by token
-(`inference.generation.generate_tokens`, with the KV cache) until <|endoftext|>, a stop string of the
-style, or max_new_tokens. Three pieces:
+(`scratchllm.prompts`, stored as `prompt_style` in its config.json; else the model's own chat template
+when its tokenizer has one, as Llama 3.x, Qwen2.5/3 and SmolLM2 do; else `plain` for a base model,
+which just continues the text) lays it out as one prompt, and the answer is decoded token by token
+(`inference.generation.generate_tokens`, with the KV cache) until one of the tokenizer's stop ids
+(<|endoftext|>, the template's end-of-turn token such as <|im_end|> or <|eot_id|>), a stop string of
+the style, or max_new_tokens. Three pieces:
 
 - `TextStream`: one answer being decoded, as text pieces, with its token count and finish reason.
   The HTTP server (serve.py) decodes its answers with it too.
@@ -27,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,9 +37,10 @@ from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.generation import (TextAssembler, check_sampling, generate_tokens, make_generators,
-                                             optimize_for_decoding)
-from scratchllm.prompts import PromptStyle, get_style
+from scratchllm.inference.config import ChatSettings
+from scratchllm.inference.generation import (TextAssembler, check_sampling, encode_prompt, generate_tokens,
+                                             make_generators, optimize_for_decoding)
+from scratchllm.prompts import PromptStyle, choose_style, get_style, stored_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
 # model down to a human pace, so tests (and demos) can interrupt an answer mid-stream.
@@ -64,7 +66,7 @@ def token_delay_from_env() -> float:
 
 class TextStream:
     """Iterate for the answer's text pieces (whole characters, stop strings cut off); afterwards
-    `text`, `tokens` (new tokens decoded) and `finish_reason` ("stop": <|endoftext|> or a stop string;
+    `text`, `tokens` (new tokens decoded) and `finish_reason` ("stop": a stop id or a stop string;
     "length": max_new_tokens; "cancelled": `cancel` was set) describe it.
 
     `cancel` (a threading.Event) is checked between tokens, so another thread can stop the decoding
@@ -88,7 +90,7 @@ class TextStream:
         on_end: Callable[["TextStream"], None] | None = None,
     ):
         self.tokens_iter = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p,
-                                           generator=generator, eos_id=tokenizer.eot_id)
+                                           generator=generator, stop_ids=tokenizer.stop_ids)
         self.assembler = TextAssembler(tokenizer, stops)
         self.max_new_tokens = max_new_tokens
         self.cancel = cancel
@@ -130,7 +132,7 @@ class TextStream:
                 time.sleep(self.delay)
             if self._cancelled():  # before asking the model for another token
                 return
-        # The token loop ended by itself: after max_new_tokens, or before <|endoftext|>.
+        # The token loop ended by itself: after max_new_tokens, or before a stop id.
         self.finish_reason = "length" if self.tokens >= self.max_new_tokens else "stop"
         if piece := self.assembler.finish():
             self.text += piece
@@ -139,17 +141,6 @@ class TextStream:
 
 # ------------------------------------------------------------------------------------------------
 # A conversation
-
-
-@dataclass
-class ChatSettings:
-    temperature: float = 0.7  # 0 = greedy
-    max_new_tokens: int = 256  # longest answer; also the room kept free in the context for it
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None  # seeds one RNG for the whole session: same inputs, same conversation
-    system: str | None = None  # system prompt, kept when old turns are dropped
-    token_delay: float = 0.0  # seconds slept after each token (tests and demos)
 
 
 class ChatSession:
@@ -166,7 +157,7 @@ class ChatSession:
     def __init__(self, model, tokenizer, style: PromptStyle | str | None = None, settings: ChatSettings | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.style = style if isinstance(style, PromptStyle) else get_style(style)
+        self.style = style if isinstance(style, PromptStyle) else get_style(style, tokenizer)
         self.settings = settings or ChatSettings()
         s = self.settings
         check_sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p)
@@ -190,8 +181,7 @@ class ChatSession:
         return system + (self.turns if turns is None else turns)
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.style.format_chat(messages, add_generation_prompt=True)
-        return self.tokenizer.encode(text, allowed_special="all") or [self.tokenizer.eot_id]
+        return encode_prompt(self.tokenizer, self.style.format_chat(messages, add_generation_prompt=True))
 
     def reset(self) -> None:
         self.turns.clear()
@@ -274,10 +264,10 @@ def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
                   prompt_style: str | None = None) -> tuple[Any, Any, PromptStyle, str]:
     """(model, tokenizer, prompt style, name) of a model/run directory (LoRA adapters merged in) or
     hub name, ready for decoding. The style is `prompt_style`, else the one stored with the model,
-    else plain."""
+    else the model's chat template if its tokenizer has one, else plain."""
     net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
     optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
-    stored = read_model_config(model).get("prompt_style") if locate(model)[0] == "scratchllm" else None
-    style = get_style(prompt_style or stored or "plain")
+    stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
+    style = choose_style(prompt_style, stored, tokenizer, "plain")
     name = Path(os.fspath(model)).name or os.fspath(model)
     return net, tokenizer, style, name

@@ -10,16 +10,18 @@ from typing import Any
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import resolve_device
-from scratchllm.core.files import read_text, write_atomic
+from scratchllm.core.files import check_overwrite, read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
 
 
 def classify_texts(model: str | os.PathLike[str], texts: Sequence[str] | None = None,
                    input: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
-                   device: str = "cpu", batch_size: int = 32) -> list[dict[str, Any]]:
+                   device: str = "cpu", batch_size: int = 32, overwrite: bool = False) -> list[dict[str, Any]]:
     """Classify `texts`, or the lines of `input` (one text per line; blank lines skipped), with the
     classifier in `model`. Returns one {"text", "label", "probability"} per text; with `out`, also
-    writes them as JSONL there."""
+    writes them as JSONL there (an existing file only with overwrite)."""
+    if out is not None:
+        check_overwrite(out, overwrite, "predictions file")
     if (texts is None) == (input is None):
         raise ScratchLLMError("classify: give the text(s) or an input file, not both or neither")
     if input is not None:

@@ -8,8 +8,9 @@ loop repeats. Three layers, each reusable on its own:
 - `generate_tokens` / `generate_ids`: the token-level decode loop (KV cache, left-padded batches,
   a context window that jumps when the sequence outgrows the model). Chat, serving and evaluation
   build on these.
-- `generate` / `stream`: text in, text out; stops at <|endoftext|> or a stop string, and `stream`
-  yields whole characters only.
+- `generate` / `stream`: text in, text out; stops at one of the tokenizer's stop ids (<|endoftext|>;
+  for a model with a chat template also its end-of-turn token, such as <|im_end|> or <|eot_id|>) or
+  at a stop string, and `stream` yields whole characters only.
 
 Decoding with the KV cache gives the same tokens as recomputing the whole window every step
 (`use_cache=False`), also past the context window: both paths condition on exactly the tokens that
@@ -27,7 +28,7 @@ import codecs
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
@@ -65,6 +66,12 @@ def window_start(n: int, ctx: int, keep: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # Choosing the next token
 
+# Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
+# e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
+GREEDY_BELOW = 1e-6
+# What torch.Generator.manual_seed accepts: a signed or unsigned 64-bit integer.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 def sample_next(
     logits: torch.Tensor,
@@ -75,15 +82,19 @@ def sample_next(
 ) -> torch.Tensor:
     """Next token of each row of logits (B, V) -> (B,) int64.
 
-    temperature == 0 is greedy (argmax). Otherwise the logits are divided by the temperature and
-    softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
+    temperature == 0 (or below GREEDY_BELOW) is greedy (argmax). Otherwise the logits are divided by
+    the temperature and softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
     all kept); top_p keeps the nucleus, the smallest set of most likely tokens whose probability
     sums to >= top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"); one
     token is then drawn from what is left. `generators` has one torch.Generator per row (None: the
-    global RNG), so a row's draws never depend on the other rows of the batch.
+    global RNG), so a row's draws never depend on the other rows of the batch. Scores that are NaN
+    or infinite (a model whose weights are) are a one-line error.
     """
     logits = logits.float()  # exact for bfloat16 logits, and argmax is 4x faster in float32
-    if temperature == 0:
+    if not torch.isfinite(logits).all():
+        raise ScratchLLMError("the model's next-token scores are NaN or infinite: its weights hold non-finite values "
+                              "(a diverged or corrupt checkpoint)")
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits / temperature  # (B, V)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -95,7 +106,9 @@ def sample_next(
         # Drop a token when the more likely tokens before it already reach top_p; what stays is
         # the smallest prefix of the sorted list with mass >= top_p (never empty).
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range is 0)
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(-1)  # multinomial renormalises each row
@@ -111,14 +124,23 @@ def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu"
     """
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
+    check_seed(seed, n)
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
 DECODERS = ("auto", "eager", "static")
 
 
+def check_seed(seed: int | None, n: int = 1) -> None:
+    """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX - (n - 1):
+        raise ScratchLLMError(f"seed must be an integer in [-2**63, 2**64 - {n}], got {seed!r}")
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                   decoder: str = "auto") -> None:
+                   seed: int | None = None, decoder: str = "auto") -> None:
     """Raise ScratchLLMError for a sampling parameter outside its range."""
     if decoder not in DECODERS:
         raise ScratchLLMError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
@@ -130,6 +152,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
         raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    check_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,18 +303,18 @@ def _decode(
     generators: Sequence[torch.Generator | None] | None,
     use_cache: bool,
     keep: int,
-    eos_id: int | None,
+    stop_ids: Collection[int],
     finished: list[bool],
     decoder: str = "auto",
 ) -> Iterator[dict[int, int]]:
     """The decode loop behind every entry point; yields {row: new token} for the running rows.
 
-    rows: each sequence's token ids (extended here). A row stops running once it samples eos_id or
-    once the caller sets finished[row] = True between steps (for a stop string): its cache rows
-    are dropped and it is never extended again. decoder: see the module docstring.
+    rows: each sequence's token ids (extended here). A row stops running once it samples one of
+    stop_ids or once the caller sets finished[row] = True between steps (for a stop string): its
+    cache rows are dropped and it is never extended again. decoder: see the module docstring.
     """
     if use_cache and _static_decoding(model, decoder):
-        yield from _decode_static(model, rows, max_new_tokens, temperature, top_k, top_p, generators, keep, eos_id,
+        yield from _decode_static(model, rows, max_new_tokens, temperature, top_k, top_p, generators, keep, stop_ids,
                                   finished)
         return
     ctx = model.config.context_length
@@ -338,14 +361,14 @@ def _decode(
                     pad = mask[:, : cache.length + 1] if mask is not None else None
                 with _matrix_vector_kernels(weight, idx.numel()):
                     h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
-                    logits = model.out_head(h[:, -1])  # (B, V): the head for the last position only
+                    logits = model.logits(h[:, -1])  # (B, V): the head for the last position only
                 gens = [generators[r] for r in active] if generators is not None else None
                 next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
             step = {}
             for r, token in zip(active, next_ids):
                 rows[r].append(token)
                 step[r] = token
-                if token == eos_id:
+                if token in stop_ids:
                     finished[r] = True
             yield step
     finally:
@@ -370,7 +393,7 @@ def _decode_static(
     top_p: float | None,
     generators: Sequence[torch.Generator | None] | None,
     keep: int,
-    eos_id: int | None,
+    stop_ids: Collection[int],
     finished: list[bool],
 ) -> Iterator[dict[int, int]]:
     """`_decode` on a `StaticDecoder` (a CUDA graph per step on a GPU): the same windows, the same
@@ -417,7 +440,7 @@ def _decode_static(
                 r = batch[k]
                 rows[r].append(token)
                 step[r] = token
-                if token == eos_id:
+                if token in stop_ids:
                     finished[r] = True
             yield step
     finally:
@@ -435,25 +458,27 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     keep: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
     decoder: str = "auto",
 ) -> Iterator[int]:
-    """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before eos_id.
+    """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before any of stop_ids
+    (`tokenizer.stop_ids`: the end-of-text token, and a chat model's end-of-turn token).
 
     generator: the RNG for sampling (None: torch's global RNG). keep: tokens kept when the context
     window jumps (see `window_start`; default 3/4 of the context). decoder: "auto", "eager" or
     "static" (see the module docstring). Parameters are checked here, before the first token is
     asked for.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, [ids], keep)
+    stop_ids = frozenset(stop_ids)
 
     def tokens() -> Iterator[int]:
         finished = [False]
         gens = [generator] if generator is not None else None
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, eos_id, finished,
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished,
                             decoder):
-            if step[0] == eos_id:
+            if step[0] in stop_ids:
                 return
             yield step[0]
 
@@ -470,24 +495,25 @@ def generate_ids(
     generators: Sequence[torch.Generator | None] | None = None,
     use_cache: bool = True,
     keep: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
     decoder: str = "auto",
 ) -> list[list[int]]:
-    """New token ids for each prompt of a batch (eos_id not included), decoded together.
+    """New token ids for each prompt of a batch (the stop id that ends a row not included), decoded together.
 
     Prompts of different lengths are left-padded with an attention mask; each row gets the same
     tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, batch_ids, keep)
     if generators is not None and len(generators) != len(rows):
         raise ScratchLLMError(f"generators: expected one per prompt ({len(rows)}), got {len(generators)}")
     out: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)
-    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eos_id, finished,
+    stop_ids = frozenset(stop_ids)
+    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
                         decoder):
         for r, token in step.items():
-            if token != eos_id:
+            if token not in stop_ids:
                 out[r].append(token)
     return out
 
@@ -556,30 +582,38 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids; special-token text such as <|endoftext|> is allowed. An empty prompt starts from
-    <|endoftext|>, GPT-2's beginning-of-text token."""
+    """Prompt ids; special-token text such as <|endoftext|> is allowed. The tokenizer's BOS goes first
+    as transformers' `tokenizer(text)` puts it (Llama 3's <|begin_of_text|>; GPT-2, Qwen and SmolLM2
+    have none), except when the text already starts with it: a chat template writes its own, and a
+    second one (which transformers would add) only puts the model off. An empty prompt without a BOS
+    starts from the end-of-text token, GPT-2's beginning-of-text token."""
     if not isinstance(prompt, str):
         raise ScratchLLMError(f"prompt must be a str, got {type(prompt).__name__}")
-    return tokenizer.encode(prompt, allowed_special="all") or [tokenizer.eot_id]
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    bos = list(tokenizer.bos_ids)
+    if bos and ids[: len(bos)] != bos:
+        ids = bos + ids
+    return ids or [tokenizer.eot_id]
 
 
 def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
                  decoder):
     """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
+    check_seed(seed, len(prompts))
     stops = _stop_list(stop)
     rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
     device = model.tok_emb.weight.device
-    generators = make_generators(seed, len(rows), device) if temperature > 0 else None
-    eot = tokenizer.eot_id
+    generators = make_generators(seed, len(rows), device) if temperature >= GREEDY_BELOW else None
+    stop_ids = tokenizer.stop_ids
 
     def pieces() -> Iterator[tuple[int, str]]:
         texts = [TextAssembler(tokenizer, stops) for _ in rows]
         finished = [False] * len(rows)
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, eot, finished,
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
                             decoder):
             for r, token in step.items():
-                if token == eot:
+                if token in stop_ids:
                     continue
                 piece = texts[r].push(token)
                 if texts[r].stopped:
@@ -610,7 +644,8 @@ def generate(
     """The completion of `prompt` (without the prompt); a list of prompts gives a list of completions.
 
     temperature 0 is greedy; top_k / top_p restrict sampling (see `sample_next`). Generation ends
-    after max_new_tokens tokens, at <|endoftext|>, or at the first stop string (not included).
+    after max_new_tokens tokens, at one of `tokenizer.stop_ids` (<|endoftext|>, a chat model's
+    end-of-turn token), or at the first stop string (not included).
     A list of prompts is decoded as one left-padded batch; prompt i samples with seed + i, so
     `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`. use_cache=False recomputes
     the window every step (same tokens, slower); keep: see `window_start`; decoder: "auto", "eager"

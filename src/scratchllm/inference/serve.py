@@ -23,7 +23,12 @@ decoding one is stopped by a cancel flag that the worker checks between tokens.
 Security defaults: the server listens on 127.0.0.1 unless told otherwise; with an API key (`--api-key`
 or $SCRATCHLLM_API_KEY) every /v1 route wants `Authorization: Bearer KEY` (401 otherwise); request
 bodies over max_body_bytes get 413; max_tokens is capped by max_tokens_cap; a prompt longer than the
-context gets 400. Every error is JSON in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+context gets 400. Every error is JSON in OpenAI's shape {"error": {"message", "type", "param", "code"}};
+a 500 says only that something failed (the details go to the server log, not to the client).
+Connections: a request's headers must arrive within header_timeout_s and its body within
+body_timeout_s (slow clients would otherwise hold connections for ever), and at most
+max_connections are served at once (uvicorn answers 503 beyond). Bytes that are not HTTP at all
+get uvicorn's own plain-text 400, before any of this code runs.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,43 +54,12 @@ except ImportError:  # pragma: no cover
     FastAPI = None
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import API_KEY_ENV, ServeConfig, ServeSettings
 from scratchllm.inference.chat import TextStream, load_for_chat
-from scratchllm.inference.generation import encode_prompt, make_generators
-from scratchllm.prompts import get_style
+from scratchllm.inference.generation import SEED_MAX, SEED_MIN, encode_prompt, make_generators
+from scratchllm.prompts import choose_style
 
 log = logging.getLogger("scratchllm.serve")
-
-API_KEY_ENV = "SCRATCHLLM_API_KEY"
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"  # loopback only; use 0.0.0.0 (with an API key) to serve the network
-    port: int = 8000
-    api_key: str | None = None  # when set, /v1 routes want "Authorization: Bearer <api_key>"
-    max_tokens_cap: int = 512  # a request's max_tokens is lowered to this
-    default_max_tokens: int = 256  # max_tokens when a request gives none (then capped too)
-    queue_size: int = 8  # requests that may wait while one decodes; more get 503
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
-    retry_after_s: int = 1  # Retry-After of a 503
-    model_name: str | None = None  # the id in /v1/models (default: the model directory's name)
-    prompt_style: str | None = None  # default: the one stored with the model, else plain
-    token_delay: float = 0.0  # seconds slept after each token (tests and demos)
-
-    def check(self) -> None:
-        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ScratchLLMError(f"serve setting {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 0:
-            raise ScratchLLMError(f"serve setting queue_size must be an integer >= 0, got {self.queue_size!r}")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ScratchLLMError(f"serve setting port must be in 0..65535, got {self.port!r}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
-        if not self.token_delay >= 0:
-            raise ScratchLLMError(f"serve setting token_delay must be >= 0, got {self.token_delay!r}")
-
 
 # ------------------------------------------------------------------------------------------------
 # Errors in OpenAI's shape
@@ -152,7 +125,7 @@ class _Sampling(BaseModel):
     top_k: int | None = Field(None, ge=1)  # not OpenAI's; llama.cpp and vLLM accept it too
     n: int = Field(1, ge=1)
     stop: Any = Field(None, validate_default=True)  # a string or up to 4; becomes a list
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch.Generator takes (64 bits)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -311,9 +284,9 @@ class Engine:
                 for piece in answer:
                     job.emit(("text", piece))
                 final = ("done", answer.finish_reason, answer.tokens)
-            except Exception as exc:  # a bug, or the device ran out of memory: answer 500, keep serving
-                log.exception("generation failed")
-                final = ("error", f"generation failed: {type(exc).__name__}: {exc}")
+            except Exception:  # a bug, or the device ran out of memory: answer 500, keep serving
+                log.exception("generation failed")  # the details go to the log, not to the client
+                final = ("error", "generation failed; the server log has the details")
             finally:
                 self.running = False
                 self._release(job)  # before the client hears "done", so that it may ask again at once
@@ -326,10 +299,12 @@ class Engine:
 
 class Guard:
     """ASGI middleware: 401 without the right bearer key on /v1 routes; 413 for a body over the limit
-    (by its Content-Length, or counted as it arrives when chunked)."""
+    (by its Content-Length, or counted as it arrives when chunked); 408 for a body that takes longer
+    than body_timeout_s to arrive."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout_s: float = 30.0):
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -351,8 +326,15 @@ class Guard:
             return await self.app(scope, receive, send)
         # Read the whole body here (it is small: at most max_body_bytes), then hand it on.
         chunks, size = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                error = APIError(408, f"the request body did not arrive within {self.body_timeout_s:g} s",
+                                 code="request_timeout", headers={"connection": "close"})
+                return await _send_error(send, error)
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -416,7 +398,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     settings.check()
     if isinstance(model, tuple):
         net, tokenizer = model
-        style = get_style(settings.prompt_style or "plain")
+        style = choose_style(settings.prompt_style, None, tokenizer, "plain")
         name = settings.model_name or "scratchllm"
     else:
         net, tokenizer, style, name = load_for_chat(model, device, dtype, settings.prompt_style)
@@ -430,7 +412,8 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
         engine.close()
 
     app = FastAPI(title="scratchllm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s)
     app.state.engine = engine
     app.state.settings = settings
 
@@ -458,7 +441,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     @app.exception_handler(Exception)
     async def _internal(request, exc: Exception):
         log.exception("internal error")
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", type="server_error").body(),
+        return JSONResponse(APIError(500, "internal error; the server log has the details", type="server_error").body(),
                             status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
@@ -577,19 +560,32 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+# How often a non-streaming request looks for a client that has gone, whether or not tokens arrive:
+# a hung-up client frees the model within this time, not after max_tokens.
+DISCONNECT_POLL_S = 0.1
+
+
 async def _collect(job: Job, request) -> tuple[str, str, int]:
-    """(text, finish_reason, completion tokens) of a non-streaming request. Polls for a client that
-    went away while waiting, and cancels its job then."""
+    """(text, finish_reason, completion tokens) of a non-streaming request. Every DISCONNECT_POLL_S
+    (between tokens as well as while waiting) it checks that the client is still there, and
+    cancels the job when it has gone."""
     text = ""
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + DISCONNECT_POLL_S
     try:
         while True:
             try:
-                kind, *rest = await asyncio.wait_for(job.events.get(), timeout=0.25)
+                event = await asyncio.wait_for(job.events.get(), timeout=max(0.0, next_check - loop.time()))
             except asyncio.TimeoutError:
+                event = None
+            if loop.time() >= next_check:
                 if await request.is_disconnected():
                     job.abandon()
-                    raise APIError(499, "client closed the request", code="client_closed") from None
+                    raise APIError(499, "client closed the request", code="client_closed")
+                next_check = loop.time() + DISCONNECT_POLL_S
+            if event is None:
                 continue
+            kind, *rest = event
             if kind == "text":
                 text += rest[0]
             elif kind == "done":
@@ -615,16 +611,74 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def serve(model: Any, settings: ServeSettings, device: str = "auto", dtype: str | None = None,
-          log_level: str = "info") -> int:
-    """Load the model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
-    settings.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline for each request's headers.
+
+    uvicorn closes an idle keep-alive connection, but not one that sends its request line and
+    headers a byte at a time (slowloris): hundreds of those would hold the server's connections
+    for as long as the clients like. Here a connection whose next request's headers are not
+    complete `seconds` after it opened (or after its previous response) is closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _head_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete  # no request is being answered
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:  # the headers are in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # for the next request on this keep-alive connection
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
+def server_config(app, settings: ServeSettings, log_level: str = "info"):
+    """The uvicorn.Config `serve` runs `app` with: the host and port, and the limits on slow or
+    numerous connections (header deadline, connection cap)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                          http=header_timeout_protocol(settings.header_timeout_s),
+                          limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=5)
+
+
+def serve(cfg: ServeConfig) -> int:
+    """Load cfg.model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
+    cfg.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
     try:
         import uvicorn
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
-    settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
-    settings.check()
-    app = create_app(model, settings, device=device, dtype=dtype)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    cfg.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+    cfg.check()
+    app = create_app(cfg.model, cfg, device=cfg.device, dtype=cfg.dtype)
+    uvicorn.Server(server_config(app, cfg, cfg.log_level)).run()
     return 0

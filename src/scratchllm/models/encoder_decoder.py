@@ -36,9 +36,7 @@ import torch.nn.functional as F
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, rope_tables
-from scratchllm.models.loss import lm_loss
-
-IGNORE_INDEX = -100
+from scratchllm.models.loss import IGNORE_INDEX, lm_loss
 
 
 class EncoderDecoder(nn.Module):
@@ -89,7 +87,9 @@ class EncoderDecoder(nn.Module):
         mask = None  # causal inside attention; a chunk after cached positions needs the offset mask
         if past > 0 and T > 1:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=tgt.device).tril(diagonal=past)[None, None]
-        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta) if self.config.position == "rope" else None
+        rope = None
+        if self.config.position == "rope":
+            rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
         for i, block in enumerate(dec.blocks):
             x = block(x, mask, cache, i, rope, memory=memory, memory_mask=memory_mask)
         if cache is not None:
@@ -121,7 +121,7 @@ class EncoderDecoder(nn.Module):
         T = seq_len or c.context_length
         q_dim, kv_dim = c.n_heads * c.head_dim, c.kv_heads * c.head_dim
         head = 2 * c.emb_dim * c.vocab_size
-        cross = c.n_layers * (2 * (c.emb_dim * (q_dim + 2 * kv_dim) + q_dim * c.emb_dim) + 4 * T * c.emb_dim)
+        cross = c.n_layers * (2 * (c.emb_dim * (q_dim + 2 * kv_dim) + q_dim * c.emb_dim) + 4 * T * q_dim)
         one_stack = flops_per_token(c, T, training=False)
         forward = (one_stack - head) + one_stack + cross
         return 3.0 * forward if training else float(forward)

@@ -4,8 +4,10 @@ This is GPT-2's architecture (Radford et al. 2019): token and learned position e
 pre-LayerNorm transformer blocks (causal multi-head self-attention and a GELU feed-forward network,
 each wrapped in a residual connection), a final LayerNorm and a linear head to vocabulary logits.
 The same parts, switched by config fields, give a Llama-style decoder (RMSNorm, rotary positions,
-SwiGLU, grouped-query attention, no biases), a bidirectional encoder (`causal=False`), and the
-decoder half of an encoder-decoder (blocks with cross-attention).
+SwiGLU, grouped-query attention, no biases), today's small open models (Llama 3's rotary scaling,
+Qwen2.5's q/k/v-only biases, Qwen3's query/key norms and heads wider than emb_dim / n_heads), a
+bidirectional encoder (`causal=False`), and the decoder half of an encoder-decoder (blocks with
+cross-attention).
 Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), C = emb_dim,
 H = heads, K = key/value heads, D = head_dim, V = vocab_size.
 
@@ -88,12 +90,36 @@ def manual_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0,
     return weights @ v  # (B, H, T, D)
 
 
-def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
+    """Rotation speed of each of the D/2 pairs of a head (radians per position): theta^(-2i/D), (D/2,).
+
+    With Llama 3's scaling (Grattafiori et al. 2024, section 3.3; config.rope_scaling) the pairs that
+    turn slower than once per original_context_length / low_freq_factor positions are slowed down by
+    `factor`, so that the long context the model was extended to looks like the short one it was
+    trained on; pairs that turn faster than once per original_context_length / high_freq_factor
+    positions, which encode local order, are kept; the ones between are blended linearly in the
+    number of turns over the original context.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    if scaling is None:
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_context_length"]
+    wavelength = 2 * math.pi / inv_freq  # positions per full turn
+    # 1 for fast pairs (kept), 0 for slow ones (slowed by `factor`), and between the two linear in
+    # the number of turns over the original context
+    keep = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # (D/2,)
+    return keep * inv_freq + (1 - keep) * inv_freq / factor
+
+
+def rope_tables(
+    position_ids: torch.Tensor, head_dim: int, theta: float, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (B or 1, 1, T, D) for rotary position embeddings (Su et al. 2021, RoFormer).
 
     Uses the "rotate half" pairing of Hugging Face's Llama (dimension i pairs with i + D/2), so its
-    weights load unchanged."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    weights load unchanged. `scaling`: Llama 3's frequency scaling (see `rope_frequencies`)."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling, position_ids.device)  # (D/2,)
     angles = position_ids[..., None].float() * inv_freq  # (B, T, D/2)
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D)
     return angles.cos(), angles.sin()
@@ -122,6 +148,10 @@ class CausalSelfAttention(nn.Module):
         else:
             self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
         self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
+        if config.qk_norm:  # one learned scale per channel of a head, shared by all heads (Qwen3)
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+        self.qk_norm = config.qk_norm
         self.causal = config.causal and not cross
         self.dropout = config.drop_rate
         self.resid_drop = nn.Dropout(config.drop_rate)
@@ -139,8 +169,11 @@ class CausalSelfAttention(nn.Module):
             q = self.q(x)
             k, v = self.kv(memory).split(K * D, dim=2)  # 2 x (B, S, K*D)
             S_new = memory.shape[1]
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, S_new, K, D).transpose(1, 2)  # (B, K, S, D)
+        q, k = q.view(B, T, H, D), k.view(B, S_new, K, D)
+        if self.qk_norm:  # each head's query and key scaled to unit RMS over D, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        k = k.transpose(1, 2)  # (B, K, S, D)
         v = v.view(B, S_new, K, D).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -182,11 +215,13 @@ def _attention_weights(q, k, mask, causal) -> torch.Tensor:
 
 class FeedForward(nn.Module):
     """Position-wise MLP. "gelu": C -> hidden -> GELU (tanh approximation, as GPT-2) -> C.
-    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama."""
+    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama.
+    "relu2": proj(relu(fc(x))^2), the squared ReLU of Primer (So et al. 2021)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.hidden_dim
+        self.kind = config.mlp
         self.swiglu = config.mlp == "swiglu"
         if self.swiglu:
             self.gate = nn.Linear(config.emb_dim, hidden, bias=config.bias)
@@ -197,6 +232,8 @@ class FeedForward(nn.Module):
     def forward(self, x):
         if self.swiglu:
             h = F.silu(self.gate(x)) * self.fc(x)  # (B, T, hidden)
+        elif self.kind == "relu2":
+            h = F.relu(self.fc(x)).square()  # (B, T, hidden)
         else:
             h = F.gelu(self.fc(x), approximate="tanh")
         return self.drop(self.proj(h))
@@ -256,9 +293,14 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layers),
         # since each block adds two such branches and the residual variance grows with depth.
+        # zero_init_proj instead starts them at zero, so that every block begins as the identity and
+        # the residual stream as the embeddings (as the modded-nanogpt speedrun does).
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -320,7 +362,7 @@ class GPT(nn.Module):
         x = self.embed(idx, position_ids)  # (B, T, C)
         rope = None
         if self.config.position == "rope":
-            rope = rope_tables(position_ids, self.config.head_dim, self.config.rope_theta)
+            rope = rope_tables(position_ids, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cache, i, rope)
         return self.final_norm(x)
@@ -335,16 +377,24 @@ class GPT(nn.Module):
             x = x + self.pos_table[position_ids]
         return self.drop_emb(x)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., C) -> logits (..., V): the LM head, then the soft cap when configured
+        (c * tanh(z / c) keeps every logit inside (-c, c); Gemma 2, Team et al. 2024)."""
+        z = self.out_head(h)
+        cap = self.config.logit_softcap
+        return z if cap is None else cap * torch.tanh(z / cap)
+
     def forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V). Keyword arguments as in `hidden_states`."""
-        return self.out_head(self.hidden_states(idx, **kwargs))
+        return self.logits(self.hidden_states(idx, **kwargs))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, impl: str = "auto",
              **kwargs) -> torch.Tensor:
         """Mean next-token cross-entropy of targets (B, T) given idx (B, T). impl: the loss path of
         `models.loss.lm_loss` ("auto": chunked on a CPU, never the full logits; fused on a GPU)."""
         h = self.hidden_states(idx, **kwargs)  # (B, T, C)
-        return lm_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index, impl)
+        return lm_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index, impl,
+                       softcap=self.config.logit_softcap)
 
     # ----------------------------------------------------------------------------------------------
     # accounting
@@ -361,35 +411,40 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
         """Matmul FLOPs per token (Kaplan et al. 2020 / PaLM appendix B): forward = 2 * weights used
-        in matmuls + 4 * n_layers * seq_len * emb_dim for attention scores and the weighted sum;
-        training (forward + backward) is three times the forward."""
+        in matmuls + 4 * n_layers * seq_len * n_heads * head_dim (= emb_dim for GPT-2) for attention
+        scores and the weighted sum; training (forward + backward) is three times the forward."""
         return flops_per_token(self.config, seq_len, training)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, int]:
     """Parameters per accounting group (embeddings, attention, mlp, norms, head) of any model built
-    from these parts; tied or shared tensors count once."""
+    from these parts; tied or shared tensors count once. Every norm's scale is under "norms", also
+    the query/key norms inside attention."""
     groups = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "head": 0}
     for name, p in model.named_parameters():
+        module = name.split(".")[-2] if "." in name else name  # "blocks.0.attn.q_norm.weight" -> "q_norm"
         if "tok_emb" in name or "pos_emb" in name:
             groups["embeddings"] += p.numel()
+        elif "norm" in module:
+            groups["norms"] += p.numel()
         elif ".attn." in name or ".cross_attn." in name:
             groups["attention"] += p.numel()
         elif ".mlp." in name:
             groups["mlp"] += p.numel()
-        elif "norm" in name:
-            groups["norms"] += p.numel()
         else:
             groups["head"] += p.numel()
     return groups
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
+    """Matmul FLOPs per token: see `GPT.flops_per_token`. Attention scores and the weighted sum
+    cost 2 * seq_len * n_heads * head_dim each per layer (n_heads * head_dim is emb_dim unless
+    head_dim is set otherwise, as in Qwen3)."""
     C, L = config.emb_dim, config.n_layers
     T = seq_len or config.context_length
     q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
     mlp_matrices = 3 if config.mlp == "swiglu" else 2
     per_block = C * (q_dim + 2 * kv_dim) + q_dim * C + mlp_matrices * C * config.hidden_dim  # qkv, proj, mlp
     matmul_weights = L * per_block + C * config.vocab_size  # + LM head
-    forward = 2 * matmul_weights + 4 * L * T * C
+    forward = 2 * matmul_weights + 4 * L * T * q_dim
     return 3.0 * forward if training else float(forward)

@@ -18,15 +18,16 @@ LoRA run's checkpoints) is `checkpoint/adapters.py` and `checkpoint/model_dir.py
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scratchllm.core.console import log
+from scratchllm.core.options import from_mapping
 from scratchllm.errors import ScratchLLMError
 
 # The four linear layers of every transformer block (names as in scratchllm.models.gpt).
@@ -61,15 +62,7 @@ class LoRAConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "LoRA config") -> LoRAConfig:
         """A config from its JSON object (adapter_config.json, or "lora" in a model's config.json)."""
-        if not isinstance(data, dict):
-            raise ScratchLLMError(f"{source}: expected a JSON object with rank, alpha, targets")
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise ScratchLLMError(f"{source}: unknown key(s) {', '.join(sorted(set(data) - known))}; known: {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except ScratchLLMError as exc:
-            raise ScratchLLMError(f"{source}: {exc}") from None
+        return from_mapping(cls, data, source, "LoRA config")
 
 
 class LoRALinear(nn.Linear):
@@ -181,8 +174,8 @@ def apply_lora(
     model.lora_config = config
     if verbose:
         n_train, n_total = count_parameters(model)
-        print(f"LoRA r={config.rank} alpha={config.alpha:g} on {len(chosen)} layers: trainable parameters "
-              f"{n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)", file=sys.stderr)
+        log(f"LoRA r={config.rank} alpha={config.alpha:g} on {len(chosen)} layers: trainable parameters "
+            f"{n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
     return model
 
 

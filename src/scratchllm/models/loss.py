@@ -28,6 +28,8 @@ from scratchllm.errors import ScratchLLMError
 LOSS_IMPLS = ("auto", "chunked", "fused", "logits")
 
 
+IGNORE_INDEX = -100  # targets with this id carry no loss (PyTorch's cross-entropy default)
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Cross-entropy of softmax(h @ W^T) computed `chunk` rows at a time.
 
@@ -38,10 +40,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     The head's matmuls run on W padded with zero rows to a multiple of `multiple` (50,257 -> 50,304,
     as nanoGPT pads its vocabulary): BLAS is ~12% faster on the padded shape, and the padded columns
     get a logit of -inf, so they add nothing to the softmax and their gradient rows are dropped.
+
+    With `softcap` c the logits are c * tanh(z / c) of the head's z (Gemma 2; the modded-nanogpt
+    speedrun), and the gradient with respect to z gains the factor d/dz = 1 - tanh(z / c)^2.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int, multiple: int):
+    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int, multiple: int, softcap: float | None):
         N, V = h.shape[0], weight.shape[0]
         valid = targets != ignore_index
         n_valid = int(valid.sum())
@@ -62,6 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # as the softmax), so the logits, log-probabilities and softmax gradient all live in it.
         buffer = torch.empty((min(chunk, N), padded), dtype=torch.float32, device=h.device)
         low = torch.empty_like(buffer, dtype=mm_dtype) if mm_dtype != torch.float32 else None
+        slope = torch.empty_like(buffer) if (softcap is not None and need_grad) else None  # 1 - tanh^2 per logit
         for start in range(0, N, chunk):
             hc = h[start : start + chunk].to(mm_dtype)  # (n, C)
             tc = targets[start : start + chunk]
@@ -71,6 +77,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(hc, w.t(), out=logp)
             else:
                 logp.copy_(torch.mm(hc, w.t(), out=low[: len(tc)]))
+            if softcap is not None:
+                torch.tanh(logp.div_(softcap), out=logp)  # tanh(z / c), in place
+                if slope is not None:
+                    torch.mul(logp, logp, out=slope[: len(tc)]).neg_().add_(1.0)  # d tanh = 1 - tanh^2
+                logp.mul_(softcap)  # the capped logits c * tanh(z / c)
             logp[:, V:] = float("-inf")
             if logp.device.type == "cpu":  # in place: the CPU kernel reads each row before writing it
                 torch._log_softmax(logp, -1, False, out=logp)
@@ -83,6 +94,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = logp.exp_()
                 probs[torch.arange(len(tc), device=h.device), safe_t] -= 1.0
                 probs *= vc[:, None]
+                if slope is not None:  # chain rule through the cap: d loss / d z
+                    probs *= slope[: len(tc)]
                 g = probs if low is None else low[: len(tc)].copy_(probs)
                 if grad_h is not None:
                     grad_h[start : start + chunk] = (g @ w).to(h.dtype)
@@ -111,14 +124,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def chunked_cross_entropy(
-    h, weight, targets, ignore_index: int = -100, chunk: int = 1024, multiple: int = 64
+    h, weight, targets, ignore_index: int = -100, chunk: int = 1024, multiple: int = 64, softcap: float | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T against targets (N,)."""
-    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk, multiple)
+    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T (soft-capped at `softcap` when set)
+    against targets (N,)."""
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk, multiple, softcap)
 
 
 def padded_rows(vocab_size: int, multiple: int = 64) -> int:
@@ -206,13 +221,22 @@ def fused_cross_entropy(
     return _FusedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk or max(1, h.shape[0]), multiple)
 
 
-def logits_cross_entropy(h, weight, targets, ignore_index: int = -100, multiple: int = 64) -> torch.Tensor:
+def logits_cross_entropy(
+    h, weight, targets, ignore_index: int = -100, multiple: int = 64, softcap: float | None = None
+) -> torch.Tensor:
     """Mean cross-entropy through the full padded logits (N, V_pad) and F.cross_entropy: nanoGPT's
     path, which torch.compile fuses on its own. (The sum over valid rows / their count, not
-    reduction="mean", so that a batch with every target ignored gives 0 as the other paths do.)"""
+    reduction="mean", so that a batch with every target ignored gives 0 as the other paths do.)
+    With `softcap` c the logits are c * tanh(z / c) and the head is not padded (a capped -inf
+    would be -c, a real logit)."""
     amp = torch.is_autocast_enabled(h.device.type)
-    w, bias = padded_head(weight, torch.get_autocast_dtype(h.device.type) if amp else h.dtype, multiple)
-    logits = F.linear(h, w, bias)  # (N, V_pad), -inf in the padded columns
+    dtype = torch.get_autocast_dtype(h.device.type) if amp else h.dtype
+    if softcap is None:
+        w, bias = padded_head(weight, dtype, multiple)
+        logits = F.linear(h, w, bias)  # (N, V_pad), -inf in the padded columns
+    else:
+        z = F.linear(h.to(dtype), weight.to(dtype))  # (N, V)
+        logits = softcap * torch.tanh(z / softcap)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     return total / (targets != ignore_index).sum().clamp(min=1)
 
@@ -227,16 +251,20 @@ def fused_chunk_rows(device: torch.device, vocab_size: int, multiple: int = 64) 
     return max(1024, memory // 8 // (8 * padded_rows(vocab_size, multiple)))
 
 
-def lm_loss(h, weight, targets, ignore_index: int = -100, impl: str = "auto") -> torch.Tensor:
+def lm_loss(h, weight, targets, ignore_index: int = -100, impl: str = "auto", softcap: float | None = None) -> torch.Tensor:
     """Mean cross-entropy of softmax(h (N, C) @ weight (V, C)^T) against targets (N,), ignoring
     targets equal to ignore_index, by the path `impl` names: "chunked", "fused", "logits", or
-    "auto" (chunked on a CPU, fused elsewhere). Same value and gradients on every path."""
+    "auto" (chunked on a CPU, fused elsewhere). Same value and gradients on every path. With a
+    logit `softcap` (see `chunked_cross_entropy`), "auto" is chunked everywhere: the fused path
+    does not cap."""
     if impl == "auto":
-        impl = "chunked" if h.device.type == "cpu" else "fused"
+        impl = "chunked" if h.device.type == "cpu" or softcap is not None else "fused"
     if impl == "chunked":
-        return chunked_cross_entropy(h, weight, targets, ignore_index)
+        return chunked_cross_entropy(h, weight, targets, ignore_index, softcap=softcap)
     if impl == "fused":
+        if softcap is not None:
+            raise ScratchLLMError("loss impl 'fused' does not soft-cap logits; use 'chunked' or 'logits'")
         return fused_cross_entropy(h, weight, targets, ignore_index, fused_chunk_rows(h.device, weight.shape[0]))
     if impl == "logits":
-        return logits_cross_entropy(h, weight, targets, ignore_index)
+        return logits_cross_entropy(h, weight, targets, ignore_index, softcap=softcap)
     raise ScratchLLMError(f"loss impl {impl!r}: expected one of {', '.join(LOSS_IMPLS)}")

@@ -32,8 +32,8 @@ from scratchllm.core.files import write_json
 from scratchllm.data.labelled import Examples, check_labels, class_weights, load_labelled, load_sms_spam, stratified_split, undersample
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.metrics import classification_report
-from scratchllm.models.classifier import POOLINGS, TRAINABLE, Classifier, encode_texts, pad_batch
-from scratchllm.recipes.config import BALANCE, ClassifyConfig
+from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
+from scratchllm.recipes.config import ClassifyConfig
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
 
@@ -183,14 +183,10 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     """Fine-tune a pretrained GPT as a classifier; returns (and writes to OUT/metrics.json) the report.
 
     Loads and balances the data, splits it, loads the model, swaps in a classification head, trains
-    with `scratchllm.train.fit` (evaluating once per epoch; OUT/best/ keeps the best validation
+    with the shared loop (evaluating once per epoch; OUT/best/ keeps the best validation
     accuracy, OUT/final/ the last model), then reports test accuracy, per-class precision, recall and
     F1 and the confusion matrix of the final model, and plots loss and accuracy per epoch.
     """
-    for name, value, choices in (("balance", cfg.balance, BALANCE), ("trainable", cfg.trainable, TRAINABLE),
-                                 ("pooling", cfg.pooling, POOLINGS)):
-        if value not in choices:
-            raise ScratchLLMError(f"{name} {value!r}: expected one of {', '.join(choices)}")
     if not cfg.epochs > 0:
         raise ScratchLLMError(f"epochs {cfg.epochs!r}: expected a number > 0")
     if cfg.batch_size < 1:

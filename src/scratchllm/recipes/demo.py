@@ -1,109 +1,224 @@
-"""`scratchllm demo`: the whole pipeline in a few minutes on a laptop CPU, with nothing to download.
+"""The small-budget pretraining recipe, and `scratchllm demo`: the whole pipeline in a few minutes
+on a laptop CPU, with nothing to download.
 
-A byte-level BPE tokenizer trained on an embedded corpus (or `--data`), a small GPT pretrained for a
-wall-clock budget on the shared loop, samples before and after, and a run directory that
-`scratchllm generate --model runs/demo` loads.
+A `Recipe` is everything about a run but the data and the budget: the tokenizer's size, the model's
+config and the training settings. `train_recipe` runs one on text that is already split into
+training and validation documents: a byte-level BPE tokenizer trained on the training text only,
+the model, and the shared training loop for a wall-clock budget that covers all of it (tokenizer
+and data included). `SMALL_BUDGET` is the project's recipe for a CPU and a few minutes (chosen by
+`python -m benchmarks.speedrun`, which also runs `NANOGPT_BABY`, the CPU "baby GPT" of nanoGPT's
+README, as the baseline). `demo` trains `SMALL_BUDGET` on Python's own sources and documentation
+(or `--data FILE`) and shows samples before and after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import random
 import shutil
+import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from pydoc_data.topics import topics
 
 from scratchllm.core.console import log
 from scratchllm.core.device import autocast_dtype, resolve_device
+from scratchllm.core.files import read_text, write_atomic
 from scratchllm.data.loaders import RandomWindowLoader
-from scratchllm.data.tokens import load_corpus
+from scratchllm.data.tokens import TokenData, corpus_from_texts
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import fit
 from scratchllm.training.optim import make_optimizer
 
-def demo_text() -> str:
-    """The embedded demo corpus: the documentation topics that ship with Python (~465 kB)."""
-    return "\n\n".join(topics[k] for k in sorted(topics))
 
+@dataclass(frozen=True)
+class Recipe:
+    """A pretraining recipe: tokenizer size, model config fields and train config fields.
 
-def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str] | None = None, minutes: float = 3.0,
-         device: str = "auto", vocab_size: int = 4096, n_layers: int = 4, emb_dim: int = 256, n_heads: int = 4,
-         context_length: int = 128, batch_size: int = 16, lr: float = 2e-3, dtype: str = "auto",
-         overwrite: bool = False, max_steps: int | None = None, prompt: str = "The") -> dict[str, Any]:
-    """The whole pipeline on a built-in corpus, in a few minutes on a laptop CPU.
-
-    Trains a byte-level BPE tokenizer on Python's own documentation (or `data`), keeps 90/10 for
-    training/validation, pretrains a small GPT for `minutes` (or max_steps), prints the loss falling,
-    samples before and after, and leaves a run directory that `scratchllm generate --model OUT` loads.
+    vocab_size 257 is a byte-level tokenizer (256 bytes + end-of-text, no merges). `model` holds
+    GPTConfig fields (vocab_size comes from the tokenizer); `train` holds TrainConfig fields (the
+    length of the run comes from the budget: a time budget uses schedule "time"). `eval_points` and
+    `eval_batches` set how often and on how much validation text a timed run evaluates itself
+    (evaluation is part of the budget; 0 points = only at the end).
     """
+
+    name: str
+    vocab_size: int
+    model: dict[str, Any]
+    train: dict[str, Any]
+    eval_points: int = 4
+    eval_batches: int = 4
+    note: str = ""
+
+    def replace(self, vocab_size: int | None = None, model: dict[str, Any] | None = None,
+                train: dict[str, Any] | None = None, **fields: Any) -> Recipe:
+        """A copy with some model / train fields (or other fields) changed."""
+        return dataclasses.replace(self, vocab_size=vocab_size or self.vocab_size, model={**self.model, **(model or {})},
+                                   train={**self.train, **(train or {})}, **fields)
+
+
+# nanoGPT's README, "I only have a macbook": the character-level "baby GPT" on the CPU (train.py with
+# config/train_shakespeare_char.py and --device=cpu --compile=False --eval_iters=20 --log_interval=1
+# --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
+# --lr_decay_iters=2000 --dropout=0.0; bias=False as train.py defaults). Bytes stand for characters.
+NANOGPT_BABY = Recipe(
+    name="nanogpt-baby",
+    vocab_size=257,
+    model=dict(context_length=64, emb_dim=128, n_layers=4, n_heads=4, drop_rate=0.0, bias=False, qkv_bias=False),
+    train=dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
+               beta1=0.9, beta2=0.99, grad_clip=1.0),
+    eval_points=8,  # nanoGPT evaluates every 250 of its 2,000 iterations on 20 batches
+    eval_batches=20,
+    note="nanoGPT's CPU baby GPT: bytes, 4 x 128, context 64, batch 12, AdamW 1e-3 -> 1e-4 over 2,000 steps",
+)
+
+# The project's recipe for a CPU and a few minutes (benchmarks/speedrun.py measures what each part buys).
+SMALL_BUDGET = Recipe(
+    name="scratchllm",
+    vocab_size=1024,
+    model=dict(context_length=128, emb_dim=128, n_layers=4, n_heads=4, drop_rate=0.0, bias=False, qkv_bias=False,
+               norm="rmsnorm", position="rope", mlp="relu2", tie_embeddings=False, zero_init_proj=True),
+    train=dict(batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.0, beta1=0.9, beta2=0.95,
+               grad_clip=1.0, optimizer="muon", muon_lr=0.03, muon_momentum=0.95),
+    note="",
+)
+
+
+def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out: str | os.PathLike[str],
+                 minutes: float | None = None, max_steps: int | None = None, device: str = "auto",
+                 dtype: str = "float32", checkpoints: int = 1, sample_prompt: str | None = None,
+                 sample_tokens: int = 80, source: str = "texts", seed: int = 1337,
+                 max_passes: float | None = None) -> dict[str, Any]:
+    """Train `recipe` on documents already split into training and validation text; returns fit's
+    summary plus "wall_s" (the whole call), "prep_s" (before the first step) and "corpus" figures.
+
+    Length: `minutes` of wall time for everything from this call on (tokenizer, data, model,
+    training with its evaluations; the learning rate follows the clock), or `max_steps`, or the
+    recipe's own max_steps. `checkpoints` evenly spaced step checkpoints are kept (the benchmark
+    evaluates them afterwards). A sample before and after training when `sample_prompt` is given.
+    With `max_passes` and a time budget, a machine fast enough to read the training tokens more
+    than max_passes times trains a larger model instead (`fit_model_to_corpus`).
+    """
+    start = time.perf_counter()
+    if minutes is not None and not minutes > 0:
+        raise ScratchLLMError(f"minutes {minutes!r}: expected a positive number")
+    if not train_docs or not "".join(train_docs).strip():
+        raise ScratchLLMError(f"{source}: the training text is empty")
+    if not val_docs or not "".join(val_docs).strip():
+        raise ScratchLLMError(f"{source}: the validation text is empty")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ScratchLLMError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
-        if not (out / "run_config.json").is_file():
-            raise ScratchLLMError(f"{out}: not a scratchllm run directory (no run_config.json); refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        text, source = demo_text(), "pydoc_data.topics (Python's documentation)"
-    else:
-        try:
-            text, source = Path(data).read_text(encoding="utf-8"), str(data)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ScratchLLMError(f"{data}: cannot read as UTF-8 text ({exc})") from None
-    corpus_path = out / "corpus.txt"  # kept so that --resume and the run record name the exact text
-    corpus_path.write_text(text, encoding="utf-8")
-    t = time.perf_counter()
-    tok = Tokenizer.train([text], vocab_size)
-    tok.save(out / "tokenizer.json")
-    log(f"demo: trained a {tok.vocab_size:,}-token byte-level BPE tokenizer on {len(text.encode()):,} bytes of "
-          f"{source} in {time.perf_counter() - t:.1f} s")
-    corpus = load_corpus(corpus_path, tok, val_fraction=0.1)
-    log(f"demo: {len(corpus.train):,} training and {len(corpus.val):,} validation tokens "
-          f"({corpus.bytes_per_token:.2f} bytes/token)")
+    # The tokenizer sees the training text only: validation must be text it has never compressed.
+    tok = Tokenizer.train(tokenizer_sample(train_docs), recipe.vocab_size)
+    corpus = corpus_from_texts(train_docs, val_docs, tok, name=source)
+    model_cfg = GPTConfig(**{**recipe.model, "vocab_size": tok.vocab_size})
+    context = model_cfg.context_length
+    if len(corpus.val) < context + 1:
+        raise ScratchLLMError(f"{source}: the validation text has {len(corpus.val)} tokens, fewer than one window "
+                              f"of context_length + 1 = {context + 1}; give more text")
     dev = resolve_device(device)
-    model_cfg = GPTConfig(vocab_size=tok.vocab_size, context_length=context_length, emb_dim=emb_dim,
-                          n_layers=n_layers, n_heads=n_heads, drop_rate=0.1)
-    probe = TrainConfig(batch_size=batch_size, device=device, dtype=dtype)
-    schedule, expected = "steps", max_steps
+    check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
+    base = TrainConfig(**{**recipe.train, "device": device, "dtype": dtype, "seed": seed, "progress": False})
+    schedule, budget = "steps", None
+    if max_steps is None and minutes is None:
+        max_steps = base.max_steps
+    expected = max_steps
     if max_steps is None:
         # A time budget: the learning-rate schedule follows the clock (schedule="time"), so it decays
-        # fully even when the machine is busier than when we measured; the step estimate only spaces
-        # the evaluations, and three times it caps a machine that turns out faster.
-        step_s = time_steps(GPT(model_cfg), corpus, probe, dev, context_length)
-        expected = max(20, int(minutes * 60 * 0.85 / step_s))  # ~15% goes to evaluation and samples
+        # fully whatever the machine's speed; the step estimate only spaces evaluations and
+        # checkpoints, and three times it caps a machine that turns out faster.
+        step_s = time_steps(GPT(model_cfg), corpus, base, dev, context)
+        if max_passes is not None:
+            model_cfg, step_s = fit_model_to_corpus(model_cfg, step_s, corpus, base, dev, minutes * 60, max_passes)
+            check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
+        budget = minutes * 60 - (time.perf_counter() - start)
+        if budget <= 0:
+            raise ScratchLLMError(f"minutes {minutes:g}: the budget is spent before training starts "
+                                  f"(tokenizer and data took {time.perf_counter() - start:.1f} s)")
+        expected = max(10, int(budget / step_s))
         schedule, max_steps = "time", 3 * expected
-        log(f"demo: {step_s * 1000:.0f} ms per step here -> about {expected} steps in {minutes:g} minute(s)")
-    cfg = TrainConfig(
-        max_steps=max_steps, max_time=minutes * 60, schedule=schedule, batch_size=batch_size, lr=lr, min_lr=lr / 10,
-        warmup_steps=min(100, max_steps // 10), eval_every=max(1, expected // 8), eval_batches=8,
-        log_every=max(1, expected // 40), save_every=max(1, expected // 2), keep_last=1,
-        sample_every=max_steps, sample_prompt=prompt, sample_tokens=80, device=device, dtype=dtype,
-    )
+    every = lambda n: max(1, expected // n) if n else 0  # noqa: E731
+    cfg = TrainConfig(**{
+        **base.to_dict(), "max_steps": max_steps, "max_time": budget, "schedule": schedule,
+        "warmup_steps": min(base.warmup_steps, expected // 5),
+        "eval_every": every(recipe.eval_points), "eval_batches": recipe.eval_batches,
+        "log_every": every(20), "save_every": every(checkpoints), "keep_last": max(1, checkpoints),
+        "sample_every": max_steps if sample_prompt is not None else 0, "sample_prompt": sample_prompt or "\n",
+        "sample_tokens": sample_tokens,
+    })
     torch.manual_seed(cfg.seed)
     net = GPT(model_cfg)
-    task = PretrainTask(corpus, cfg.batch_size, context_length, seed=cfg.seed, device=dev,
-                        eval_batches=cfg.eval_batches, tokenizer=tok, sample_prompt=prompt, sample_tokens=80)
-    extra = {"data": {"path": str(corpus_path.resolve()), "source": source, "val_fraction": 0.1,
-                      **dict(getattr(corpus, "meta", {}) or {}), "bytes_per_token": corpus.bytes_per_token},
-             "tokenizer": {"vocab_size": tok.vocab_size, "file": str((out / "tokenizer.json").resolve())}}
+    task = PretrainTask(corpus, cfg.batch_size, context, seed=cfg.seed, device=dev, eval_batches=cfg.eval_batches,
+                        tokenizer=tok, sample_prompt=cfg.sample_prompt, sample_tokens=sample_tokens)
+    figures = corpus_figures(corpus)
+    extra = {"recipe": {"name": recipe.name, "vocab_size": recipe.vocab_size, "note": recipe.note},
+             "data": {"source": source, **figures}}
+    prep_s = time.perf_counter() - start
     summary = fit(net, task, cfg, out, tokenizer=tok, extra_config=extra)
-    samples = (out / "samples.txt").read_text(encoding="utf-8") if (out / "samples.txt").is_file() else ""
-    log(f"\ndemo: samples before and after training (prompt {prompt!r}):\n{samples}")
-    if (out / "loss.png").is_file():
-        log(f"demo: loss curve {out / 'loss.png'}")
-    log(f"demo: try  scratchllm generate --model {out} --prompt {prompt!r}")
-    return summary
+    return {**summary, "wall_s": time.perf_counter() - start, "prep_s": prep_s, "corpus": figures}
+
+
+# Wider and deeper shapes for faster machines (n_layers, emb_dim; heads of 32 dimensions), in order.
+MODEL_LADDER = [(4, 128), (4, 192), (6, 256), (8, 384), (12, 512), (12, 768)]
+
+
+def fit_model_to_corpus(config: GPTConfig, step_s: float, corpus: TokenData, cfg: TrainConfig, device: torch.device,
+                        seconds: float, max_passes: float) -> tuple[GPTConfig, float]:
+    """The first shape of MODEL_LADDER, from `config`'s size up, that reads the training tokens at
+    most max_passes times in `seconds` at its measured step time; else the largest. More compute
+    buys a larger model rather than more passes over the same text (Hoffmann et al. 2022 scale
+    parameters and tokens together). Returns (config, its seconds per step)."""
+    tokens_per_step = cfg.batch_size * config.context_length
+    for layers, width in MODEL_LADDER:
+        if (layers, width) < (config.n_layers, config.emb_dim):
+            continue
+        if (layers, width) != (config.n_layers, config.emb_dim):
+            config = dataclasses.replace(config, n_layers=layers, emb_dim=width, n_heads=width // 32)
+            step_s = time_steps(GPT(config), corpus, cfg, device, config.context_length, n=2)
+        if seconds / step_s * tokens_per_step <= max_passes * len(corpus.train):
+            break
+    return config, step_s
+
+
+def tokenizer_sample(docs: list[str], max_bytes: int = 2_000_000) -> list[str]:
+    """Evenly spaced documents adding up to about max_bytes of text (all of them when they are fewer):
+    BPE merges for a small vocabulary settle within a few MB, and training on all of a large corpus
+    would spend the budget on counting."""
+    sizes = [len(d) for d in docs]
+    if sum(sizes) <= max_bytes:
+        return docs
+    chosen, total = [], 0
+    stride = max(1, round(sum(sizes) / max_bytes))
+    for start in range(stride):  # a second sweep at an offset when the first falls short
+        for d in docs[start::stride]:
+            chosen.append(d)
+            total += len(d)
+            if total >= max_bytes:
+                return chosen
+    return chosen
+
+
+def corpus_figures(corpus: TokenData) -> dict[str, Any]:
+    """Tokens, bytes and bytes per token of each split (what the run record and the demo print)."""
+    meta = corpus.meta
+    return {
+        "documents": meta.get("documents"),
+        "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
+        "train_bytes": meta["train"]["bytes"], "val_bytes": meta["val"]["bytes"],
+        "train_bytes_per_token": corpus.split_bytes_per_token("train"),
+        "val_bytes_per_token": corpus.split_bytes_per_token("val"),
+    }
 
 
 def time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device, context_length: int, n: int = 4) -> float:
@@ -127,4 +242,116 @@ def time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device,
         if i:
             times.append(time.perf_counter() - t)
     return min(times)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text: the embedded corpus, and splits that keep validation text unseen
+
+
+# Python's own library is the embedded corpus: PSF-licensed source and documentation that every
+# CPython installation carries. Test suites (not always installed), generated codec tables and
+# installed third-party packages are left out.
+SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings"})
+
+
+def python_corpus() -> list[tuple[str, str]]:
+    """(path relative to the standard library, text) of every .py file of this Python's standard
+    library, sorted by path; pydoc_data/topics.py holds the documentation that `help()` shows."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if set(relative.parts[:-1]) & SKIPPED_DIRS or relative.name.startswith("_sysconfigdata"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.strip():
+            docs.append((relative.as_posix(), text))
+    if not docs:
+        raise ScratchLLMError(f"{root}: no Python sources found for the demo corpus; pass --data FILE")
+    return docs
+
+
+def split_documents(docs: list[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Whole documents to validation with probability val_fraction (seeded; at least one), the rest
+    to training: validation text is text the model and its tokenizer never saw."""
+    if len(docs) < 2:
+        raise ScratchLLMError(f"split_documents: need at least 2 documents, got {len(docs)}")
+    rng = random.Random(seed)
+    to_val = [rng.random() < val_fraction for _ in docs]
+    if not any(to_val):
+        to_val[rng.randrange(len(docs))] = True
+    if all(to_val):
+        to_val[rng.randrange(len(docs))] = False
+    return [d for d, v in zip(docs, to_val) if not v], [d for d, v in zip(docs, to_val) if v]
+
+
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    """The first (1 - val_fraction) of the characters for training, the rest for validation (the
+    split nanoGPT's character-level Shakespeare uses, so byte and BPE models see the same text)."""
+    if not 0 < val_fraction < 1:
+        raise ScratchLLMError(f"val_fraction {val_fraction!r}: expected a number in (0, 1)")
+    cut = int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+# ------------------------------------------------------------------------------------------------
+# The demo
+
+
+def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str] | None = None, minutes: float = 3.0,
+         device: str = "auto", dtype: str = "float32", overwrite: bool = False, max_steps: int | None = None,
+         prompt: str | None = None, recipe: Recipe = SMALL_BUDGET, vocab_size: int | None = None,
+         batch_size: int | None = None, lr: float | None = None, **model: Any) -> dict[str, Any]:
+    """The whole pipeline in a few minutes on a CPU: `recipe` trained for `minutes` of wall time (or
+    max_steps) on Python's standard library (or the UTF-8 text file `data`, whose last 10% of
+    characters are held out), samples before and after, and a run directory that
+    `scratchllm generate --model OUT` loads. vocab_size, batch_size, lr (AdamW's peak) and keyword
+    arguments (model fields: emb_dim=256, n_layers=6, ...) override the recipe's; None keeps it. On
+    the built-in corpus, with the recipe's model, a machine fast enough to read the training text more
+    than once in the budget trains a larger model instead."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ScratchLLMError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
+        if not (out / "run_config.json").is_file():
+            raise ScratchLLMError(f"{out}: not a scratchllm run directory (no run_config.json); refusing to delete it")
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    if data is None:
+        files = python_corpus()
+        train_docs, val_docs = split_documents([text for _, text in files], 0.1, seed=0)
+        source = f"Python {sysconfig.get_python_version()}'s standard library ({len(files)} files)"
+        prompt = "def " if prompt is None else prompt
+    else:
+        train_text, val_text = split_text(read_text(data, "demo data"), 0.1)
+        train_docs, val_docs, source = [train_text], [val_text], str(data)
+        prompt = "The" if prompt is None else prompt
+    n_bytes = sum(len(d.encode("utf-8")) for d in train_docs), sum(len(d.encode("utf-8")) for d in val_docs)
+    log(f"demo: {source}: {n_bytes[0]:,} bytes of training and {n_bytes[1]:,} of validation text")
+    model = {k: v for k, v in model.items() if v is not None}
+    train = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if "lr" in train:
+        train["min_lr"] = train["lr"] / 10
+    recipe = recipe.replace(vocab_size=vocab_size, model=model, train=train)
+    remaining = None if minutes is None else minutes - (time.perf_counter() - start) / 60
+    summary = train_recipe(recipe, train_docs, val_docs, out, minutes=None if max_steps else remaining,
+                           max_steps=max_steps, device=device, dtype=dtype, checkpoints=1, sample_prompt=prompt,
+                           source=source, max_passes=1.0 if data is None and not model else None)
+    write_atomic(out / "corpus_source.txt", source + "\n")
+    c = summary["corpus"]
+    log(f"demo: {c['train_tokens']:,} training tokens ({c['train_bytes_per_token']:.2f} bytes each), "
+        f"{c['val_tokens']:,} validation tokens ({c['val_bytes_per_token']:.2f}); trained on "
+        f"{summary['tokens']:,} tokens = {summary['tokens'] / c['train_tokens']:.2f} passes")
+    samples = (out / "samples.txt").read_text(encoding="utf-8") if (out / "samples.txt").is_file() else ""
+    log(f"\ndemo: samples before and after training (prompt {prompt!r}):\n{samples}")
+    if summary["eval"]:
+        e = summary["eval"]
+        log(f"demo: validation loss {e['val_loss']:.3f} nats/token, {e.get('val_bpb', float('nan')):.3f} bits/byte")
+    if (out / "loss.png").is_file():
+        log(f"demo: loss curve {out / 'loss.png'}")
+    log(f"demo: try  scratchllm generate --model {out} --prompt {prompt!r}")
+    return summary
 

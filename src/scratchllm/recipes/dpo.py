@@ -8,7 +8,6 @@ chosen - log-ratio of rejected)), on response tokens only.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,28 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.core.device import resolve_device
-from scratchllm.data.instructions import encode_preference, load_preference_data, split_with_files
+from scratchllm.data.instructions import (
+    encode_preference,
+    load_preference_data,
+    split_with_files,
+)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import apply_lora
-from scratchllm.prompts import get_style
-from scratchllm.recipes.instruct import (IGNORE_INDEX, EpochLoader, check_counts, check_max_length, collate_instructions,
-                                         fit_recipe, prepare_model, stored_style, train_config)
+from scratchllm.models.loss import IGNORE_INDEX
+from scratchllm.prompts import choose_style, stored_style
+from scratchllm.recipes.config import DPOConfig
+from scratchllm.recipes.instruct import (
+    EpochLoader,
+    check_counts,
+    check_max_length,
+    collate_instructions,
+    fit_recipe,
+    prepare_model,
+    train_config,
+)
 from scratchllm.training.loop import Task
 from scratchllm.training.run_dir import read_metrics
+
 
 def sequence_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of each row's non-ignored targets: (B, T), (B, T) -> (B,)."""
@@ -151,64 +164,35 @@ class PreferenceTask(Task):
 
 
 
-def finetune_dpo(
-    model: str,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    beta: float = 0.1,
-    prompt_style: str | None = None,
-    lora_rank: int | None = None,
-    lora_alpha: float = 16.0,
-    lora_targets: Sequence[str] = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"),
-    lora_dropout: float = 0.0,
-    epochs: int = 1,
-    batch_size: int = 8,
-    lr: float = 5e-6,
-    weight_decay: float = 0.01,
-    warmup_steps: int = 0,
-    max_length: int | None = None,
-    seed: int = 123,
-    val: str | os.PathLike[str] | None = None,
-    test: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    eval_every: int | None = None,
-    max_steps: int | None = None,
-    max_time: float | None = None,
-    compile: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
+def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Direct Preference Optimization (Rafailov et al. 2023) of an (instruction-tuned) model on
     {"instruction", "input", "chosen", "rejected"} records, against a frozen copy of the starting
     model; returns fit's summary with the validation metrics before and after.
 
-    The prompt style defaults to the one stored with the model (else alpaca). The book's DPO
+    The prompt style defaults to the one stored with the model, else its chat template, else alpaca. The book's DPO
     appendix uses lr 5e-6, beta 0.1 and one or two epochs.
     """
-    check_counts(epochs=epochs, batch_size=batch_size)
-    records = load_preference_data(data)
-    splits = split_with_files(records, val, test, seed, load_preference_data)
+    check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
+    records = load_preference_data(cfg.data)
+    splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_preference_data)
     train_records, val_records, test_records = splits
-    net, tokenizer, stored = prepare_model(model, None, lora_alpha, lora_targets, lora_dropout)
-    style = get_style(prompt_style or stored_style(stored) or "alpaca")
-    max_length = check_max_length(max_length, net.config.context_length)
-    dev = resolve_device(device)
+    net, tokenizer, stored = prepare_model(cfg, lora=False)
+    style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
+    max_length = check_max_length(cfg.max_length, net.config.context_length)
+    dev = resolve_device(cfg.device)
     reference = copy.deepcopy(net).to(dev)  # pi_ref: the starting policy, frozen
-    if lora_rank:
-        apply_lora(net, lora_rank, lora_alpha, list(lora_targets), lora_dropout, base_model=str(model))
+    if cfg.lora_rank:
+        apply_lora(net, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), cfg.lora_dropout, base_model=str(cfg.model))
     encode = lambda rs: [encode_preference(tokenizer, style, r) for r in rs]  # noqa: E731
-    task = PreferenceTask(reference, encode(train_records), encode(val_records), tokenizer.eot_id, beta, batch_size,
-                          max_length, seed, dev)
-    cfg = train_config(task.steps_per_epoch, epochs, max_steps, batch_size, lr, weight_decay, warmup_steps, seed, device,
-                        dtype, eval_every, max_time, compile)
-    cfg.sample_every = 0
-    out = Path(out)
+    task = PreferenceTask(reference, encode(train_records), encode(val_records), tokenizer.eot_id, cfg.beta,
+                          cfg.batch_size, max_length, cfg.seed, dev)
+    train_cfg = train_config(cfg, task.steps_per_epoch)
+    train_cfg.sample_every = 0
     summary, info = fit_recipe(
-        net, task, tokenizer, style, model, out, splits, cfg,
-        {"recipe": "dpo", "data": str(data), "beta": beta, "max_length": max_length, "epochs": epochs},
-        resume, f"dpo: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test pairs, "
-        f"beta {beta}, prompt style {style.name}",
+        net, task, tokenizer, style, cfg, splits, train_cfg,
+        {"recipe": "dpo", "data": str(cfg.data), "beta": cfg.beta, "max_length": max_length, "epochs": cfg.epochs},
+        f"dpo: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test pairs, "
+        f"beta {cfg.beta}, prompt style {style.name}",
     )
-    rows = [row for row in read_metrics(out / "metrics.jsonl", None) if "val_loss" in row]
+    rows = [row for row in read_metrics(Path(cfg.out) / "metrics.jsonl", None) if "val_loss" in row]
     return {**summary, **info, "eval_before": rows[0] if rows else None, "eval_after": rows[-1] if rows else None}
-

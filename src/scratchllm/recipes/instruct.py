@@ -12,7 +12,6 @@ held-out records, LoRA merging) are here too; DPO is dpo.py.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from scratchllm.checkpoint.adapter_dir import save_adapters
-from scratchllm.checkpoint.loader import load
+from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import RESERVED_KEYS, read_model_config, save_model
 from scratchllm.core.console import log
 from scratchllm.core.device import resolve_device
@@ -30,13 +29,11 @@ from scratchllm.data.instructions import (encode_example, load_instruction_data,
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.lora import apply_lora, count_parameters, merge_lora
-from scratchllm.prompts import PromptStyle, get_style
+from scratchllm.models.loss import IGNORE_INDEX
+from scratchllm.prompts import PromptStyle, choose_style, stored_style
+from scratchllm.recipes.config import FinetuneConfig, InstructConfig
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
-
-IGNORE_INDEX = -100  # targets with this id do not count in the loss (PyTorch's cross-entropy default)
-
-
 
 def collate_instructions(
     examples: Sequence[tuple[Sequence[int], int]],
@@ -193,11 +190,6 @@ def check_counts(**values: int) -> None:
             raise ScratchLLMError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def stored_style(data: dict[str, Any]) -> str | None:
-    style = data.get("prompt_style")
-    return style if isinstance(style, str) else None
-
-
 def check_max_length(max_length: int | None, context_length: int) -> int:
     if max_length is None:
         return context_length
@@ -206,17 +198,16 @@ def check_max_length(max_length: int | None, context_length: int) -> int:
     return max_length
 
 
-def train_config(steps_per_epoch: int, epochs: int, max_steps: int | None, batch_size: int, lr: float,
-                  weight_decay: float, warmup_steps: int, seed: int, device: str, dtype: str, eval_every: int | None,
-                  max_time: float | None, compile: bool) -> Any:
+def train_config(cfg: FinetuneConfig, steps_per_epoch: int) -> TrainConfig:
     """Both recipes' TrainConfig: `epochs` passes over the data unless max_steps is given."""
-    steps = max_steps or epochs * steps_per_epoch
+    steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     # The book trains with a constant learning rate: min_lr = lr makes the cosine flat.
     return TrainConfig(
-        max_steps=steps, max_time=max_time, batch_size=batch_size, lr=lr, min_lr=lr, warmup_steps=warmup_steps,
-        weight_decay=weight_decay, eval_every=eval_every if eval_every is not None else max(1, steps_per_epoch // 4),
+        max_steps=steps, max_time=cfg.max_time, batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        eval_every=cfg.eval_every if cfg.eval_every is not None else max(1, steps_per_epoch // 4),
         eval_batches=0, log_every=max(1, min(10, steps // 20)), save_every=steps_per_epoch, keep_last=1,
-        sample_every=steps, seed=seed, device=device, dtype=dtype, compile=compile,
+        sample_every=steps, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile,
     )
 
 
@@ -240,38 +231,37 @@ def finish_lora_run(out: Path, base_model: str) -> None:
         save_model(merge_lora(model), d, tokenizer, extra=info)
 
 
-def prepare_model(model: str, lora_rank: int | None, lora_alpha: float, lora_targets: Sequence[str],
-                   lora_dropout: float):
-    """(model, tokenizer, its config.json) with LoRA applied when lora_rank is set."""
-    net, tokenizer = load(model, device="cpu", kind="gpt")
-    data = read_model_config(model) if Path(str(model)).exists() else {}
+def prepare_model(cfg: FinetuneConfig, lora: bool = True):
+    """(model, tokenizer, its config.json) of cfg.model, with LoRA applied when cfg.lora_rank is set
+    (and `lora`: DPO applies it after copying the reference)."""
+    net, tokenizer = load(cfg.model, device="cpu", kind="gpt")
+    data = read_model_config(cfg.model) if locate(cfg.model)[0] == "scratchllm" else {}
     net.train().requires_grad_(True)
-    if lora_rank:
-        apply_lora(net, lora_rank, lora_alpha, list(lora_targets), lora_dropout, base_model=str(model))
+    if lora and cfg.lora_rank:
+        apply_lora(net, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), cfg.lora_dropout, base_model=str(cfg.model))
     return net, tokenizer, data
 
 
-def fit_recipe(net, task, tokenizer, style: PromptStyle, model: str, out: Path, splits: tuple[list, list, list],
-                cfg: Any, extra: dict[str, Any], resume: bool, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def fit_recipe(net, task, tokenizer, style: PromptStyle, cfg: FinetuneConfig, splits: tuple[list, list, list],
+               train_cfg: TrainConfig, extra: dict[str, Any], description: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """What both recipes do once their task is built: record the prompt style (and the LoRA
     settings) with every saved model, write the held-out records (test.json / val.json, for
     `respond`), train on the shared loop, and after a LoRA run leave merged weights in best/ and
     final/ and the adapters in adapter/. Returns (fit's summary, parameter counts and split sizes)."""
     train_records, val_records, test_records = splits
+    model, out = str(cfg.model), Path(cfg.out)
     lora = getattr(net, "lora_config", None)
     task.save_extra = {"prompt_style": style.name}
-    if lora is not None:
-        task.save_extra["lora"] = dataclasses.asdict(lora)
     write_json(out / "test.json", test_records)
     write_json(out / "val.json", val_records)
     trainable, total = count_parameters(net)
-    log(f"{description}, {cfg.max_steps} steps; trainable parameters {trainable:,} of {total:,}")
+    log(f"{description}, {train_cfg.max_steps} steps; trainable parameters {trainable:,} of {total:,}")
     sizes = {"train": len(train_records), "val": len(val_records), "test": len(test_records)}
-    extra = {**extra, "base_model": str(model), "prompt_style": style.name, "splits": sizes,
-             "lora": task.save_extra.get("lora")}
-    summary = fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
+    extra = {**extra, "base_model": model, "prompt_style": style.name, "splits": sizes,
+             "lora": dataclasses.asdict(lora) if lora is not None else None}
+    summary = fit(net, task, train_cfg, out, resume=cfg.resume, tokenizer=tokenizer, extra_config=extra)
     if lora is not None:
-        finish_lora_run(out, str(model))
+        finish_lora_run(out, model)
     return summary, {"trainable_parameters": trainable, "parameters": total, "splits": sizes}
 
 
@@ -280,62 +270,34 @@ def fit_recipe(net, task, tokenizer, style: PromptStyle, model: str, out: Path, 
 # The recipe
 
 
-def finetune_instruct(
-    model: str,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    prompt_style: str = "alpaca",
-    mask_prompt: bool = False,
-    lora_rank: int | None = None,
-    lora_alpha: float = 16.0,
-    lora_targets: Sequence[str] = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"),
-    lora_dropout: float = 0.0,
-    epochs: int = 2,
-    batch_size: int = 8,
-    lr: float = 5e-5,
-    weight_decay: float = 0.1,
-    warmup_steps: int = 0,
-    max_length: int | None = None,
-    seed: int = 123,
-    val: str | os.PathLike[str] | None = None,
-    test: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    eval_every: int | None = None,
-    max_steps: int | None = None,
-    max_time: float | None = None,
-    compile: bool = False,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Supervised instruction fine-tuning (the book's ch. 7) of a model directory or GPT-2 name on the
+def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
+    """Supervised instruction fine-tuning (the book's ch. 7) of a model directory or hub name on the
     shared training loop; returns fit's summary plus the split sizes and parameter counts.
 
     The run directory gets test.json / val.json (the held-out records, for `respond`), and each saved
-    model records its `prompt_style`. With `lora_rank`, only adapters train; best/ and final/ then
+    model records its `prompt_style` (default: the base model's stored one, else its chat template, else
+    alpaca). With `lora_rank`, only adapters train; best/ and final/ then
     hold merged weights and adapter/ the adapters alone.
     """
-    check_counts(epochs=epochs, batch_size=batch_size)
-    style = get_style(prompt_style)
-    records = load_instruction_data(data)
-    splits = split_with_files(records, val, test, seed, load_instruction_data)
+    check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
+    records = load_instruction_data(cfg.data)
+    splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_instruction_data)
     train_records, val_records, test_records = splits
-    net, tokenizer, _ = prepare_model(model, lora_rank, lora_alpha, lora_targets, lora_dropout)
-    max_length = check_max_length(max_length, net.config.context_length)
-    dev = resolve_device(device)
+    net, tokenizer, stored = prepare_model(cfg)
+    style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
+    max_length = check_max_length(cfg.max_length, net.config.context_length)
     encode = lambda rs: [encode_example(tokenizer, style, r) for r in rs]  # noqa: E731
     task = InstructionTask(
-        encode(train_records), encode(val_records), tokenizer.eot_id, batch_size, mask_prompt, max_length, seed, dev,
-        sample_prompts=[prompt_and_response(r, style)[0] for r in val_records[:1]], tokenizer=tokenizer,
-        stop=style.stop_strings,
+        encode(train_records), encode(val_records), tokenizer.eot_id, cfg.batch_size, cfg.mask_prompt, max_length,
+        cfg.seed, resolve_device(cfg.device), sample_prompts=[prompt_and_response(r, style)[0] for r in val_records[:1]],
+        tokenizer=tokenizer, stop=style.stop_strings,
     )
-    cfg = train_config(task.steps_per_epoch, epochs, max_steps, batch_size, lr, weight_decay, warmup_steps, seed, device,
-                        dtype, eval_every, max_time, compile)
-    out = Path(out)
+    out = Path(cfg.out)
     summary, info = fit_recipe(
-        net, task, tokenizer, style, model, out, splits, cfg,
-        {"recipe": "instruct", "data": str(data), "mask_prompt": mask_prompt, "max_length": max_length, "epochs": epochs},
-        resume, f"instruct: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test records, "
-        f"prompt style {style.name}, mask_prompt={mask_prompt}, {task.steps_per_epoch} steps per epoch",
+        net, task, tokenizer, style, cfg, splits, train_config(cfg, task.steps_per_epoch),
+        {"recipe": "instruct", "data": str(cfg.data), "mask_prompt": cfg.mask_prompt, "max_length": max_length,
+         "epochs": cfg.epochs},
+        f"instruct: {len(train_records)} train / {len(val_records)} val / {len(test_records)} test records, "
+        f"prompt style {style.name}, mask_prompt={cfg.mask_prompt}, {task.steps_per_epoch} steps per epoch",
     )
     return {**summary, **info, "test_file": str(out / "test.json")}
-

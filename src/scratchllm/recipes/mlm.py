@@ -43,13 +43,10 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.fill_mask import MASK_TOKEN, USER_MASK, fill_mask, format_fillers, mask_token_id, with_mask_token
 from scratchllm.models.gpt import GPT
-from scratchllm.models.loss import lm_loss
+from scratchllm.models.loss import IGNORE_INDEX, lm_loss
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (PyTorch's cross-entropy default)
-
-
 
 @dataclass
 class MaskingConfig:
@@ -217,6 +214,7 @@ def pretrain_mlm(data, model, out, tokenizer: Tokenizer, cfg, resume: bool = Fal
     model_cfg = dataclasses.replace(read_config(model, vocab_size=tok.vocab_size, context_length=cfg.context_length),
                                     causal=False)
     device = resolve_device(cfg.device)
+    check_fits(model_cfg, device, TRAINING_BYTES_PER_PARAMETER, what="pretrain --objective mlm")
     corpus = load_corpus(data, tok, val_fraction=val_fraction)
     if Path(data).is_dir() and corpus.vocab_size > mask_token_id(tok):
         raise ScratchLLMError(f"{data}: prepared with {corpus.vocab_size} ids, which would overlap {MASK_TOKEN} "

@@ -9,8 +9,8 @@ encoder-decoder (`seq2seq`), are looked up in `OBJECTIVES` and run on the same s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import json
 import math
 import os
 from pathlib import Path
@@ -19,25 +19,29 @@ from typing import Any
 import torch
 
 from scratchllm.checkpoint.loader import load_tokenizer, read_config, resolve_tokenizer
+from scratchllm.core.console import log, warn
 from scratchllm.core.device import init_distributed
 from scratchllm.data.loaders import RandomWindowLoader, eval_batches
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
 from scratchllm.models.gpt import GPT
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
+from scratchllm.recipes.config import PretrainConfig
 from scratchllm.recipes.mlm import pretrain_mlm
 from scratchllm.recipes.seq2seq import pretrain_seq2seq
 from scratchllm.training.config import TrainConfig, read_run_file
 from scratchllm.training.loop import Task, fit
-from scratchllm.training.run_dir import checkpoint_dirs
+from scratchllm.training.run_dir import checkpoint_dirs, read_run_config, run_tokenizer
 
 class PretrainTask(Task):
     """Next-token prediction on random windows of a token stream (the pretraining objective).
 
     Each process draws its own share of every global batch (rank / world_size); validation loss is
     averaged over up to `eval_batches` fixed batches, also split across processes. Reported too:
-    perplexity exp(loss) and bits per byte = loss / ln 2 / bytes_per_token, which compares models
-    with different tokenizers.
+    perplexity exp(loss) and bits per byte, which compares models with different tokenizers: the
+    summed loss in bits over the UTF-8 bytes of the evaluated target tokens (when the tokenizer is
+    known; else over validation's own bytes per token times the tokens).
     """
 
     best_metric = "val_loss"
@@ -56,6 +60,9 @@ class PretrainTask(Task):
             )
         self.loader = RandomWindowLoader(data.train, batch_size, context_length, seed, rank=rank,
                                          world_size=world_size, device=self.device)
+        self.token_bytes = None  # id -> UTF-8 bytes of its text, for exact bits per byte
+        if tokenizer is not None and getattr(tokenizer, "vocab_size", None) == getattr(data, "vocab_size", None):
+            self.token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.float64, device=self.device)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loader.next_batch()  # x, y: (B, T) on device
@@ -68,7 +75,7 @@ class PretrainTask(Task):
         return batch[1].numel()
 
     def evaluate(self, model) -> dict[str, float]:
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, tokens
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # summed loss, tokens, their bytes
         max_batches = self.eval_batches or None
         for i, (x, y) in enumerate(eval_batches(self.data.val, self.batch_size, self.context_length, max_batches)):
             if i % self.world_size != self.rank:
@@ -76,15 +83,19 @@ class PretrainTask(Task):
             x, y = x.to(self.device), y.to(self.device)
             total[0] += model.loss(x, y).double() * y.numel()
             total[1] += y.numel()
+            if self.token_bytes is not None:
+                total[2] += self.token_bytes[y].sum()
         if self.world_size > 1:
             torch.distributed.all_reduce(total)
         if total[1] == 0:
             return {}  # validation split shorter than one window
         loss = (total[0] / total[1]).item()
         metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        bpt = getattr(self.data, "bytes_per_token", None)
-        if bpt:
-            metrics["val_bpb"] = loss / math.log(2) / bpt
+        n_bytes = total[2].item()
+        if not n_bytes and hasattr(self.data, "split_bytes_per_token"):
+            n_bytes = (self.data.split_bytes_per_token("val") or 0.0) * total[1].item()
+        if n_bytes:
+            metrics["val_bpb"] = total[0].item() / math.log(2) / n_bytes
         return metrics
 
     def sample(self, model) -> str:
@@ -101,20 +112,34 @@ class PretrainTask(Task):
 
 
 
+# What a run started with the library's or the CLI's defaults gets (on a resume, None means "the run's own").
+DEFAULT_TOKENIZER = "gpt2"
+DEFAULT_VAL_FRACTION = 0.1
+
+
 def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out: str | os.PathLike[str] | None = None,
-             tokenizer: Any = "gpt2", resume: bool | str = False, config_file: str | os.PathLike[str] | None = None,
-             val_fraction: float = 0.1, objective: str | None = None, **train_flags: Any) -> dict[str, Any]:
+             **options: Any) -> dict[str, Any]:
     """Pretrain a GPT on a text file or prepared data directory; returns fit's summary.
 
     model: a preset name, a config.json path, a GPTConfig or a dict (vocab_size always comes from the
-    tokenizer; train context_length, if set, replaces the model's). config_file: run.toml / .yaml /
-    .json holding train config fields and optionally data, model, tokenizer, out; keyword arguments
-    win over the file. resume=True (or a run directory) continues the newest checkpoint of `out`;
-    settings not given again are taken from that run's run_config.json, the tokenizer from its
-    checkpoint. objective: "lm" (next token, the default), "mlm" (a BERT-style encoder,
-    `scratchllm.mlm.pretrain_mlm`) or "seq2seq" (an encoder-decoder on source<TAB>target pairs,
-    `scratchllm.seq2seq.pretrain_seq2seq`); a resumed run keeps its own.
+    tokenizer; train context_length, if set, replaces the model's). `options` are PretrainConfig
+    fields (tokenizer, config, val_fraction, resume, objective) and TrainConfig fields (max_steps,
+    lr, ...). config: a run file (run.toml / .yaml / .json) holding train config fields and
+    optionally data, model, tokenizer, out; keyword arguments win over the file. objective: "lm"
+    (next token, the default), "mlm" (a BERT-style encoder, recipes/mlm.py) or "seq2seq" (an
+    encoder-decoder on source<TAB>target pairs, recipes/seq2seq.py).
+
+    resume=True (or a run directory) continues the newest checkpoint of `out`. The run keeps what it
+    started with: its tokenizer (from the checkpoint, or before the first checkpoint from
+    RUNDIR/tokenizer.json / run_config.json), model, objective, validation split and data; a model,
+    tokenizer or objective given again must be the same. Train settings not given again come from
+    its run_config.json. A run killed before its first checkpoint starts again from step 0 (it says so).
     """
+    run_fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"data", "model", "out"}
+    run = PretrainConfig(**{k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+                            for k, v in options.items() if k in run_fields})
+    train_flags = {k: v for k, v in options.items() if k not in run_fields}
+    tokenizer, resume, config_file, val_fraction, objective = run.tokenizer, run.resume, run.config, run.val_fraction, run.objective
     if isinstance(resume, (str, os.PathLike)):
         out = out or resume
         resume = True
@@ -124,41 +149,94 @@ def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out:
     data = data if data is not None else settings.pop("data", None)
     model = model if model is not None else settings.pop("model", None)
     out = out if out is not None else settings.pop("out", None)
-    file_tokenizer = settings.pop("tokenizer", None)
-    val_fraction = settings.pop("val_fraction", val_fraction)
-    file_objective = settings.pop("objective", None)
+    tokenizer = tokenizer if tokenizer is not None else settings.pop("tokenizer", None)
+    val_fraction = val_fraction if val_fraction is not None else settings.pop("val_fraction", None)
+    objective = objective or settings.pop("objective", None)
+    for key in ("tokenizer", "val_fraction", "objective"):  # given as keywords, they win over the file
+        settings.pop(key, None)
     if out is None:
         raise ScratchLLMError("pretrain: an output run directory is required (--out RUNDIR)")
     out = Path(out)
     previous: dict[str, Any] = {}
-    latest = checkpoint_dirs(out)[-1][1] if resume and checkpoint_dirs(out) else None
-    if resume and (out / "run_config.json").is_file():
-        previous = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
+    if resume:
+        found = read_run_config(out)
+        if found is None and (data is None or model is None):
+            raise ScratchLLMError(f"pretrain --resume {out}: no run to resume there (no run_config.json, no "
+                                  "checkpoints); start one with --data and --model")
+        if found is None:
+            log(f"{out}: no run to resume yet; starting a new one")
+            resume = False
+        previous = found or {}
     train_settings = {**previous.get("train", {}), **settings,
                       **{k: v for k, v in train_flags.items() if v is not None}}
     cfg = TrainConfig.from_dict(train_settings, source=str(config_file) if config_file else "pretrain")
-    if latest is not None:
-        tok = load_tokenizer(latest)  # ids must mean what they meant when the run started
+    if resume:
+        tok, data, model, val_fraction, objective = _resume_settings(out, previous, tokenizer, data, model,
+                                                                     val_fraction, objective, cfg)
     else:
-        tok = resolve_tokenizer(file_tokenizer if tokenizer == "gpt2" and file_tokenizer else tokenizer)
-    if data is None:
-        data = previous.get("data", {}).get("path")
-    if model is None:
-        model = previous.get("model")
+        tok = resolve_tokenizer(tokenizer or DEFAULT_TOKENIZER)
     if data is None:
         raise ScratchLLMError("pretrain: training data is required (--data FILE.txt or DATADIR)")
     if model is None:
         raise ScratchLLMError("pretrain: a model is required (--model PRESET or config.json)")
-    objective = objective or file_objective or previous.get("objective") or "lm"
+    objective = objective or "lm"
     if objective not in OBJECTIVES:
         raise ScratchLLMError(f"pretrain: objective {objective!r}: expected {', '.join(OBJECTIVES)}")
+    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     return OBJECTIVES[objective](data, model, out, tok, cfg, resume=resume, val_fraction=val_fraction)
+
+
+def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: Any, model: Any,
+                     val_fraction: float | None, objective: str | None, cfg: TrainConfig):
+    """(tokenizer, data, model, val_fraction, objective) of the run being resumed: the run's own, so
+    that a resume never trains a different model; what is given again must agree with them."""
+    where = f"pretrain --resume {out}"
+    checkpoints = checkpoint_dirs(out)
+    if checkpoints:
+        tok = load_tokenizer(checkpoints[-1][1])  # ids must mean what they meant when the run started
+    else:
+        tok = run_tokenizer(out, previous)
+        log(f"{out}: no checkpoint yet (the run stopped before its first save); starting again from step 0 "
+            "with the settings in its run_config.json")
+    if tokenizer is not None:
+        given = resolve_tokenizer(tokenizer)
+        same = given.merges == tok.merges and given.pattern == tok.pattern and all(
+            tok.special_tokens.get(k) == v for k, v in given.special_tokens.items())  # mlm adds <|mask|>
+        if not same:
+            raise ScratchLLMError(f"{where}: --tokenizer {tokenizer} is not the run's tokenizer ({tok.vocab_size} ids); "
+                                  "a resumed run keeps its own (leave --tokenizer out)")
+    run_model = previous.get("model")
+    if model is not None and run_model is not None:
+        overrides = {"vocab_size": tok.vocab_size, "context_length": cfg.context_length}
+        mine = read_config(run_model, **overrides).to_dict()
+        theirs = read_config(model, **overrides).to_dict()
+        differ = [k for k in mine if k != "causal" and mine[k] != theirs.get(k)]  # mlm sets causal itself
+        if differ:
+            k = differ[0]
+            raise ScratchLLMError(f"{where}: --model {model} has {k}={theirs.get(k)!r}, the run has {mine[k]!r}; "
+                                  "a resumed run keeps its model (leave --model out)")
+    run_data = previous.get("data") if isinstance(previous.get("data"), dict) else {}
+    if data is None:
+        data = run_data.get("path")
+    elif run_data.get("path") and Path(data).resolve() != Path(run_data["path"]):
+        warn(f"{where}: --data {data} is not the run's {run_data['path']}; continuing on {data}")
+    run_fraction = run_data.get("val_fraction")
+    if val_fraction is not None and run_fraction is not None and val_fraction != run_fraction:
+        raise ScratchLLMError(f"{where}: --val-fraction {val_fraction} is not the run's {run_fraction}; "
+                              "a resumed run keeps its validation split (leave --val-fraction out)")
+    if run_fraction is not None:
+        val_fraction = run_fraction
+    run_objective = previous.get("objective", "lm" if previous else None)
+    if objective is not None and run_objective is not None and objective != run_objective:
+        raise ScratchLLMError(f"{where}: --objective {objective} is not the run's {run_objective}")
+    return tok, data, model if model is not None else run_model, val_fraction, objective or run_objective
 
 
 def pretrain_lm(data, model, out, tok, cfg: TrainConfig, resume: bool = False, val_fraction: float = 0.1) -> dict[str, Any]:
     """Next-token pretraining of a GPT once `pretrain` has resolved the run's settings."""
     model_cfg = read_config(model, vocab_size=tok.vocab_size, context_length=cfg.context_length)
     env, device = init_distributed(cfg.device)
+    check_fits(model_cfg, device, TRAINING_BYTES_PER_PARAMETER, what="pretrain")
     corpus = load_corpus(data, tok, val_fraction=val_fraction)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts them)
     net = GPT(model_cfg)
@@ -168,7 +246,8 @@ def pretrain_lm(data, model, out, tok, cfg: TrainConfig, resume: bool = False, v
     meta = dict(getattr(corpus, "meta", {}) or {})
     extra = {
         "data": {"path": str(Path(data).resolve()), "val_fraction": val_fraction, **meta,
-                 "bytes_per_token": getattr(corpus, "bytes_per_token", None)},
+                 "bytes_per_token": getattr(corpus, "bytes_per_token", None),
+                 "val_bytes_per_token": corpus.split_bytes_per_token("val")},
         "tokenizer": {"vocab_size": tok.vocab_size, **{k: v for k, v in tok.spec.items() if k != "merges"}},
     }
     finished = False

@@ -23,6 +23,7 @@ from scratchllm.core.files import read_text
 from scratchllm.data.loaders import SequentialLoader
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.encoder_decoder import IGNORE_INDEX, EncoderDecoder, greedy_decode, pad_sources
+from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
 
@@ -203,6 +204,8 @@ def pretrain_seq2seq(data, model, out, tokenizer: Tokenizer, cfg, resume: bool =
     eot = tokenizer.eot_id  # targets end with it; raises when the tokenizer lacks <|endoftext|>
     model_cfg = read_config(model, vocab_size=tokenizer.vocab_size, context_length=cfg.context_length)
     device = resolve_device(cfg.device)
+    # two stacks (encoder and decoder, the decoder with cross-attention): about twice a GPT's size
+    check_fits(model_cfg, device, TRAINING_BYTES_PER_PARAMETER, copies=2, what="pretrain --objective seq2seq")
     pairs = load_pairs(data)
     train_text, val_text = split_pairs(pairs, val_fraction, cfg.seed)
     train = encode_pairs(tokenizer, train_text, model_cfg.context_length, "training pairs")

@@ -84,7 +84,7 @@ def bpe_ids(ranks: dict[bytes, int], piece: bytes) -> tuple[int, ...]:
     rank = ranks.get(piece)
     if rank is not None:  # most words are a single token once the vocabulary is large
         return (rank,)
-    if len(piece) > _LONG_WORD:
+    if len(piece) > _LONG_WORD or not piece:  # (b"" has no ids; every single byte is a token)
         return bpe_long(ranks, piece)
     parts = list(map(BYTE_PIECES.__getitem__, piece))
     never = len(ranks)  # larger than any rank: "this pair is not a token"
@@ -92,7 +92,9 @@ def bpe_ids(ranks: dict[bytes, int], piece: bytes) -> tuple[int, ...]:
     # pair_ranks[i] is the rank of parts[i] + parts[i + 1]; after a merge only its two neighbours
     # change, so the list is patched in place instead of being recomputed.
     pair_ranks = [get(a + b, never) for a, b in zip(parts, parts[1:])]
-    while pair_ranks:
+    # At least two parts always remain (the piece is not a token: merges only ever make tokens),
+    # so pair_ranks is never empty and the loop ends when no adjacent pair is a token.
+    while True:
         best = min(pair_ranks)
         if best == never:
             break
@@ -101,7 +103,7 @@ def bpe_ids(ranks: dict[bytes, int], piece: bytes) -> tuple[int, ...]:
         parts[i] = merged
         del parts[i + 1]
         del pair_ranks[i]
-        if i > 0:
+        if i:
             pair_ranks[i - 1] = get(parts[i - 1] + merged, never)
         if i < len(pair_ranks):
             pair_ranks[i] = get(merged + parts[i + 1], never)

@@ -3,16 +3,19 @@
 `Tokenizer` turns text into integer ids and back, the way GPT-2 does (Radford et al. 2019,
 "Language Models are Unsupervised Multitask Learners", section 2.2 "Input Representation"):
 
-1. Pre-tokenization: the GPT-2 regex splits text into words, numbers, punctuation runs and
-   whitespace runs, so merges never cross word boundaries (no "dog." / "dog!" variants).
+1. Pre-tokenization (pretokenize.py): the GPT-2 regex splits text into words, numbers,
+   punctuation runs and whitespace runs, so merges never cross word boundaries (no "dog." /
+   "dog!" variants).
 2. Byte-pair encoding (bpe.py): each pre-token's UTF-8 bytes start as single-byte tokens and
    adjacent pairs are merged, lowest rank first, until no adjacent pair forms a token.
 3. Special tokens such as ``<|endoftext|>`` are never produced from user text unless the caller
    allows them, following tiktoken's rule (see `Tokenizer.encode`).
 
-Two vocabularies are supported: OpenAI's GPT-2 files (gpt2.py) and vocabularies trained here with
-`Tokenizer.train`, saved as one JSON file. Two backends encode with identical ids: "python", the
-from-scratch implementation, and "tiktoken", a `tiktoken.Encoding` built from the same ranks.
+Three kinds of vocabulary are supported: OpenAI's GPT-2 files (gpt2.py), vocabularies trained here
+with `Tokenizer.train`, saved as one JSON file, and Hugging Face tokenizer.json files of the
+byte-level BPE kind (Llama 3, Qwen2.5/3, SmolLM2; hf.py, `Tokenizer.from_hf`). Two backends encode
+with identical ids: "python", the from-scratch implementation, and "tiktoken", a `tiktoken.Encoding`
+built from the same ranks (for a Hugging Face file: "python" and "tokenizers", the library).
 OpenAI's encoder.py looks up the rank of the (left, right) pair in vocab.bpe instead of the rank
 of the merged token; on GPT-2's files the two gave the same ids for all 76,739 pieces we compared
 (every pre-token in ../shared/data and every token's own bytes), and the tests check our ids
@@ -36,10 +39,14 @@ from typing import Any, Literal
 import numpy as np
 import regex
 
-from scratchllm.core.files import read_text, write_atomic
+from scratchllm.core.files import check_overwrite, read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, GPT2_PATTERN_FAST, WordCache, learn_merges
+from scratchllm.tokenizer.chat_template import ChatTemplate
 from scratchllm.tokenizer.gpt2 import ENDOFTEXT, GPT2_ENDOFTEXT_ID, gpt2_files, read_gpt2
+from scratchllm.tokenizer.hf import (HF_TOKENIZER_FILES, TOKENIZER_JSON, HFTokenizerData, make_hf_encoder,
+                                     parse_hf_tokenizer, read_hf_tokenizer)
+from scratchllm.tokenizer.pretokenize import pretokenizer
 
 FILE_TYPE = "scratchllm-bpe"
 
@@ -47,7 +54,7 @@ FILE_TYPE = "scratchllm-bpe"
 FILE_VERSION = 1
 
 
-Backend = Literal["auto", "tiktoken", "python"]
+Backend = Literal["auto", "tiktoken", "tokenizers", "python"]
 
 
 SpecialSet = Literal["all"] | Collection[str]
@@ -134,8 +141,15 @@ class Tokenizer:
 
     Ids 0..255 are single bytes (in `byte_order`), id 256 + i is merge i, and the special tokens
     take the ids after the last merge. Build one with `Tokenizer.gpt2()`, `Tokenizer.train(...)`,
-    `Tokenizer.load(path)` or `Tokenizer.from_spec(...)`.
+    `Tokenizer.load(path)` or `Tokenizer.from_spec(...)`. A Hugging Face tokenizer
+    (`Tokenizer.from_hf(directory)`) keeps its file's ids instead, and its encoder is hf.py's.
     """
+
+    # A Hugging Face tokenizer's files and settings (None for GPT-2's and trained vocabularies), and
+    # the ids `encode(..., add_special_tokens=True)` puts around a text (its post-processor's).
+    _hf: HFTokenizerData | None = None
+    _prefix: tuple[int, ...] = ()
+    _suffix: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -171,7 +185,7 @@ class Tokenizer:
             if not isinstance(name, str) or not name:
                 raise ScratchLLMError(f"special_tokens: expected non-empty strings, got {name!r}")
         try:
-            self._pattern = regex.compile(GPT2_PATTERN_FAST if pattern == GPT2_PATTERN else pattern)
+            self._split = pretokenizer(pattern)  # text -> pre-tokens
         except (regex.error, TypeError) as exc:
             raise ScratchLLMError(f"pattern {pattern!r}: not a valid regex: {exc}") from exc
         self._pattern_str = pattern
@@ -201,11 +215,13 @@ class Tokenizer:
                 raise ScratchLLMError("backend 'tiktoken': the tiktoken package is not installed") from None
             return "python", None
         # Built from our own ranks (tiktoken.get_encoding would download OpenAI's files). Same
-        # ranks, same pattern, same lowest-rank merge rule: same ids as the python backend.
+        # ranks, same pattern, same lowest-rank merge rule: same ids as the python backend. GPT-2's
+        # pattern is given in its letters-first form (bpe.GPT2_PATTERN_FAST, the same language),
+        # which tiktoken's regex engine also runs faster: ~1.3x on benchmarks/tokenizer.py's text.
         try:
             encoding = tiktoken.Encoding(
                 name=f"scratchllm-{self._spec.get('type', 'bpe')}-{len(self._id_to_bytes)}",
-                pat_str=self._pattern_str,
+                pat_str=GPT2_PATTERN_FAST if self._pattern_str == GPT2_PATTERN else self._pattern_str,
                 mergeable_ranks=self._ranks,
                 special_tokens=self._special,
                 explicit_n_vocab=len(self._id_to_bytes),
@@ -218,6 +234,8 @@ class Tokenizer:
 
     def with_backend(self, backend: Backend) -> Tokenizer:
         """The same vocabulary with another backend."""
+        if self._hf is not None:
+            return Tokenizer._from_hf_data(self._hf, backend, self._spec)
         return Tokenizer(self._merges, self._special, pattern=self._pattern_str, byte_order=self._byte_order,
                          backend=backend, spec=self._spec)
 
@@ -229,6 +247,8 @@ class Tokenizer:
         new = [t for t in dict.fromkeys(tokens) if t not in self._special]
         if not new:
             return self
+        if self._hf is not None:  # added to the tokenizer.json, which a model directory then copies
+            return Tokenizer._from_hf_data(self._hf.with_special_tokens(new), self._backend, {"type": "hf", "file": None})
         specials = {**self._special, **{t: self.vocab_size + k for k, t in enumerate(new)}}
         return Tokenizer(self._merges, specials, pattern=self._pattern_str, byte_order=self._byte_order,
                          backend=self._backend)
@@ -244,6 +264,40 @@ class Tokenizer:
         byte_order, merges = read_gpt2(str(encoder_path), str(vocab_path))
         return cls(merges, {ENDOFTEXT: GPT2_ENDOFTEXT_ID}, byte_order=byte_order, backend=backend,
                    spec={"type": "gpt2"})
+
+    @classmethod
+    def from_hf(cls, path: str | os.PathLike[str], backend: Backend = "auto", stop_ids: Collection[int] = ()) -> Tokenizer:
+        """A Hugging Face tokenizer of the byte-level BPE kind (Llama 3, Qwen2.5/3, SmolLM2, GPT-2):
+        `path` is a directory holding tokenizer.json, or that file; tokenizer_config.json (the named
+        special tokens: eos_token is `eot_id`) and the chat template beside it are read too.
+
+        backend "auto" encodes with the `tokenizers` library when it is installed, else "python",
+        the from-scratch path (hf.py); both give transformers' ids. `stop_ids`: more ids that end
+        generation (a model's generation_config.json eos_token_id).
+        """
+        data = read_hf_tokenizer(path, stop_ids)
+        blob = data.files[TOKENIZER_JSON]
+        spec: dict[str, Any] = {"type": "hf", "file": str(Path(data.source).absolute()),
+                                "sha256": hashlib.sha256(blob).hexdigest()}
+        if data.stop_ids:
+            spec["stop_ids"] = list(data.stop_ids)
+        return cls._from_hf_data(data, backend, spec)
+
+    @classmethod
+    def _from_hf_data(cls, data: HFTokenizerData, backend: Backend, spec: Mapping[str, Any]) -> Tokenizer:
+        # The shared state of an empty vocabulary first (so every attribute exists), then the file's.
+        self = cls([], {}, backend="python", spec=spec)
+        self._hf = data
+        self._pattern_str = data.pattern
+        self._merges = list(data.merges)
+        self._ranks = dict(data.vocab)
+        self._special = data.special_tokens
+        self._all_special = frozenset(self._special)
+        self._id_to_bytes = dict(data.id_to_bytes)
+        self._prefix, self._suffix = data.prefix, data.suffix
+        self._cache = None  # the encoder keeps its own
+        self._backend, self._encoding = make_hf_encoder(data, backend)
+        return self
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], backend: Backend = "auto", *,
@@ -281,11 +335,16 @@ class Tokenizer:
 
     def to_json_bytes(self) -> bytes:
         """The tokenizer file's bytes (compact UTF-8 JSON of `to_dict`): what `save`, model
-        directories and prepared data directories write, and what their SHA-256 records."""
+        directories and prepared data directories write, and what their SHA-256 records. For a
+        Hugging Face tokenizer: its tokenizer.json, byte for byte."""
+        if self._hf is not None:
+            return self._hf.files[TOKENIZER_JSON]
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def to_dict(self) -> dict[str, Any]:
         """The vocabulary as a JSON-able object: pattern, merges as hex byte pairs, special tokens."""
+        if self._hf is not None:
+            raise ScratchLLMError("to_dict: a Hugging Face tokenizer is its files (`hf_files`), not scratchllm's format")
         data: dict[str, Any] = {"type": FILE_TYPE, "version": FILE_VERSION, "pattern": self._pattern_str}
         if self._byte_order != tuple(range(256)):
             data["byte_order"] = list(self._byte_order)
@@ -294,8 +353,16 @@ class Tokenizer:
         return data
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the tokenizer as one JSON file (atomically) and point `spec` at it."""
+        """Write the tokenizer as one JSON file (atomically) and point `spec` at it. A Hugging Face
+        tokenizer is written as its files (tokenizer.json, tokenizer_config.json, the chat template)
+        into the directory `path`."""
         path = Path(path)
+        if self._hf is not None:
+            for name, blob in self.hf_files.items():
+                write_atomic(path / name, blob, "tokenizer file")
+            self._spec = {**self._spec, "file": str((path / TOKENIZER_JSON).absolute()),
+                          "sha256": hashlib.sha256(self.to_json_bytes()).hexdigest()}
+            return path
         blob = self.to_json_bytes()
         write_atomic(path, blob, "tokenizer file")
         self._spec = {"type": "bpe", "file": str(path), "sha256": hashlib.sha256(blob).hexdigest()}
@@ -315,13 +382,16 @@ class Tokenizer:
             data = json.loads(blob.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ScratchLLMError(f"tokenizer file {path}: not valid JSON: {exc}") from None
+        if isinstance(data, dict) and data.get("type") != FILE_TYPE and isinstance(data.get("model"), dict):
+            return cls.from_hf(path, backend)  # a Hugging Face tokenizer.json
         spec = {"type": "bpe", "file": str(path), "sha256": hashlib.sha256(blob).hexdigest()}
         return cls.from_dict(data, backend, spec=spec, source=f"tokenizer file {path}")
 
     @classmethod
     def from_spec(cls, spec: Tokenizer | str | os.PathLike[str] | Mapping[str, Any], backend: Backend = "auto") -> Tokenizer:
-        """"gpt2", a path to a saved .json file, a `spec` dict as a checkpoint records it, or a
-        Tokenizer (returned as it is)."""
+        """"gpt2", a path to a saved .json file (ours or a Hugging Face tokenizer.json) or to a
+        directory holding a Hugging Face tokenizer.json, a `spec` dict as a checkpoint records it, or
+        a Tokenizer (returned as it is)."""
         if isinstance(spec, Tokenizer):
             return spec
         if isinstance(spec, Mapping):
@@ -340,21 +410,41 @@ class Tokenizer:
                     raise ScratchLLMError(f"tokenizer file {file}: SHA-256 is {tokenizer._spec['sha256']}, "
                                           f"expected {want} as recorded in the spec")
                 return tokenizer
-            raise ScratchLLMError(f"tokenizer spec: type {kind!r}, expected 'gpt2', 'bpe' or {FILE_TYPE!r}")
+            if kind == "hf":
+                file = spec.get("file")
+                if not file:
+                    raise ScratchLLMError("tokenizer spec: field 'file' is empty; the Hugging Face tokenizer was never saved")
+                tokenizer = cls.from_hf(file, backend, spec.get("stop_ids") or ())
+                want = spec.get("sha256")
+                if want and tokenizer._spec["sha256"] != want:
+                    raise ScratchLLMError(f"tokenizer file {file}: SHA-256 is {tokenizer._spec['sha256']}, "
+                                          f"expected {want} as recorded in the spec")
+                return tokenizer
+            raise ScratchLLMError(f"tokenizer spec: type {kind!r}, expected 'gpt2', 'bpe', 'hf' or {FILE_TYPE!r}")
         if isinstance(spec, (str, os.PathLike)):
             if str(spec) == "gpt2":
                 return cls.gpt2(backend)
             path = Path(spec)
+            if path.is_dir() and (path / TOKENIZER_JSON).is_file():
+                return cls.from_hf(path, backend)
             if path.suffix == ".json" or path.exists():
                 return cls.load(path, backend)
-        raise ScratchLLMError(f"tokenizer {spec!r}: expected 'gpt2' or the path to a tokenizer .json file")
+        raise ScratchLLMError(f"tokenizer {spec!r}: expected 'gpt2', the path to a tokenizer .json file or a "
+                              "directory holding a Hugging Face tokenizer.json")
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle only the vocabulary (for spawn-started workers); caches and tiktoken are rebuilt.
+        if self._hf is not None:
+            return {"hf_files": self._hf.files, "hf_source": self._hf.source, "stop_ids": self._hf.stop_ids,
+                    "backend": self._backend, "spec": self._spec}
         return {"merges": self._merges, "special": self._special, "pattern": self._pattern_str,
                 "byte_order": self._byte_order, "backend": self._backend, "spec": self._spec}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "hf_files" in state:
+            data = parse_hf_tokenizer(state["hf_files"], state["hf_source"], state["stop_ids"])
+            self.__dict__.update(Tokenizer._from_hf_data(data, state["backend"], state["spec"]).__dict__)
+            return
         self.__init__(state["merges"], state["special"], pattern=state["pattern"],  # type: ignore[misc]
                       byte_order=state["byte_order"], backend=state["backend"], spec=state["spec"])
 
@@ -367,7 +457,13 @@ class Tokenizer:
 
     @property
     def eot_id(self) -> int:
-        """Id of <|endoftext|>, the document separator."""
+        """Id of <|endoftext|>, the document separator. For a Hugging Face tokenizer: its eos_token
+        (tokenizer_config.json), else its <|endoftext|> (Llama 3.1 base: <|end_of_text|>, Llama 3.1
+        Instruct: <|eot_id|>, Qwen2.5 base: <|endoftext|>, Qwen2.5 Instruct: <|im_end|>)."""
+        if self._hf is not None and "eos_token" in self._hf.named_tokens:
+            eos = self._hf.token_id(self._hf.named_tokens["eos_token"])
+            assert eos is not None  # checked when the files were read
+            return eos
         try:
             return self._special[ENDOFTEXT]
         except KeyError:
@@ -378,8 +474,53 @@ class Tokenizer:
         return dict(self._special)
 
     @property
+    def bos_ids(self) -> tuple[int, ...]:
+        """The ids `encode(..., add_special_tokens=True)` puts before a text, as transformers'
+        `tokenizer(text)` does: Llama 3's (<|begin_of_text|>,); none for GPT-2, Qwen, SmolLM2 and
+        trained tokenizers."""
+        return self._prefix
+
+    @property
+    def document_start(self) -> list[int]:
+        """The ids a scored document starts from, so its first token is a target too: the BOS where
+        the tokenizer has one (Llama 3), else end-of-text, which GPT-2 saw between documents."""
+        return list(self._prefix) or [self.eot_id]
+
+    @functools.cached_property
+    def stop_ids(self) -> frozenset[int]:
+        """Ids that end generation: `eot_id`; for a Hugging Face tokenizer also the special token its
+        chat template closes an assistant turn with (<|im_end|>, <|eot_id|>) and the model's
+        generation_config.json eos ids (given to `from_hf`)."""
+        if self._hf is None:
+            return frozenset((self.eot_id,))
+        ids = set(self._hf.stop_ids)
+        if "eos_token" in self._hf.named_tokens or ENDOFTEXT in self._special:
+            ids.add(self.eot_id)
+        template = self.chat_template
+        if template is not None and self._all_special:
+            end = _special_regex(self._all_special).search(template.turn_end())
+            if end is not None:
+                ids.add(self._special[end.group()])
+        return frozenset(ids)
+
+    @functools.cached_property
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's chat template (tokenizer_config.json "chat_template" or chat_template.jinja),
+        with the named special tokens (bos_token, eos_token, ...) as its variables; None if it has none."""
+        if self._hf is None or self._hf.chat_template is None:
+            return None
+        return ChatTemplate(self._hf.chat_template, self._hf.named_tokens, self._hf.chat_template_origin)
+
+    @property
+    def hf_files(self) -> dict[str, bytes]:
+        """A Hugging Face tokenizer's files, name -> bytes as read (tokenizer.json first); {} otherwise."""
+        if self._hf is None:
+            return {}
+        return {name: self._hf.files[name] for name in HF_TOKENIZER_FILES if name in self._hf.files}
+
+    @property
     def merges(self) -> list[tuple[bytes, bytes]]:
-        """Merges in rank order; merge i made token 256 + i."""
+        """Merges in rank order; merge i made token 256 + i (a Hugging Face tokenizer's ids are its file's)."""
         return list(self._merges)
 
     @property
@@ -444,7 +585,7 @@ class Tokenizer:
                 "to encode it as that token, or disallowed_special=() to encode it as plain text")
 
     def encode(self, text: str, *, allowed_special: SpecialSet = frozenset(),
-               disallowed_special: SpecialSet = "all") -> list[int]:
+               disallowed_special: SpecialSet = "all", add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`, following tiktoken's rules for special tokens:
 
         - special-token text becomes its special id only if it is in `allowed_special` ("all" or
@@ -453,11 +594,19 @@ class Tokenizer:
           allowed) encoding raises, because user text spelling "<|endoftext|>" is more likely an
           injection or an accident than intent;
         - `disallowed_special=()` encodes such text as ordinary text.
+
+        add_special_tokens: put the tokenizer's post-processor tokens around the ids (`bos_ids`
+        first), as transformers' `tokenizer(text)` does; GPT-2's and trained tokenizers have none.
+        A Hugging Face tokenizer's ids equal transformers' with allowed_special="all" and
+        add_special_tokens=True (transformers always matches special-token text).
         """
         text = _check_text(text)
         allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
         self._raise_if_disallowed(text, disallowed)
-        return self._encode_checked(text, allowed)
+        ids = self._encode_checked(text, allowed)
+        if add_special_tokens and (self._prefix or self._suffix):
+            return [*self._prefix, *ids, *self._suffix]
+        return ids
 
     def _encode_checked(self, text: str, allowed: frozenset[str]) -> list[int]:
         """`encode` once the text and the special-token arguments have been checked."""
@@ -487,7 +636,7 @@ class Tokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         # The hot loop, all at C level on cache hits: regex findall, dict lookups, list flattening.
-        return list(chain.from_iterable(map(self._cache.__getitem__, self._pattern.findall(text))))
+        return list(chain.from_iterable(map(self._cache.__getitem__, self._split(text))))
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: SpecialSet = frozenset(),
                      disallowed_special: SpecialSet = "all", num_workers: int | None = None) -> list[list[int]]:
@@ -589,18 +738,18 @@ class Tokenizer:
             raise ScratchLLMError(f"vocab_size {vocab_size!r}: expected an int >= {256 + len(specials)} "
                                   f"(256 byte tokens + {len(specials)} special tokens)")
         try:
-            pre = regex.compile(GPT2_PATTERN_FAST if pattern == GPT2_PATTERN else pattern)
+            split = pretokenizer(pattern)
         except (regex.error, TypeError) as exc:
             raise ScratchLLMError(f"pattern {pattern!r}: not a valid regex: {exc}") from exc
         words_count: Counter[str] = Counter()
-        split = _special_regex(frozenset(specials)).split if specials else None
+        cut = _special_regex(frozenset(specials)).split if specials else None
         if isinstance(texts, str):
             raise ScratchLLMError("texts: expected an iterable of str, got a single str")
         for i, text in enumerate(texts):
             _check_text(text, f"texts[{i}]")
-            for j, piece in enumerate(split(text) if split else [text]):
+            for j, piece in enumerate(cut(text) if cut else [text]):
                 if j % 2 == 0:  # odd pieces are the special tokens themselves
-                    words_count.update(pre.findall(piece))
+                    words_count.update(split(piece))
         merges = learn_merges(words_count, vocab_size - 256 - len(specials), progress)
         n = 256 + len(merges)
         return cls(merges, {s: n + k for k, s in enumerate(specials)}, pattern=pattern, backend=backend)
@@ -611,8 +760,11 @@ class Tokenizer:
 
 
 def train_tokenizer(inputs: Sequence[str | os.PathLike[str]], vocab_size: int, out: str | os.PathLike[str],
-                    special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False) -> Tokenizer:
-    """Train on UTF-8 text files (one document each) and save the tokenizer to `out` (.json)."""
+                    special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False,
+                    overwrite: bool = False) -> Tokenizer:
+    """Train on UTF-8 text files (one document each) and save the tokenizer to `out` (.json); an
+    existing `out` is an error unless `overwrite`."""
+    check_overwrite(out, overwrite, "tokenizer file")
     if not inputs:
         raise ScratchLLMError("inputs: expected at least one text file")
     texts = []

@@ -10,52 +10,88 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from scratchllm.core.options import check_fields, from_mapping
 from scratchllm.errors import ScratchLLMError
 
 @dataclass
 class TrainConfig:
-    """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task)."""
+    """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task).
+    Each field is a `scratchllm pretrain` flag (--max-steps, ...) and a key of a run file."""
 
     # how long
-    max_steps: int = 1000  # optimizer steps
-    max_time: float | None = None  # seconds of wall time (all resumes together); stops early, cleanly
+    max_steps: int = 1000
+    """optimizer steps"""
+    max_time: float | None = None
+    """seconds of wall time (all resumes together); stops early, cleanly, with a checkpoint"""
     # batch: tokens per optimizer step = batch_size * context_length * grad_accum * world_size
-    batch_size: int = 8  # sequences per micro-batch, per process
-    context_length: int | None = None  # tokens per sequence; None = the model's context_length
-    grad_accum: int = 1  # micro-batches summed into one optimizer step
-    tokens_per_step: int | None = None  # if set, grad_accum is derived from it (and printed)
+    batch_size: int = 8
+    """sequences per micro-batch, per process"""
+    context_length: int | None = None
+    """tokens per sequence (default: the model's context_length)"""
+    grad_accum: int = 1
+    """micro-batches summed into one optimizer step"""
+    tokens_per_step: int | None = None
+    """derive grad_accum from the tokens per optimizer step (printed at start)"""
     # optimizer and schedule
-    lr: float = 6e-4  # peak learning rate, reached after warmup
-    min_lr: float = 6e-5  # floor of the cosine decay, reached at max_steps
+    lr: float = 6e-4
+    """peak learning rate, reached after warmup"""
+    min_lr: float = 6e-5
+    """floor of the cosine decay, reached at max_steps"""
     warmup_steps: int = 100
-    weight_decay: float = 0.1  # on 2-D weights only (matrices, embeddings), not biases or norms
+    """linear warmup steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay, on 2-D weights only (matrices, embeddings), not biases or norms"""
     beta1: float = 0.9
+    """AdamW beta1"""
     beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    fused_adamw: bool = True  # torch's fused AdamW kernel where the device has one (~5x faster on CPU)
-    schedule: str = "steps"  # "steps": warmup + cosine over max_steps; "time": over max_time (see learning_rate)
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """max global gradient norm (0: no clipping)"""
+    fused_adamw: bool = True
+    """torch's fused AdamW kernel where the device has one (~5x faster on CPU)"""
+    schedule: Literal["steps", "time"] = "steps"
+    """steps: warmup + cosine over max_steps; time: over max_time, so a wall-clock budget always ends decayed"""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw; or muon: Muon for the matrices inside the blocks (at muon_lr), AdamW (at lr) for the rest"""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (follows the same warmup and decay as lr)"""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum"""
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
     eval_every: int = 200
-    eval_batches: int = 20  # validation batches per evaluation (None-like 0 = the whole split)
+    """evaluate every N steps (0: only at the end)"""
+    eval_batches: int = 20
+    """validation batches per evaluation (0: the whole split)"""
     log_every: int = 10
+    """log every N steps"""
     save_every: int = 500
-    keep_last: int = 2  # step checkpoints kept (best/ and final/ are kept besides)
-    sample_every: int = 0  # 0 = no samples; else at step 0, every N steps and at the end
+    """checkpoint every N steps (0: only at the end)"""
+    keep_last: int = 2
+    """step checkpoints kept (best/ and final/ are kept besides)"""
+    sample_every: int = 0
+    """print a text sample at step 0, every N steps and at the end (0: never)"""
     sample_prompt: str = "\n"
+    """prompt of the samples"""
     sample_tokens: int = 64
+    """tokens per sample"""
     # execution
     seed: int = 1337
-    device: str = "auto"  # auto -> cuda, mps, cpu
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA when supported, else float32; bfloat16; float32
-    compile: bool = False  # torch.compile the loss computation
-    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) under torchrun
-    progress: bool = True  # tqdm bar on stderr (shown only when stderr is a terminal)
+    """random seed (initial weights, batches, dropout)"""
+    device: str = "auto"
+    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bf16 autocast on CUDA when supported, else float32; bfloat16: autocast, also on CPU"""
+    compile: bool = False
+    """torch.compile the loss computation"""
+    fsdp: bool = False
+    """shard parameters, gradients and optimizer state (FSDP2) under torchrun"""
+    progress: bool = True
+    """tqdm progress bar on stderr (shown only when stderr is a terminal)"""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check_field_type(f"train config field {f.name!r}", getattr(self, f.name), f.type)
+        check_fields(self, "train config")
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "sample_tokens")
         for name in positive:
             if getattr(self, name) < 1:
@@ -78,26 +114,21 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
-        if self.schedule not in ("steps", "time"):
-            raise ScratchLLMError(f"train config field 'schedule' must be steps or time, got {self.schedule!r}")
         if self.schedule == "time" and self.max_time is None:
             raise ScratchLLMError("train config: schedule 'time' needs max_time (the budget the schedule spans)")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ScratchLLMError(f"train config field 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not self.muon_lr > 0:
+            raise ScratchLLMError(f"train config field 'muon_lr' must be > 0, got {self.muon_lr!r}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ScratchLLMError(f"train config field 'muon_momentum' must be in [0, 1), got {self.muon_momentum!r}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise ScratchLLMError("train config: optimizer 'muon' does not work with fsdp (Muon orthogonalises whole "
+                                  "matrices, which FSDP shards across processes); use DDP (no fsdp) or optimizer adamw")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        if not isinstance(data, dict):
-            raise ScratchLLMError(f"{source}: expected a mapping of train config fields, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ScratchLLMError(
-                f"{source}: unknown train config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}"
-            )
-        return cls(**data)
+        return from_mapping(cls, data, source, "train config")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
@@ -106,21 +137,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_field_type(what: str, value: Any, annotation: str) -> None:
-    """Check a value against a dataclass field annotation such as 'int', 'float | None' or 'str'."""
-    allowed = [a.strip() for a in str(annotation).split("|")]
-    if value is None and "None" in allowed:
-        return
-    ok = (
-        ("bool" in allowed and isinstance(value, bool))
-        or ("int" in allowed and isinstance(value, int) and not isinstance(value, bool))
-        or ("float" in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or ("str" in allowed and isinstance(value, str))
-    )
-    if not ok:
-        raise ScratchLLMError(f"{what} must be {annotation}, got {value!r}")
 
 
 def read_run_file(path: str | os.PathLike[str]) -> dict[str, Any]:
