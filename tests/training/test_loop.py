@@ -389,3 +389,42 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ve
     ref, _ = load(one_process)
     assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
 
+
+def test_fsdp_in_one_process_matches_one_process_without_it(tmp_path, verdict, tok_file, one_process):
+    """torchrun --nproc_per_node=1 --fsdp: a process group of one, each "shard" the whole tensor;
+    the losses and the saved weights are those of the plain run."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "scratchllm",
+              "pretrain", "--data", str(verdict), "--tokenizer", str(tok_file), *DIST_ARGS, "--batch-size", "4",
+              "--out", str(tmp_path / "fsdp1"), "--fsdp"]
+    done = subprocess.run(launch, env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _losses(one_process), _losses(tmp_path / "fsdp1")
+    assert sorted(b) == list(range(1, 9)) and max(abs(a[s] - b[s]) for s in a) < 1e-4
+    config = json.loads((tmp_path / "fsdp1/run_config.json").read_text())
+    assert config["derived"]["world_size"] == 1 and config["train"]["fsdp"] is True
+    from scratchllm.checkpoint import load
+
+    model, _ = load(tmp_path / "fsdp1")
+    ref, _ = load(one_process)
+    assert torch.allclose(model.tok_emb.weight, ref.tok_emb.weight, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_cuda_fsdp_in_one_process_trains(tmp_path):
+    """The issue's case: a user checks an --fsdp configuration on one GPU (nccl, a group of one).
+    The text is Python's own documentation (as the demo's), so no data folder is needed."""
+    from pydoc_data.topics import topics
+
+    from scratchllm.tokenizer import Tokenizer
+
+    text = "\n\n".join(topics.values())[:200_000]
+    (tmp_path / "docs.txt").write_text(text, encoding="utf-8")
+    Tokenizer.train([text], 384).save(tmp_path / "tok.json")
+    args = [a if a != "cpu" else "cuda" for a in DIST_ARGS]
+    done = subprocess.run(_cli("--data", str(tmp_path / "docs.txt"), "--tokenizer", str(tmp_path / "tok.json"), *args,
+                               "--batch-size", "4", "--out", str(tmp_path / "run"), "--fsdp"),
+                          env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1] - 0.5
+

@@ -4,7 +4,9 @@
   under torchrun), else Apple MPS, else the CPU; a device that is not there is an error.
 - `parse_dtype`: weight dtypes by name ("bfloat16", "bf16", ...); `autocast_dtype`: the training
   precision ("auto" is bf16 autocast on CUDA, float32 elsewhere).
-- `init_distributed`: join the process group when launched by torchrun.
+- `init_distributed`: join the process group when launched by torchrun; `join_single_process_group`:
+  a group of one, for FSDP in a single process.
+- TF32 for float32 matmuls is switched on the first time a CUDA device is resolved.
 - `peak_flops`: the FLOP/s an MFU figure divides by (a datasheet for known GPUs, else measured).
 - `available_memory`: bytes a device can still hold (what a model is checked against before it is built).
 """
@@ -99,7 +101,30 @@ def _mps_available() -> bool:
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """"auto" (or None) -> cuda (this process's GPU under torchrun), else mps, else cpu. An explicit
-    device is checked: asking for CUDA or MPS where there is none is an error, not a crash later."""
+    device is checked: asking for CUDA or MPS where there is none is an error, not a crash later.
+    The first CUDA device resolved switches TF32 on (see `_allow_tf32_once`)."""
+    device = _resolve(name, local_rank)
+    if device.type == "cuda":
+        _allow_tf32_once()
+    return device
+
+
+_TF32_SET = False
+
+
+def _allow_tf32_once() -> None:
+    """Let float32 matmuls on CUDA use TF32 tensor cores (inputs rounded to a 10-bit mantissa,
+    float32 accumulation; PyTorch's "high" precision): 7-8x the plain float32 rate on A100 / H100
+    datasheets. It matters for float32 training and inference; under bf16 autocast the matmuls are
+    bf16 anyway. Set once per process, so that a user's own torch.set_float32_matmul_precision
+    afterwards stands."""
+    global _TF32_SET
+    if not _TF32_SET:
+        torch.set_float32_matmul_precision("high")
+        _TF32_SET = True
+
+
+def _resolve(name: str | torch.device | None, local_rank: int) -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     name = "auto" if name is None else str(name)
@@ -170,6 +195,19 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device
 
+
+def join_single_process_group(device: torch.device) -> None:
+    """Make this lone process a process group of one (rank 0 of 1), unless a group exists already.
+
+    FSDP shards over the processes of a group, so it needs one even alone (each "shard" is then the
+    whole tensor): a configuration checked on one GPU runs the same code it will run on eight. The
+    group's store lives in this process, so no port is opened and no launcher is needed.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
 
 
 # --------------------------------------------------------------------------------------------------

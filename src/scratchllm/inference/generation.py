@@ -15,6 +15,11 @@ loop repeats. Three layers, each reusable on its own:
 Decoding with the KV cache gives the same tokens as recomputing the whole window every step
 (`use_cache=False`), also past the context window: both paths condition on exactly the tokens that
 `window_start` names. A batch gives each prompt the same text as generating it alone.
+
+Two cached decode loops give those tokens (`decoder=`): "eager", a cache that grows with the text
+and every kernel launched from Python (the fast one on a CPU, with `optimize_for_decoding`), and
+"static", fixed-size buffers whose step is replayed as one CUDA graph on a GPU (static_decode.py).
+"auto" takes static on CUDA (unless autocast is on) and eager elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Collection, Iterator, Sequence
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.static_decode import acquire_decoder, release_decoder
 from scratchllm.models.gpt import GPT, KVCache
 
 # ------------------------------------------------------------------------------------------------
@@ -122,6 +128,9 @@ def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu"
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
+DECODERS = ("auto", "eager", "static")
+
+
 def check_seed(seed: int | None, n: int = 1) -> None:
     """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
     if seed is None:
@@ -131,8 +140,10 @@ def check_seed(seed: int | None, n: int = 1) -> None:
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                   seed: int | None = None) -> None:
+                   seed: int | None = None, decoder: str = "auto") -> None:
     """Raise ScratchLLMError for a sampling parameter outside its range."""
+    if decoder not in DECODERS:
+        raise ScratchLLMError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
@@ -294,13 +305,18 @@ def _decode(
     keep: int,
     stop_ids: Collection[int],
     finished: list[bool],
+    decoder: str = "auto",
 ) -> Iterator[dict[int, int]]:
     """The decode loop behind every entry point; yields {row: new token} for the running rows.
 
     rows: each sequence's token ids (extended here). A row stops running once it samples one of
     stop_ids or once the caller sets finished[row] = True between steps (for a stop string): its
-    cache rows are dropped and it is never extended again.
+    cache rows are dropped and it is never extended again. decoder: see the module docstring.
     """
+    if use_cache and _static_decoding(model, decoder):
+        yield from _decode_static(model, rows, max_new_tokens, temperature, top_k, top_p, generators, keep, stop_ids,
+                                  finished)
+        return
     ctx = model.config.context_length
     weight = model.tok_emb.weight
     active = [r for r in range(len(rows)) if not finished[r]]
@@ -359,6 +375,79 @@ def _decode(
         model.train(was_training)
 
 
+def _static_decoding(model: GPT, decoder: str) -> bool:
+    """Whether the cached decode takes the static path. "auto": on CUDA without autocast (a graph
+    captured under autocast would keep reading its weight casts after the autocast cache frees them)."""
+    if decoder != "auto":
+        return decoder == "static"
+    device = model.tok_emb.weight.device
+    return device.type == "cuda" and not torch.is_autocast_enabled(device.type)
+
+
+def _decode_static(
+    model: GPT,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generators: Sequence[torch.Generator | None] | None,
+    keep: int,
+    stop_ids: Collection[int],
+    finished: list[bool],
+) -> Iterator[dict[int, int]]:
+    """`_decode` on a `StaticDecoder` (a CUDA graph per step on a GPU): the same windows, the same
+    rows sampled with the same generators, hence the same tokens.
+
+    The batch keeps its shape: a finished row stays in it, fed its last token, and its logits are
+    left out of sampling (the eager loop drops its cache rows instead, a new shape every time).
+    """
+    ctx = model.config.context_length
+    device = model.tok_emb.weight.device
+    batch = [r for r in range(len(rows)) if not finished[r]]  # the decoder's rows, finished or not
+    dec = None
+    starts: list[int] = []
+    next_ids = None  # (B,) on the device: each row's newest token, the next step's input
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            alive = [k for k, r in enumerate(batch) if not finished[r]]
+            if not alive:
+                return
+            with torch.inference_mode():
+                new_starts = [window_start(len(rows[r]), ctx, keep) for r in batch]
+                if dec is None or any(new_starts[k] != starts[k] for k in alive) or dec.length >= dec.max_len:
+                    # (Re-)fill with each row's window, at the start and when a window jumps; a finished
+                    # row only keeps its place, with its last token.
+                    windows = [rows[r][-1:] if finished[r] else rows[r][s:] for r, s in zip(batch, new_starts)]
+                    idx, pad = _left_pad(windows, device)
+                    if dec is None:  # room for every new token, rounded up so that later calls can reuse it
+                        longest = -(-(max(map(len, windows)) + max_new_tokens) // 64) * 64
+                        dec = acquire_decoder(model, len(batch), min(ctx, longest))
+                    logits = dec.prefill(idx, pad)  # (B, V)
+                    starts = new_starts
+                else:
+                    logits = dec.step(next_ids)  # (B, V)
+                index = None if len(alive) == len(batch) else torch.tensor(alive, device=device)
+                gens = [generators[batch[k]] for k in alive] if generators is not None else None
+                sampled = sample_next(logits if index is None else logits.index_select(0, index),
+                                      temperature, top_k, top_p, gens)  # (A,)
+                next_ids = sampled if index is None else next_ids.index_copy(0, index, sampled)
+                tokens = sampled.tolist()
+            step = {}
+            for k, token in zip(alive, tokens):
+                r = batch[k]
+                rows[r].append(token)
+                step[r] = token
+                if token in stop_ids:
+                    finished[r] = True
+            yield step
+    finally:
+        model.train(was_training)
+        release_decoder(dec)
+
+
 def generate_tokens(
     model: GPT,
     ids: Sequence[int],
@@ -370,22 +459,25 @@ def generate_tokens(
     use_cache: bool = True,
     keep: int | None = None,
     stop_ids: Collection[int] = (),
+    decoder: str = "auto",
 ) -> Iterator[int]:
     """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before any of stop_ids
     (`tokenizer.stop_ids`: the end-of-text token, and a chat model's end-of-turn token).
 
     generator: the RNG for sampling (None: torch's global RNG). keep: tokens kept when the context
-    window jumps (see `window_start`; default 3/4 of the context). Parameters are checked here,
-    before the first token is asked for.
+    window jumps (see `window_start`; default 3/4 of the context). decoder: "auto", "eager" or
+    "static" (see the module docstring). Parameters are checked here, before the first token is
+    asked for.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, [ids], keep)
     stop_ids = frozenset(stop_ids)
 
     def tokens() -> Iterator[int]:
         finished = [False]
         gens = [generator] if generator is not None else None
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished):
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished,
+                            decoder):
             if step[0] in stop_ids:
                 return
             yield step[0]
@@ -404,20 +496,22 @@ def generate_ids(
     use_cache: bool = True,
     keep: int | None = None,
     stop_ids: Collection[int] = (),
+    decoder: str = "auto",
 ) -> list[list[int]]:
     """New token ids for each prompt of a batch (the stop id that ends a row not included), decoded together.
 
     Prompts of different lengths are left-padded with an attention mask; each row gets the same
     tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, batch_ids, keep)
     if generators is not None and len(generators) != len(rows):
         raise ScratchLLMError(f"generators: expected one per prompt ({len(rows)}), got {len(generators)}")
     out: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)
     stop_ids = frozenset(stop_ids)
-    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished):
+    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
+                        decoder):
         for r, token in step.items():
             if token not in stop_ids:
                 out[r].append(token)
@@ -502,9 +596,10 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids or [tokenizer.eot_id]
 
 
-def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
+def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
+                 decoder):
     """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     check_seed(seed, len(prompts))
     stops = _stop_list(stop)
     rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
@@ -515,7 +610,8 @@ def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, 
     def pieces() -> Iterator[tuple[int, str]]:
         texts = [TextAssembler(tokenizer, stops) for _ in rows]
         finished = [False] * len(rows)
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished):
+        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
+                            decoder):
             for r, token in step.items():
                 if token in stop_ids:
                     continue
@@ -543,6 +639,7 @@ def generate(
     stop: str | Sequence[str] | None = None,
     use_cache: bool = True,
     keep: int | None = None,
+    decoder: str = "auto",
 ) -> str | list[str]:
     """The completion of `prompt` (without the prompt); a list of prompts gives a list of completions.
 
@@ -551,7 +648,8 @@ def generate(
     end-of-turn token), or at the first stop string (not included).
     A list of prompts is decoded as one left-padded batch; prompt i samples with seed + i, so
     `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`. use_cache=False recomputes
-    the window every step (same tokens, slower); keep: see `window_start`.
+    the window every step (same tokens, slower); keep: see `window_start`; decoder: "auto", "eager"
+    or "static" (see the module docstring).
     """
     single = isinstance(prompt, str)
     if not single and (not isinstance(prompt, Sequence) or not all(isinstance(p, str) for p in prompt)):
@@ -560,7 +658,8 @@ def generate(
     if not prompts:
         return []
     out = [""] * len(prompts)
-    for r, piece in _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep):
+    for r, piece in _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
+                                 decoder):
         out[r] += piece
     return out[0] if single else out
 
@@ -577,6 +676,7 @@ def stream(
     stop: str | Sequence[str] | None = None,
     use_cache: bool = True,
     keep: int | None = None,
+    decoder: str = "auto",
 ) -> Iterator[str]:
     """Like `generate` for one prompt, yielding the completion piece by piece as it is decoded.
 
@@ -585,5 +685,6 @@ def stream(
     """
     if not isinstance(prompt, str):
         raise ScratchLLMError(f"stream: prompt must be a str, got {type(prompt).__name__}")
-    pieces = _text_decode(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep)
+    pieces = _text_decode(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
+                          decoder)
     return (piece for _, piece in pieces)

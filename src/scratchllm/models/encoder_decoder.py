@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, rope_tables
-from scratchllm.models.loss import IGNORE_INDEX, chunked_cross_entropy
+from scratchllm.models.loss import IGNORE_INDEX, lm_loss
+
 
 class EncoderDecoder(nn.Module):
     """Encoder (bidirectional GPT blocks) + decoder (causal blocks with cross-attention), one config.
@@ -105,7 +106,7 @@ class EncoderDecoder(nn.Module):
         """Mean cross-entropy of tgt_out (B, T) (-100 = padding) given the source and tgt_in."""
         memory = self.encode(src, src_mask)
         h = self.decode(tgt_in, memory, memory_mask(src_mask))  # (B, T, C)
-        return chunked_cross_entropy(h.flatten(0, 1), self.decoder.out_head.weight, tgt_out.flatten(), IGNORE_INDEX)
+        return lm_loss(h.flatten(0, 1), self.decoder.out_head.weight, tgt_out.flatten(), IGNORE_INDEX)
 
     # ---- accounting --------------------------------------------------------------------------------
 

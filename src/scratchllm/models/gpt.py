@@ -11,8 +11,9 @@ cross-attention).
 Shapes use B = batch, T = new tokens, S = tokens attended to (cache + new), C = emb_dim,
 H = heads, K = key/value heads, D = head_dim, V = vocab_size.
 
-Also here: the key/value cache used for fast decoding. The training loss (`GPT.loss`) is the
-chunked "linear + cross-entropy" of loss.py, which never materialises the (B, T, V) logits.
+Also here: the key/value cache used for fast decoding. The training loss (`GPT.loss`) is the fused
+"linear + cross-entropy" of loss.py: chunked on a CPU, so the (B, T, V) logits never exist; padded
+and in one piece on a GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchllm.models.config import GPTConfig
-from scratchllm.models.loss import chunked_cross_entropy
+from scratchllm.models.loss import lm_loss
 
 
 @dataclass
@@ -195,7 +196,9 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         else:
             y = manual_attention(q, k, v, mask, dropout_p, causal)
-        y = y.transpose(1, 2).reshape(B, T, H * D).to(x.dtype)  # (B, T, H*D): heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
+        if not torch.is_autocast_enabled(y.device.type):  # (autocast: proj takes y as it is)
+            y = y.to(x.dtype)
         return self.resid_drop(self.proj(y))
 
 
@@ -345,14 +348,23 @@ class GPT(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[None, None]
         if position_ids is None:
             position_ids = torch.arange(past, S, device=idx.device)[None]  # (1, T)
+        h = self.transformer(idx, position_ids, mask, cache)
+        if cache is not None:
+            cache.length = S
+        return h
+
+    def transformer(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                    cache=None) -> torch.Tensor:
+        """Embeddings -> blocks -> final norm, for ids (B, T) at position_ids (B or 1, T) under an
+        explicit attention mask (B or 1, 1, T, S) or None (causal): (B, T, C). `hidden_states` derives
+        positions and mask from a padding mask and the cache; a static decode step
+        (inference/static_decode.py) brings its own."""
         x = self.embed(idx, position_ids)  # (B, T, C)
         rope = None
         if self.config.position == "rope":
             rope = rope_tables(position_ids, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cache, i, rope)
-        if cache is not None:
-            cache.length = S
         return self.final_norm(x)
 
     def embed(self, idx: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -376,11 +388,13 @@ class GPT(nn.Module):
         """Token ids (B, T) -> logits (B, T, V). Keyword arguments as in `hidden_states`."""
         return self.logits(self.hidden_states(idx, **kwargs))
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, **kwargs) -> torch.Tensor:
-        """Mean next-token cross-entropy of targets (B, T) given idx (B, T), without full logits."""
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, impl: str = "auto",
+             **kwargs) -> torch.Tensor:
+        """Mean next-token cross-entropy of targets (B, T) given idx (B, T). impl: the loss path of
+        `models.loss.lm_loss` ("auto": chunked on a CPU, never the full logits; fused on a GPU)."""
         h = self.hidden_states(idx, **kwargs)  # (B, T, C)
-        return chunked_cross_entropy(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index,
-                                     softcap=self.config.logit_softcap)
+        return lm_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index, impl,
+                       softcap=self.config.logit_softcap)
 
     # ----------------------------------------------------------------------------------------------
     # accounting

@@ -1,10 +1,32 @@
-"""The language-model loss without the (B, T, V) logits: a linear head and cross-entropy fused and
-computed in chunks of rows (the largest temporary of a training step never exists).
+"""The language-model loss: the linear head and cross-entropy, by one of three paths.
+
+`lm_loss(h, weight, targets, impl=...)` is the entry point (`GPT.loss` calls it):
+
+- "chunked" (the default on a CPU): head and cross-entropy fused and computed 1,024 rows at a time,
+  so the (B, T, V) logits never exist -- the largest temporary of a training step, and the one that
+  costs most in page faults and memory traffic on a CPU.
+- "fused" (the default on GPUs): the same fusion written for a GPU: the whole micro-batch in one
+  chunk while its logits take at most an eighth of the GPU's memory (more chunks beyond that, so
+  memory alone decides when to chunk), one softmax kernel, and no value read back to the host.
+- "logits": the textbook path, as nanoGPT computes it: padded logits, then `F.cross_entropy`.
+
+All three run the head on the weight padded with zero rows to a multiple of 64 (50,257 -> 50,304, as
+nanoGPT pads its vocabulary), whose logits are -inf: matrix products on the padded shape run faster
+(BLAS ~12% on a CPU; on GPUs the unpadded row length of 50,257 is misaligned for tensor cores), and
+the padding adds nothing to the softmax and gets no gradient. The padding is done per call (one copy
+of the head, ~0.1% of a GPT-2 step's memory traffic), so parameters, optimizer state and saved
+checkpoints keep the real vocabulary's shape and load anywhere.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from scratchllm.errors import ScratchLLMError
+
+LOSS_IMPLS = ("auto", "chunked", "fused", "logits")
+
 
 IGNORE_INDEX = -100  # targets with this id carry no loss (PyTorch's cross-entropy default)
 
@@ -113,3 +135,136 @@ def chunked_cross_entropy(
     against targets (N,)."""
     return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk, multiple, softcap)
 
+
+def padded_rows(vocab_size: int, multiple: int = 64) -> int:
+    """vocab_size rounded up to a multiple of `multiple` (50,257 -> 50,304)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def padded_head(weight: torch.Tensor, dtype: torch.dtype, multiple: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head weight (V, C) cast to `dtype` and padded with zero rows to (V_pad, C), and the bias
+    (V_pad,) that gives the padded logits -inf (0 for the real ones). Differentiable in the weight."""
+    V = weight.shape[0]
+    padded = padded_rows(V, multiple)
+    w = F.pad(weight.to(dtype), (0, 0, 0, padded - V))  # (V_pad, C)
+    bias = torch.zeros(padded, dtype=dtype, device=weight.device)
+    bias[V:] = float("-inf")
+    return w, bias
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of softmax(h @ W^T) with its gradients computed in the forward pass, for GPUs.
+
+    Per chunk of rows (one chunk unless memory says otherwise, see `lm_loss`): logits (n, V_pad) in
+    the matmul dtype, with the padding at -inf through the product's bias; their softmax in float32
+    (one kernel); the loss from the target's probability; and the gradient of the logits,
+    softmax - one_hot, cast back to the matmul dtype for the two gradient products. The 1/n_valid
+    scale and the zero rows of ignored targets are applied to the small (n, C) factors instead of
+    the (n, V_pad) gradient. That is three passes over the logits-sized tensors where
+    F.cross_entropy under autocast makes about nine (cast, log-softmax, the backward's zero fill,
+    scatter, softmax backward, cast back); and no value is read back to the host, which would stall
+    the queue of kernels the CPU has launched ahead.
+
+    A target whose probability underflows float32 (a loss above 87 nats for that token) counts as
+    87.3 nats; its gradient is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index: int, chunk: int, multiple: int):
+        N, V = h.shape[0], weight.shape[0]
+        amp = torch.is_autocast_enabled(h.device.type)
+        mm_dtype = torch.get_autocast_dtype(h.device.type) if amp else h.dtype
+        w, bias = padded_head(weight.detach(), mm_dtype, multiple)  # (V_pad, C), (V_pad,)
+        valid = targets != ignore_index  # (N,)
+        row_scale = valid.to(torch.float32) / valid.sum().clamp(min=1)  # (N,): 1 / n_valid, or 0 if ignored
+        safe_t = torch.where(valid, targets, 0)[:, None]  # (N, 1)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, N, chunk):
+            hc = h[start : start + chunk].to(mm_dtype)  # (n, C)
+            tc, sc = safe_t[start : start + chunk], row_scale[start : start + chunk, None]  # (n, 1), (n, 1)
+            probs = torch.softmax(torch.addmm(bias, hc, w.t()), dim=-1, dtype=torch.float32)  # (n, V_pad)
+            p_target = probs.gather(1, tc)  # (n, 1)
+            total = total - (p_target.clamp(min=torch.finfo(torch.float32).tiny).log() * sc).sum()
+            if not (need_h or need_w):
+                continue
+            g = probs.scatter_(1, tc, p_target - 1.0).to(mm_dtype)  # (n, V_pad): d loss_i / d logits_i
+            if need_h:
+                grad_h[start : start + chunk] = (g @ w).float().mul_(sc).to(h.dtype)  # (n, C)
+            if need_w:
+                gw = g.t() @ (hc.float() * sc).to(mm_dtype)  # (V_pad, C)
+                grad_w = gw.float() if grad_w is None else grad_w.add_(gw)
+        if need_h or need_w:
+            ctx.save_for_backward(grad_h, grad_w[:V].to(weight.dtype) if grad_w is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            grad_h * grad_out if grad_h is not None else None,
+            grad_w * grad_out if grad_w is not None else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def fused_cross_entropy(
+    h, weight, targets, ignore_index: int = -100, chunk: int | None = None, multiple: int = 64
+) -> torch.Tensor:
+    """Mean cross-entropy of logits h (N, C) @ weight (V, C)^T against targets (N,), the GPU way
+    (see `_FusedLinearCrossEntropy`); chunk: rows per chunk (None: all)."""
+    return _FusedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk or max(1, h.shape[0]), multiple)
+
+
+def logits_cross_entropy(
+    h, weight, targets, ignore_index: int = -100, multiple: int = 64, softcap: float | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy through the full padded logits (N, V_pad) and F.cross_entropy: nanoGPT's
+    path, which torch.compile fuses on its own. (The sum over valid rows / their count, not
+    reduction="mean", so that a batch with every target ignored gives 0 as the other paths do.)
+    With `softcap` c the logits are c * tanh(z / c) and the head is not padded (a capped -inf
+    would be -c, a real logit)."""
+    amp = torch.is_autocast_enabled(h.device.type)
+    dtype = torch.get_autocast_dtype(h.device.type) if amp else h.dtype
+    if softcap is None:
+        w, bias = padded_head(weight, dtype, multiple)
+        logits = F.linear(h, w, bias)  # (N, V_pad), -inf in the padded columns
+    else:
+        z = F.linear(h.to(dtype), weight.to(dtype))  # (N, V)
+        logits = softcap * torch.tanh(z / softcap)
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
+
+
+def fused_chunk_rows(device: torch.device, vocab_size: int, multiple: int = 64) -> int:
+    """Rows of logits the fused loss takes per chunk on `device`: as many as fit in an eighth of a
+    CUDA device's memory at 8 bytes per logit (the float32 softmax, the matmul-dtype logits and
+    their gradient); 1,024 elsewhere."""
+    if device.type != "cuda":
+        return 1024
+    memory = torch.cuda.get_device_properties(device).total_memory
+    return max(1024, memory // 8 // (8 * padded_rows(vocab_size, multiple)))
+
+
+def lm_loss(h, weight, targets, ignore_index: int = -100, impl: str = "auto", softcap: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy of softmax(h (N, C) @ weight (V, C)^T) against targets (N,), ignoring
+    targets equal to ignore_index, by the path `impl` names: "chunked", "fused", "logits", or
+    "auto" (chunked on a CPU, fused elsewhere). Same value and gradients on every path. With a
+    logit `softcap` (see `chunked_cross_entropy`), "auto" is chunked everywhere: the fused path
+    does not cap."""
+    if impl == "auto":
+        impl = "chunked" if h.device.type == "cpu" or softcap is not None else "fused"
+    if impl == "chunked":
+        return chunked_cross_entropy(h, weight, targets, ignore_index, softcap=softcap)
+    if impl == "fused":
+        if softcap is not None:
+            raise ScratchLLMError("loss impl 'fused' does not soft-cap logits; use 'chunked' or 'logits'")
+        return fused_cross_entropy(h, weight, targets, ignore_index, fused_chunk_rows(h.device, weight.shape[0]))
+    if impl == "logits":
+        return logits_cross_entropy(h, weight, targets, ignore_index, softcap=softcap)
+    raise ScratchLLMError(f"loss impl {impl!r}: expected one of {', '.join(LOSS_IMPLS)}")

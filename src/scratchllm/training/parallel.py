@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from scratchllm.core.device import DistInfo
+from scratchllm.core.device import DistInfo, join_single_process_group
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.classifier import Classifier
 from scratchllm.models.encoder_decoder import EncoderDecoder
@@ -46,7 +46,7 @@ class Parallel:
         self.runner: nn.Module = wrapper
         self.shadow: nn.Module | None = None  # FSDP: a full copy on rank 0 that checkpoints are written from
         if cfg.fsdp:
-            self.runner, self.shadow = _shard(raw, wrapper, env)
+            self.runner, self.shadow = _shard(raw, wrapper, env, device)
         elif env.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -99,15 +99,17 @@ class Parallel:
         set_optimizer_state_dict(self.runner, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-def _shard(raw: nn.Module, wrapper: nn.Module, env: DistInfo) -> tuple[nn.Module, nn.Module | None]:
+def _shard(raw: nn.Module, wrapper: nn.Module, env: DistInfo, device: torch.device) -> tuple[nn.Module, nn.Module | None]:
     """FSDP2: shard every transformer block, then the root (embeddings, final norm, head).
 
     Returns (sharded root, full-precision copy on rank 0 for writing checkpoints). Each block's
     parameters are all-gathered just before its forward and freed after (ZeRO-3, Rajbhandari et al.
     2020); gradients are reduce-scattered so each process keeps the optimizer state of its shard.
+    A single process (plain `scratchllm pretrain --fsdp`, or torchrun --nproc_per_node=1) becomes a
+    group of one and runs the same code, so a configuration can be checked on one GPU first.
     """
-    if env.world_size < 2:
-        raise ScratchLLMError("fsdp: needs several processes; launch with torchrun --nproc_per_node=N (N >= 2)")
+    if env.world_size == 1:
+        join_single_process_group(device)
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError:  # torch 2.4 and 2.5 kept it here
