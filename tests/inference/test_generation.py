@@ -31,21 +31,6 @@ from scratchllm.tokenizer import Tokenizer
 from tests.helpers import sharpened_gpt
 
 
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.gpt2()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are all per-op overhead: a second intra-op thread only adds synchronisation,
-    # which costs 10x when the 2-core CI machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_gpt(tok: Tokenizer, seed: int = 0, sharpen: float = 10.0, **overrides) -> GPT:
     return sharpened_gpt(tok.vocab_size, seed, sharpen, **overrides)
 

@@ -13,26 +13,22 @@ import pytest
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.generation import generate, generate_ids, generate_tokens, make_generators, stream
+from scratchllm.inference.generation import (
+    generate,
+    generate_ids,
+    generate_tokens,
+    make_generators,
+    stream,
+)
 from scratchllm.inference.static_decode import StaticDecoder, kept_decoder
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
-from scratchllm.tokenizer import Tokenizer
-from tests.inference.test_generation import PROMPTS, bigram_gpt, random_gpt, reference_greedy
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.gpt2()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.inference.test_generation import (
+    PROMPTS,
+    bigram_gpt,
+    random_gpt,
+    reference_greedy,
+)
 
 LLAMA = {k: v for k, v in GPTConfig.from_preset("llama-tiny").to_dict().items() if k not in ("vocab_size", "context_length")}
 MODELS = {  # name: overrides of random_gpt's gpt-tiny

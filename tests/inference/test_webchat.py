@@ -12,18 +12,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from selenium import webdriver  # noqa: E402
-
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from tests.conftest import serving  # noqa: E402
 from scratchllm.inference.generation import generate  # noqa: E402
-from scratchllm.prompts import get_style  # noqa: E402
 from scratchllm.inference.serve import ServeSettings, create_app  # noqa: E402
+from scratchllm.prompts import get_style  # noqa: E402
 from scratchllm.tokenizer import Tokenizer  # noqa: E402
+from tests.conftest import serving  # noqa: E402
 from tests.helpers import sharpened_gpt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
