@@ -84,10 +84,10 @@ def test_finished_rows_stay_in_the_static_batch_frozen(tok):
     eager, static = both(lambda d: generate(model, tok, prompts, 20, temperature=0, stop=" gamma", decoder=d))
     assert static == eager == [" red green", " one two three four five", " alpha beta"]
     batch_ids = [tok.encode(p) for p in prompts[:2]]
-    assert generate_ids(model, batch_ids, 20, 0, eos_id=tok.eot_id, decoder="static") == [short, long_]
+    assert generate_ids(model, batch_ids, 20, 0, stop_ids={tok.eot_id}, decoder="static") == [short, long_]
     # sampling only the running rows keeps each row's draws those of the eager loop
     gens = lambda: make_generators(4, 3)  # noqa: E731
-    eager, static = both(lambda d: generate_ids(random_gpt(tok), [[1, 2], [3], [4, 5, 6]], 30, 1.0, eos_id=262,
+    eager, static = both(lambda d: generate_ids(random_gpt(tok), [[1, 2], [3], [4, 5, 6]], 30, 1.0, stop_ids={262},
                                                 generators=gens(), decoder=d))
     assert static == eager
 
