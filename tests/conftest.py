@@ -25,15 +25,39 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def verdict(shared_data) -> Path:
+    return shared_data / "the-verdict.txt"
+
+
+@pytest.fixture(scope="module")
+def tok_file(tmp_path_factory, verdict) -> Path:
+    """A 384-id BPE tokenizer trained on the-verdict: small vocab = fast tiny-model steps."""
+    from scratchllm.tokenizer import Tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tok.json"
+    Tokenizer.train([verdict.read_text(encoding="utf-8")], 384).save(path)
+    return path
+
+
 @contextlib.contextmanager
 def serving(app):
     """Run `app` with uvicorn on a free loopback port in a thread; yield the port (server tests)."""
     import uvicorn
 
+    with serving_config(lambda port: uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving_config(make_config):
+    """Run the uvicorn server of `make_config(port)` on a free loopback port in a thread; yield the port."""
+    import uvicorn
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(make_config(port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

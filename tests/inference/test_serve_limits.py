@@ -8,12 +8,10 @@ import contextlib
 import http.client
 import json
 import socket
-import threading
 import time
 
 import pytest
 import torch
-import uvicorn
 
 from scratchllm.inference.config import ServeSettings
 from scratchllm.inference.generation import generate
@@ -21,7 +19,7 @@ from scratchllm.inference.serve import create_app, server_config
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
-from tests.conftest import serving
+from tests.conftest import serving, serving_config
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +109,13 @@ def test_a_non_streaming_client_that_hangs_up_frees_the_model_at_once(loaded):
 @contextlib.contextmanager
 def limited_server(loaded, **limits):
     """The server as `serve` runs it (server_config: header deadline, connection cap), in a thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = ServeSettings(port=port, **limits)
-    server = uvicorn.Server(server_config(create_app(loaded, settings), settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
+
+    def make_config(port: int):
+        settings = ServeSettings(port=port, **limits)
+        return server_config(create_app(loaded, settings), settings, log_level="warning")
+
+    with serving_config(make_config) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:

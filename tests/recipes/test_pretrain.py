@@ -25,18 +25,6 @@ from scratchllm.training.run_dir import checkpoint_dirs
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def verdict(shared_data) -> Path:
-    return shared_data / "the-verdict.txt"
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, verdict) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tok.json"
-    Tokenizer.train([verdict.read_text(encoding="utf-8")], 384).save(path)
-    return path
-
-
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "scratchllm", "pretrain", *map(str, args)]
 

@@ -30,21 +30,6 @@ RUN_MODEL = dict(emb_dim=96, n_layers=3, n_heads=4, context_length=32)  # learns
 
 
 @pytest.fixture(scope="module")
-def verdict(shared_data) -> Path:
-    return shared_data / "the-verdict.txt"
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, verdict) -> Path:
-    """A 384-id BPE tokenizer trained on the-verdict: small vocab = fast tiny-model steps."""
-    from scratchllm.tokenizer import Tokenizer
-
-    path = tmp_path_factory.mktemp("tok") / "tok.json"
-    Tokenizer.train([verdict.read_text(encoding="utf-8")], 384).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def dropout_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny-dropout.json"
     path.write_text(json.dumps({**TINY, "drop_rate": 0.1}))

@@ -26,18 +26,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = dict(emb_dim=64, n_layers=2, n_heads=4, context_length=32)
 
 
-@pytest.fixture(scope="module")
-def verdict(shared_data) -> Path:
-    return shared_data / "the-verdict.txt"
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory, verdict) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tok.json"
-    Tokenizer.train([verdict.read_text(encoding="utf-8")], 384).save(path)
-    return path
-
-
 def tree(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
