@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
-pytest.importorskip("transformers")
-
 
 def test_gpu_benchmark_runs_on_a_cpu_with_small_shapes(capsys):
     from benchmarks.gpu import main
