@@ -713,6 +713,13 @@ def chat_repl(session, name: str, stdin=None, out=None) -> int:
             import readline  # noqa: F401  (arrow keys and history for input())
         except ImportError:
             pass
+        import signal
+        import threading
+
+        # A process started with SIGINT ignored (`nohup`, `cmd &` in a script) inherits that, and
+        # Python then never raises KeyboardInterrupt: Ctrl-C could not stop an answer.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def read_line() -> str | None:
         if use_input:

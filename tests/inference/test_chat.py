@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -166,12 +167,17 @@ def test_chat_repl_reads_lines_and_prints_notes(model_dir, loaded):
 # The terminal, as a person uses it
 
 
-def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded):
+@pytest.mark.parametrize("sigint", ["default", "ignored by the parent"])
+def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded, sigint):
     # 30 ms per token: an answer of 40 tokens takes 1.2 s, long enough to interrupt in the middle.
     env = dict(os.environ, SCRATCHLLM_TOKEN_DELAY="0.03", TERM="dumb", OMP_NUM_THREADS="1")
+
+    def start() -> None:  # runs in the child before exec: the disposition a `nohup` or `&` would give
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint != "default" else signal.SIG_DFL)
+
     child = pexpect.spawn(sys.executable, ["-m", "scratchllm", "chat", "--model", str(model_dir), "--temperature", "0",
                                            "--max-new-tokens", "40", "--device", "cpu"],
-                          env=env, encoding="utf-8", timeout=60)
+                          env=env, encoding="utf-8", timeout=60, preexec_fn=start)
     mirror = session(loaded, max_new_tokens=40)  # the same conversation, in-process
 
     def answer_to(text: str) -> tuple[str, str]:
