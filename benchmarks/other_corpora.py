@@ -6,15 +6,16 @@
 
 - pydoc_topics.txt: `pydoc_data.topics` (help()'s documentation, English prose), joined in key order;
 - stdlib_code.txt: the `.py` files of the standard library's packages in PACKAGES order, sorted by
-  path within each, until just over 1.1 MB (with Python 3.11: asyncio, email, json, concurrent,
+  path within each, as the demo reads them (`recipes.demo.python_corpus`), until just over 1.1 MB (with Python 3.11: asyncio, email, json, concurrent,
   importlib; 1.2 MB).
 """
 
 from __future__ import annotations
 
 import argparse
-import sysconfig
 from pathlib import Path
+
+from scratchllm.recipes.demo import python_corpus
 
 PACKAGES = ["asyncio", "email", "json", "concurrent", "importlib", "logging", "xml", "http", "urllib"]
 
@@ -26,16 +27,14 @@ def pydoc_topics() -> str:
 
 
 def stdlib_code(limit: int = 1_100_000) -> str:
-    lib = Path(sysconfig.get_paths()["stdlib"])
+    files = python_corpus()  # the demo's reader: no test suites, no empty files
     parts: list[str] = []
     size = 0
     for package in PACKAGES:
-        for path in sorted((lib / package).rglob("*.py")):
-            if path.parent.name == "test":
-                continue
-            text = path.read_text(encoding="utf-8")
-            parts.append(text)
-            size += len(text)
+        for relative, text in files:
+            if relative.startswith(package + "/"):
+                parts.append(text)
+                size += len(text)
         if size > limit:
             break
     return "\n\n".join(parts)
