@@ -167,13 +167,13 @@ def test_chat_repl_reads_lines_and_prints_notes(model_dir, loaded):
 # The terminal, as a person uses it
 
 
-@pytest.mark.parametrize("sigint", ["default", "ignored by the parent"])
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["default", "ignored by the parent"])
 def test_terminal_chat_streams_stops_on_ctrl_c_and_keeps_going(model_dir, loaded, sigint):
     # 30 ms per token: an answer of 40 tokens takes 1.2 s, long enough to interrupt in the middle.
     env = dict(os.environ, SCRATCHLLM_TOKEN_DELAY="0.03", TERM="dumb", OMP_NUM_THREADS="1")
 
-    def start() -> None:  # runs in the child before exec: the disposition a `nohup` or `&` would give
-        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint != "default" else signal.SIG_DFL)
+    def start() -> None:  # runs in the child before exec: SIG_IGN is what `nohup` or `&` in a script gives
+        signal.signal(signal.SIGINT, sigint)
 
     child = pexpect.spawn(sys.executable, ["-m", "scratchllm", "chat", "--model", str(model_dir), "--temperature", "0",
                                            "--max-new-tokens", "40", "--device", "cpu"],
