@@ -70,3 +70,18 @@ def test_a_cpu_leaves_float32_matmuls_alone_and_a_lone_process_forms_a_group_of_
 @pytest.mark.cuda
 def test_the_first_cuda_device_resolved_switches_tf32_on_once():
     assert run("cuda") == "highest high highest 1 [1.0, 1.0, 1.0]"
+
+
+def test_matmul_peak_leaves_the_global_rng_alone_and_keeps_its_best(monkeypatch):
+    """Measuring the MFU denominator must not change a run's dropout masks (cached or not), and
+    measuring again can only raise the figure: it is a lower bound on the peak."""
+    monkeypatch.setattr(device_mod, "_MEASURED_PEAK", {})
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    first = device_mod.measure_matmul_peak(torch.device("cpu"), seconds=0.05)
+    assert torch.equal(torch.rand(4), expected)
+    key = next(iter(device_mod._MEASURED_PEAK))
+    assert device_mod.measure_matmul_peak(torch.device("cpu"), seconds=0.05) == first  # cached
+    device_mod._MEASURED_PEAK[key] = first * 1000  # a best figure seen earlier stays the best
+    assert device_mod.measure_matmul_peak(torch.device("cpu"), seconds=0.05, again=True) == first * 1000

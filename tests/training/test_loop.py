@@ -143,6 +143,23 @@ def run(tmp_path_factory, verdict, tok_file):
     return out, summary
 
 
+@pytest.mark.parametrize("remeasured, expected_mfu, noted", [
+    (4e9, 0.5, True),    # the start's figure was disturbed: the row divides by the new one
+    (1e9, 2.0, True),    # still above: the row says so rather than hiding it
+    (None, 2.0, False),  # a datasheet peak is not re-measured
+])
+def test_logger_measures_the_peak_again_when_mfu_comes_out_above_one(tmp_path, capsys, remeasured, expected_mfu, noted):
+    from scratchllm.training.loop import Logger, Progress
+    from scratchllm.training.run_dir import RunDir
+    cfg = TrainConfig(max_steps=10, log_every=1, progress=False)
+    remeasure = None if remeasured is None else (lambda: remeasured)
+    logger = Logger(RunDir(tmp_path), cfg, flops_per_token=1e6, peak=1e9, progress=Progress(), remeasure=remeasure)
+    logger.train_time = 1.0
+    row = logger.row(Progress(step=1, tokens=2000), loss=1.0, lr=1e-3, grad_norm=None, elapsed=1.0)
+    assert row["mfu"] == pytest.approx(expected_mfu)  # 2e9 FLOP/s done
+    assert ("above the matmul peak measured at start (1)" in capsys.readouterr().err) == noted
+
+
 def test_run_loss_falls_and_metrics_are_logged(run, verdict, tok_file):
     out, summary = run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
