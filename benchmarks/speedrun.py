@@ -10,12 +10,14 @@ Per round: the baseline runs its 2,000 steps (its wall time W is the yardstick, 
 tokenizer, data, evaluations, checkpoints), then the project's recipe runs with budgets of
 W * each `--fractions` (default 1 and 0.5): bits per byte at equal time, and whether half the time
 reaches the target (`--target`, 2.74: the baseline as measured for the issue). `--ablate NAME,...`
-adds the project's recipe with one switch turned back (see ABLATIONS), at the full budget.
+adds the project's recipe with one switch turned back (see ABLATIONS), with the budget of the first
+of `--fractions` (the baseline's wall time by default).
 
     python -m benchmarks.speedrun                           # 1 round: about 4 minutes on 2 cores
     python -m benchmarks.speedrun --rounds 3 --ablate all   # medians over 3 rounds, every ablation
     python -m benchmarks.speedrun --fractions 0.25 --baseline-steps 500   # a quick look
     python -m benchmarks.speedrun --data other.txt --out runs/speedrun-other
+    python -m benchmarks.speedrun --data python --fractions 1.8 --ablate context-64   # the demo's corpus and time
 
 Writes OUT/results.json (every run: settings, wall time, bits per byte, curve) and OUT/speedrun.png
 (bits per byte against seconds for every run).
@@ -37,7 +39,8 @@ import torch
 
 from scratchllm.checkpoint.loader import load
 from scratchllm.data.tokens import corpus_from_texts
-from scratchllm.recipes.demo import NANOGPT_BABY, SMALL_BUDGET, Recipe, split_text, train_recipe
+from scratchllm.recipes.demo import (NANOGPT_BABY, SMALL_BUDGET, Recipe, python_corpus, split_documents, split_text,
+                                     train_recipe)
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.training.run_dir import checkpoint_dirs
 
@@ -57,7 +60,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def held_out_bpb(run_dir: Path, train_text: str, val_text: str, batch_size: int = 32) -> dict[str, Any]:
+def held_out_bpb(run_dir: Path, train_docs: list[str], val_docs: list[str], batch_size: int = 32) -> dict[str, Any]:
     """Bits per byte of the run's final model and of each kept checkpoint on the whole held-out text."""
     points = []
     corpus = None
@@ -65,7 +68,7 @@ def held_out_bpb(run_dir: Path, train_text: str, val_text: str, batch_size: int 
     for step, d in dirs:
         model, tok = load(d, device="cpu")
         if corpus is None:  # one tokenizer per run: encode once
-            corpus = corpus_from_texts([train_text], [val_text], tok)
+            corpus = corpus_from_texts(train_docs, val_docs, tok)
         task = PretrainTask(corpus, batch_size, model.config.context_length, eval_batches=0, tokenizer=tok)
         with torch.no_grad():
             bpb = task.evaluate(model)["val_bpb"]
@@ -76,14 +79,14 @@ def held_out_bpb(run_dir: Path, train_text: str, val_text: str, batch_size: int 
     return {"final_bpb": points[-1]["bpb"], "checkpoints": points[:-1]}
 
 
-def run_one(recipe: Recipe, train_text: str, val_text: str, work: Path, label: str, minutes: float | None = None,
-            max_steps: int | None = None, checkpoints: int = 8) -> dict[str, Any]:
+def run_one(recipe: Recipe, train_docs: list[str], val_docs: list[str], work: Path, label: str,
+            minutes: float | None = None, max_steps: int | None = None, checkpoints: int = 8) -> dict[str, Any]:
     out = work / label.replace(" ", "-").replace("#", "-round")
     t = time.perf_counter()
-    summary = train_recipe(recipe, [train_text], [val_text], out, minutes=minutes, max_steps=max_steps,
+    summary = train_recipe(recipe, train_docs, val_docs, out, minutes=minutes, max_steps=max_steps,
                            checkpoints=checkpoints, source="speedrun")
     wall = time.perf_counter() - t
-    measured = held_out_bpb(out, train_text, val_text)
+    measured = held_out_bpb(out, train_docs, val_docs)
     curve = [{"seconds": summary["prep_s"] + p["elapsed_s"], "bpb": p["bpb"], "step": p["step"]}
              for p in measured["checkpoints"]]
     row = {"label": label, "recipe": recipe.name, "budget_s": None if minutes is None else minutes * 60,
@@ -190,7 +193,8 @@ def baseline_at(base_rows: list[dict[str, Any]], seconds: float) -> float | None
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=str(SHAKESPEARE), help="UTF-8 text file; its last 10%% of characters are held out")
+    p.add_argument("--data", default=str(SHAKESPEARE), help="UTF-8 text file, its last 10%% of characters held out; "
+                   "or 'python': the demo's corpus (the standard library, 10%% of its files held out, as `scratchllm demo`)")
     p.add_argument("--out", default="runs/speedrun", help="where results.json and speedrun.png go")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians are reported)")
     p.add_argument("--fractions", default="1,0.5", help="budgets of the project's recipe, as fractions of the baseline's wall time")
@@ -202,36 +206,46 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    text = Path(args.data).read_text(encoding="utf-8")
-    train_text, val_text = split_text(text, 0.1)
+    train_docs, val_docs = read_corpus(args.data)
     fractions = [float(f) for f in args.fractions.split(",") if f]
+    if not fractions or not all(f > 0 for f in fractions):
+        p.error(f"--fractions {args.fractions!r}: expected positive numbers separated by commas")
     ablate = list(ABLATIONS) if args.ablate == "all" else [a for a in args.ablate.split(",") if a]
     for name in ablate:
         if name not in ABLATIONS:
             p.error(f"--ablate {name}: expected one of {', '.join(ABLATIONS)}")
     out = Path(args.out)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.data}: {len(train_text):,} training and "
-          f"{len(val_text):,} held-out characters; load {_load()}", flush=True)
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.data}: {sum(map(len, train_docs)):,} training and "
+          f"{sum(map(len, val_docs)):,} held-out characters; load {_load()}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = out / "runs" if args.keep else Path(tmp)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
-            base = run_one(NANOGPT_BABY, train_text, val_text, work, f"baseline#{r}", max_steps=args.baseline_steps)
+            base = run_one(NANOGPT_BABY, train_docs, val_docs, work, f"baseline#{r}", max_steps=args.baseline_steps)
             rows.append(base)
             minutes = base["wall_s"] / 60
             for f in fractions:
-                rows.append(run_one(SMALL_BUDGET, train_text, val_text, work, f"scratchllm x{f:g}#{r}", minutes=minutes * f))
-            for name in ablate:
+                rows.append(run_one(SMALL_BUDGET, train_docs, val_docs, work, f"scratchllm x{f:g}#{r}", minutes=minutes * f))
+            for name in ablate:  # with the first fraction's budget, beside the recipe's own run
                 recipe = SMALL_BUDGET.replace(**ABLATIONS[name], name=f"scratchllm-{name}")
-                rows.append(run_one(recipe, train_text, val_text, work, f"without {name}#{r}", minutes=minutes))
+                rows.append(run_one(recipe, train_docs, val_docs, work, f"without {name}#{r}", minutes=minutes * fractions[0]))
     lines = summarise(rows, args.target)
     print("\n" + "\n".join(lines))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "summary": lines}, indent=1))
     if plot(rows, args.target, out / "speedrun.png"):
         print(f"wrote {out / 'speedrun.png'} and {out / 'results.json'}")
+
+
+def read_corpus(data: str) -> tuple[list[str], list[str]]:
+    """(training documents, held-out documents): a file's first 90% and last 10% of characters, or
+    for "python" the demo's own split of the standard library's files."""
+    if data == "python":
+        return split_documents([text for _, text in python_corpus()], 0.1, seed=0)
+    train_text, val_text = split_text(Path(data).read_text(encoding="utf-8"), 0.1)
+    return [train_text], [val_text]
 
 
 def _load() -> str:

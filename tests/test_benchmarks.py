@@ -1,6 +1,7 @@
 """The GPU benchmark (benchmarks/gpu.py) runs end to end on a CPU with small shapes: every model
 trains and decodes, scratchllm's loss paths agree before any step, and its static decode gives the
-eager loop's (and transformers') greedy tokens."""
+eager loop's (and transformers') greedy tokens. The speedrun (benchmarks/speedrun.py) runs end to end
+on the-verdict with a 6-step baseline, and reads the demo's corpus as the demo splits it."""
 
 from __future__ import annotations
 
@@ -23,3 +24,34 @@ def test_gpu_benchmark_runs_on_a_cpu_with_small_shapes(capsys):
         assert all(decode["same_as_eager"].values()), batch  # float32: static, eager and transformers agree
         assert all(decode["same_as_transformers"].values()), batch
         assert all(v > 0 for v in decode["tokens_per_s"].values())
+
+
+def test_speedrun_runs_end_to_end_and_ablates_at_the_first_fraction(tmp_path, verdict):
+    """A tiny speedrun (6 baseline steps): every run is measured on the held-out text, and an
+    ablation gets the same budget as the recipe's first fraction, so the two are comparable."""
+    import json
+
+    from benchmarks.speedrun import main
+
+    out = tmp_path / "sr"
+    main(["--data", str(verdict), "--baseline-steps", "6", "--fractions", "3", "--ablate", "context-64",
+          "--out", str(out), "--target", "5"])
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["baseline#0", "scratchllm x3#0", "without context-64#0"]
+    assert rows[0]["steps"] == 6 and rows[1]["budget_s"] == rows[2]["budget_s"] == 3 * rows[0]["wall_s"]
+    assert all(0 < r["final_bpb"] < 8 for r in rows)  # below a uniform guess over bytes
+    assert (out / "speedrun.png").is_file()
+
+
+def test_speedrun_reads_the_demo_corpus_and_refuses_bad_fractions(verdict, capsys):
+    import pytest
+
+    from benchmarks.speedrun import main, read_corpus
+    from scratchllm.recipes.demo import python_corpus, split_documents
+
+    assert read_corpus("python") == split_documents([t for _, t in python_corpus()], 0.1, seed=0)
+    train, val = read_corpus(str(verdict))
+    assert len(train) == len(val) == 1 and train[0] + val[0] == verdict.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(verdict), "--fractions", "0,1"])
+    assert exit_info.value.code == 2 and "--fractions '0,1': expected positive numbers" in capsys.readouterr().err
