@@ -4,7 +4,7 @@ The public names are imported lazily so that `scratchllm --help` and small tools
 The layers, bottom to top (a module imports only from its own layer or the ones below):
 
     core/  ->  tokenizer/, data/, prompts.py  ->  models/  ->  checkpoint/  ->  inference/
-           ->  evaluation/  ->  training/  ->  recipes/  ->  cli.py
+           ->  evaluation/  ->  training/  ->  recipes/  ->  cli/
 """
 
 from __future__ import annotations

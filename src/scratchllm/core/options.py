@@ -8,7 +8,7 @@ literal just below the field, their help text:
         max_steps: int = 1000
         \"\"\"optimizer steps\"\"\"
 
-From that one declaration come the CLI flags (cli.py builds argparse options from `option_fields`),
+From that one declaration come the CLI flags (cli/base.py builds argparse options from `option_fields`),
 the type checks (`check_fields`: a string where an int belongs is a one-line error, not a TypeError
 later) and the reading of config files (`from_mapping` rejects unknown keys and lists the known
 ones). Torch-free, so `scratchllm --help` stays fast.

@@ -13,7 +13,7 @@ the style, or max_new_tokens. Three pieces:
   The HTTP server (serve.py) decodes its answers with it too.
 - `ChatSession`: the conversation, its settings and the context window; testable without a terminal.
 - `load_for_chat`: a model directory or name -> model, tokenizer, prompt style.
-The terminal loop itself (commands, Ctrl-C, printing) is in cli.py.
+The terminal loop itself (commands, Ctrl-C, printing) is in cli/chat.py.
 
 The context window: the prompt must leave room for the answer, so it may use at most
 `context_length - reserve` tokens with reserve = min(max_new_tokens, context_length // 2). When the
