@@ -35,6 +35,7 @@ MODELS = {  # name: overrides of random_gpt's gpt-tiny
     "gpt, context 128": dict(seed=0),
     "gpt, context 32": dict(seed=1, context_length=32),  # 45 new tokens run past it
     "llama-style, context 32": dict(seed=2, context_length=32, **LLAMA),  # RoPE positions, grouped-query attention
+    "gpt, soft-capped logits": dict(seed=3, logit_softcap=0.05),  # a cap that reshapes the sampling distribution
 }
 
 
@@ -49,6 +50,7 @@ def both(fn):
     ("gpt, context 32", 1.0, None),
     ("llama-style, context 32", 0.0, 1),
     ("llama-style, context 32", 1.0, 20),
+    ("gpt, soft-capped logits", 1.0, None),
 ])
 def test_static_equals_eager_for_batches_and_single_prompts(tok, name, temperature, keep):
     model = random_gpt(tok, **MODELS[name])

@@ -214,6 +214,40 @@ def test_softcapped_model_loss_matches_its_logits_and_caps_them():
     assert model.loss(idx, targets).item() == pytest.approx(reference.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("user", ["masked tokens", "seq2seq", "classifier's LM loss"])
+def test_every_loss_on_the_head_sees_the_soft_capped_logits_that_inference_sees(user):
+    """A soft-capped head is trained on the logits it is used with: the MLM, seq2seq and
+    classifier auxiliary losses equal cross-entropy on the model's own (capped) logits."""
+    from scratchllm.models.classifier import Classifier
+    from scratchllm.models.encoder_decoder import EncoderDecoder
+    from scratchllm.recipes.mlm import mlm_loss
+
+    cap, idx, targets = 0.5, torch.randint(0, 211, (2, 12)), torch.randint(0, 211, (2, 12))
+    if user == "masked tokens":
+        model = head = tiny(logit_softcap=cap, causal=False, tie_embeddings=False)
+        torch.nn.init.normal_(head.out_head.weight, std=1.0)  # large raw logits
+        targets = targets.masked_fill(torch.rand(2, 12) < 0.5, -100)
+        trained, logits, h = mlm_loss(model, idx, targets), model(idx), model.hidden_states(idx)
+    elif user == "seq2seq":
+        torch.manual_seed(0)
+        model = EncoderDecoder(GPTConfig.from_preset("gpt-tiny", vocab_size=211, logit_softcap=cap, tie_embeddings=False))
+        head = model.decoder
+        torch.nn.init.normal_(head.out_head.weight, std=1.0)
+        trained, logits = model.loss(idx, idx, targets), model(idx, idx)
+        h = model.decode(idx, model.encode(idx))
+    else:
+        head = tiny(logit_softcap=cap, tie_embeddings=False)
+        torch.nn.init.normal_(head.out_head.weight, std=1.0)
+        lengths = torch.tensor([12, 8])
+        _, trained = Classifier(head, ["ham", "spam"])(idx, lengths, lm_loss=True)
+        logits, h = head(idx)[:, :-1], head.hidden_states(idx)[:, :-1]
+        targets = idx[:, 1:].masked_fill(torch.arange(1, 12)[None, :] >= lengths[:, None], -100)
+    reference = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert trained.item() == pytest.approx(reference.item(), abs=1e-5)
+    uncapped = F.cross_entropy(head.out_head(h).flatten(0, 1), targets.flatten())
+    assert abs(uncapped.item() - reference.item()) > 0.5  # the cap matters at these logits
+
+
 def test_relu2_mlp_is_squared_relu_with_two_matrices():
     model = tiny(mlp="relu2")
     mlp = model.blocks[0].mlp

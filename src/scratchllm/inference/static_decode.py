@@ -89,7 +89,7 @@ class StaticDecoder:
         self.valid.zero_()
         self.valid[:, :width] = True if pad is None else pad.bool()
         self.length = width
-        return self.model.out_head(h[:, -1])
+        return self.model.logits(h[:, -1])
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         """Append next_ids (B,), on the model's device, at position `length` -> logits (B, V).
@@ -117,7 +117,7 @@ class StaticDecoder:
             h = self.model.transformer(self.idx, position_ids, mask, self.cache)  # (B, 1, C)
         finally:
             self.cache.step_position = None
-        return self.model.out_head(h[:, -1])
+        return self.model.logits(h[:, -1])
 
     def _capture(self) -> None:
         """Record `_step` as a CUDA graph: warm-up runs on a side stream first (kernel selection,

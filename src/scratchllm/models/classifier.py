@@ -27,7 +27,6 @@ from scratchllm.core.console import warn
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import apply_lora, count_parameters
-from scratchllm.models.loss import chunked_cross_entropy
 from scratchllm.tokenizer import Tokenizer
 
 POOLINGS = ("last", "mean", "first")
@@ -138,7 +137,7 @@ class Classifier(nn.Module):
         # position t predicts idx[t + 1] while t + 1 is a real token; padding is never a target
         real = torch.arange(1, idx.shape[1], device=idx.device)[None, :] < lengths[:, None]  # (B, T-1)
         targets = idx[:, 1:].masked_fill(~real, -100)
-        lm = chunked_cross_entropy(h[:, :-1].flatten(0, 1), self.body.out_head.weight, targets.flatten())
+        lm = self.body.head_loss(h[:, :-1].flatten(0, 1), targets.flatten(), impl="chunked")
         return logits, lm
 
     # ---- what trains ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, rope_tables
-from scratchllm.models.loss import IGNORE_INDEX, lm_loss
+from scratchllm.models.loss import IGNORE_INDEX
 
 
 class EncoderDecoder(nn.Module):
@@ -99,14 +99,14 @@ class EncoderDecoder(nn.Module):
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Source ids (B, S) and decoder input ids (B, T) -> next-token logits (B, T, V)."""
         memory = self.encode(src, src_mask)
-        return self.decoder.out_head(self.decode(tgt, memory, memory_mask(src_mask)))
+        return self.decoder.logits(self.decode(tgt, memory, memory_mask(src_mask)))
 
     def loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
              src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy of tgt_out (B, T) (-100 = padding) given the source and tgt_in."""
         memory = self.encode(src, src_mask)
         h = self.decode(tgt_in, memory, memory_mask(src_mask))  # (B, T, C)
-        return lm_loss(h.flatten(0, 1), self.decoder.out_head.weight, tgt_out.flatten(), IGNORE_INDEX)
+        return self.decoder.head_loss(h.flatten(0, 1), tgt_out.flatten(), IGNORE_INDEX)
 
     # ---- accounting --------------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class DecoderSteps:
                 self.cache.reorder(parents)
             new = tokens if self.cache.length == 0 else tokens[:, -1:]
             h = self.model.decode(new, memory, mask, cache=self.cache)[:, -1]
-        return F.log_softmax(self.model.decoder.out_head(h).float(), dim=-1)  # (n, V)
+        return F.log_softmax(self.model.decoder.logits(h).float(), dim=-1)  # (n, V)
 
 
 def _check_max_new(model: EncoderDecoder, max_new_tokens: int | None) -> int:

@@ -393,8 +393,15 @@ class GPT(nn.Module):
         """Mean next-token cross-entropy of targets (B, T) given idx (B, T). impl: the loss path of
         `models.loss.lm_loss` ("auto": chunked on a CPU, never the full logits; fused on a GPU)."""
         h = self.hidden_states(idx, **kwargs)  # (B, T, C)
-        return lm_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), ignore_index, impl,
-                       softcap=self.config.logit_softcap)
+        return self.head_loss(h.flatten(0, 1), targets.flatten(), ignore_index, impl)
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                  impl: str = "auto") -> torch.Tensor:
+        """Mean cross-entropy of the head's logits of hidden states h (N, C) against targets (N,),
+        computed as `logits` computes them (soft cap included) without materialising them where
+        impl allows: every loss on this head (next-token, masked tokens, seq2seq, a classifier's
+        auxiliary LM loss) goes through here, so training and inference see the same logits."""
+        return lm_loss(h, self.out_head.weight, targets, ignore_index, impl, softcap=self.config.logit_softcap)
 
     # ----------------------------------------------------------------------------------------------
     # accounting

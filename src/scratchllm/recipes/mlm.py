@@ -43,7 +43,7 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.fill_mask import MASK_TOKEN, USER_MASK, fill_mask, format_fillers, mask_token_id, with_mask_token
 from scratchllm.models.gpt import GPT
-from scratchllm.models.loss import IGNORE_INDEX, lm_loss
+from scratchllm.models.loss import IGNORE_INDEX
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
@@ -125,7 +125,7 @@ def mlm_loss(model: GPT, inputs: torch.Tensor, labels: torch.Tensor, attention_m
     selected = labels != IGNORE_INDEX  # (B, T)
     if not bool(selected.any()):
         return h.sum() * 0.0  # nothing selected in this batch (tiny batches only): a zero loss with grad
-    return lm_loss(h[selected], model.out_head.weight, labels[selected])  # h[selected]: (N, C)
+    return model.head_loss(h[selected], labels[selected])  # h[selected]: (N, C)
 
 
 class MLMTask(Task):
@@ -179,7 +179,7 @@ class MLMTask(Task):
             inputs, labels = self._mask(x, generator)
             h = model.hidden_states(inputs)  # (B, T, C)
             selected = labels != IGNORE_INDEX
-            logits = model.out_head(h[selected]).float()  # (N, V): one batch's selected rows at a time
+            logits = model.logits(h[selected]).float()  # (N, V): one batch's selected rows at a time
             target = labels[selected]
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             correct += int((logits.argmax(-1) == target).sum())
