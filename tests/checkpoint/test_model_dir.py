@@ -223,6 +223,26 @@ def test_export_hf_tokenizer_files_load_in_transformers(tmp_path):
     assert tokenizer.eos_token_id == 50256
 
 
+def test_export_hf_writes_a_trained_tokenizer_that_transformers_encodes_alike(tmp_path, shared_data):
+    """A tokenizer trained here leaves export-hf as a tokenizer.json that AutoTokenizer reads, giving
+    our ids (the merge list spells out tiktoken's rule), and import-hf reads the directory back."""
+    from scratchllm.tokenizer import Tokenizer
+
+    verdict = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
+    shakespeare = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    tokenizer = Tokenizer.train([shakespeare[:200_000]], vocab_size=700)
+    save_model(tiny_gpt(vocab_size=700), tmp_path / "ours", tokenizer)
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in (verdict, shakespeare[200_000:260_000], "Ünïcödé 日本語 🙂 x=1234;\n\t  'S 's don't"):
+        ids = tokenizer.encode(text)
+        assert hf(text)["input_ids"] == ids and hf.decode(ids) == text
+    assert hf.eos_token_id == tokenizer.eot_id == 699 and hf.model_max_length == 64
+    _, back = load(tmp_path / "hf")
+    assert back.encode(verdict) == tokenizer.encode(verdict)
+    assert (tmp_path / "hf" / "scratchllm_tokenizer.json").read_bytes() == (tmp_path / "ours" / "tokenizer.json").read_bytes()
+
+
 def test_save_load_round_trip_is_exact_and_reties_embeddings(tmp_path):
     model = tiny_gpt()
     path = save_model(model, tmp_path / "m")

@@ -369,3 +369,19 @@ def test_bad_vocabulary_and_config(hf_tokenizer_dir, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "x"}]}))
     with pytest.raises(ScratchLLMError, match=r"has none named 'default' \(names: \['tool_use'\]\)"):
         Tokenizer.from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["abc", "xabcabc abc", "ab bc abcbc"])
+def test_written_tokenizer_json_follows_our_merge_rule_where_pair_ranks_alone_would_not(text):
+    """Merges ab, bc, then abc = a + bc: our rule (tiktoken's) merges ab + c into abc as well, which
+    a merge list of the trained pairs alone never does; the written file lists that pair too."""
+    from scratchllm.tokenizer.hf import byte_level_tokenizer_json
+
+    ours = Tokenizer([(b"a", b"b"), (b"b", b"c"), (b"a", b"bc")], {"<|endoftext|>": 259})
+    assert ours.encode("abc") == [258]
+    data = byte_level_tokenizer_json([ours.token_bytes(i) for i in range(259)], ours.special_tokens, ours.pattern)
+    assert ["ab", "c"] in data["model"]["merges"] and ["a", "bc"] in data["model"]["merges"]
+    written = tokenizers.Tokenizer.from_str(json.dumps(data))
+    assert written.encode(text, add_special_tokens=False).ids == ours.encode(text)
+    only_trained = {**data, "model": {**data["model"], "merges": [["a", "b"], ["b", "c"], ["a", "bc"]]}}
+    assert tokenizers.Tokenizer.from_str(json.dumps(only_trained)).encode("abc").ids == [256, ord("c")]

@@ -21,6 +21,7 @@ from scratchllm.core.files import atomic_directory, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import merge_lora
 from scratchllm.tokenizer import ENDOFTEXT, gpt2_files
+from scratchllm.tokenizer.hf import TOKENIZER_CONFIG, TOKENIZER_JSON, byte_level_tokenizer_json
 
 
 def import_hf(
@@ -59,8 +60,9 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
     Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
     copied as they are, with a generation_config.json naming the ids that end an answer (the
-    chat template's end-of-turn token too); a trained tokenizer is copied as scratchllm_tokenizer.json (transformers
-    cannot read it).
+    chat template's end-of-turn token too); a tokenizer trained here is written as a tokenizer.json
+    that gives its ids (`tokenizer.hf.byte_level_tokenizer_json`) with a tokenizer_config.json, so
+    `AutoTokenizer` loads it as well, and copied as scratchllm_tokenizer.json.
     """
     from safetensors.torch import save_file
 
@@ -94,8 +96,14 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         elif tokenizer.hf_files:
             for name, blob in tokenizer.hf_files.items():
                 (tmp / name).write_bytes(blob)
-        elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():
-            shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")
+        elif where == "scratchllm" and (d / TOKENIZER_FILE).is_file():  # a tokenizer trained here
+            ordinary = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size - len(tokenizer.special_tokens))]
+            write_json(tmp / TOKENIZER_JSON, byte_level_tokenizer_json(ordinary, tokenizer.special_tokens, tokenizer.pattern))
+            named = {"eos_token": ENDOFTEXT, "bos_token": ENDOFTEXT} if ENDOFTEXT in tokenizer.special_tokens else {}
+            write_json(tmp / TOKENIZER_CONFIG, {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                "model_max_length": config.context_length,
+                                                "clean_up_tokenization_spaces": False, **named})
+            shutil.copyfile(d / TOKENIZER_FILE, tmp / "scratchllm_tokenizer.json")  # the original, as trained
     return Path(out_dir)
 
 
