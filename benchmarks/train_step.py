@@ -34,7 +34,6 @@ import torch
 
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
-from scratchllm.core import device as device_mod
 from scratchllm.core.device import measure_matmul_peak
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.optim import make_optimizer
@@ -141,9 +140,8 @@ def _flops(config: GPTConfig) -> float:
 
 
 def _peak(dtype: torch.dtype) -> float:
-
-    device_mod._MEASURED_PEAK.clear()  # measure again: the best figure is the least disturbed one
-    return measure_matmul_peak(torch.device("cpu"), dtype)
+    """Measure again: the best figure seen is the least disturbed one."""
+    return measure_matmul_peak(torch.device("cpu"), dtype, again=True)
 
 
 def check_bf16_loss(args) -> None:

@@ -91,8 +91,6 @@ def add_serve(sub):
     p.set_defaults(func=run)
 
 
-
-
 # generation (inference/generation.py), masked and seq2seq models
 
 
