@@ -208,7 +208,8 @@ def bench_training(device: torch.device, shape: dict, args) -> dict:
                 variants[name](*batches[i % 4])
             sync(device)
             rates[name].append(shape["steps"] * B * T / (time.perf_counter() - t))
-    peak, source = peak_flops(device, amp)
+    device_peak = peak_flops(device, amp)
+    peak, source = device_peak.flops, device_peak.source
     flops = flops_per_token(config, T)
     median = {name: statistics.median(v) for name, v in rates.items()}
     print(f"\ntraining: gpt2-small shape {config.n_layers} x {config.emb_dim}, vocab {config.vocab_size}, batch {B} x {T}, "

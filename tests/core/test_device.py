@@ -85,3 +85,16 @@ def test_matmul_peak_leaves_the_global_rng_alone_and_keeps_its_best(monkeypatch)
     assert device_mod.measure_matmul_peak(torch.device("cpu"), seconds=0.05) == first  # cached
     device_mod._MEASURED_PEAK[key] = first * 1000  # a best figure seen earlier stays the best
     assert device_mod.measure_matmul_peak(torch.device("cpu"), seconds=0.05, again=True) == first * 1000
+
+
+@pytest.mark.parametrize("gpu_name, amp, expected", [
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, device_mod.Peak(989e12, "NVIDIA H100 80GB HBM3 bf16 datasheet", False)),
+    ("NVIDIA H100 PCIe", torch.bfloat16, device_mod.Peak(756e12, "NVIDIA H100 PCIe bf16 datasheet", False)),
+    ("NVIDIA H100 80GB HBM3", None, device_mod.Peak(5e12, "measured float32 matmul on cuda", True)),
+    ("Some Future GPU", torch.bfloat16, device_mod.Peak(5e12, "measured bfloat16 matmul on cuda", True)),
+])
+def test_peak_flops_prefers_a_datasheet_and_says_when_it_measured(monkeypatch, gpu_name, amp, expected):
+    """Only a measured peak is re-measured when a logged MFU exceeds it, so the flag must be right."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu_name)
+    monkeypatch.setattr(device_mod, "measure_matmul_peak", lambda device, dtype: 5e12)
+    assert device_mod.peak_flops(torch.device("cuda"), amp) == expected

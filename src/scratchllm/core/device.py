@@ -262,14 +262,24 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     return best
 
 
-def peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> tuple[float, str]:
-    """(peak FLOP/s of one device for this precision, where the figure comes from)."""
+@dataclass(frozen=True)
+class Peak:
+    """The FLOP/s an MFU figure divides by, where it comes from, and whether it was measured here
+    (a measured peak may be measured again when a logged MFU exceeds it; a datasheet figure may not)."""
+
+    flops: float
+    source: str
+    measured: bool
+
+
+def peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> Peak:
+    """The peak FLOP/s of one device for this precision: a datasheet for known GPUs in bf16, else measured."""
     if device.type == "cuda" and amp_dtype == torch.bfloat16:
         name = torch.cuda.get_device_name(device)
         for key, value in GPU_PEAK_BF16:
             if key in name:
-                return value, f"{name} bf16 datasheet"
+                return Peak(value, f"{name} bf16 datasheet", measured=False)
     dtype = amp_dtype or torch.float32
     value = measure_matmul_peak(device, dtype)
-    return value, f"measured {str(dtype).replace('torch.', '')} matmul on {device.type}"
+    return Peak(value, f"measured {str(dtype).replace('torch.', '')} matmul on {device.type}", measured=True)
 

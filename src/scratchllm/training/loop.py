@@ -428,18 +428,18 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
 
     # ---- the resolved configuration, printed and saved
     flops_per_token = float(model.flops_per_token(seq_len))
-    peak, peak_source = peak_flops(device, context.amp_dtype)
+    peak = peak_flops(device, context.amp_dtype)
     run_config = describe_run(model, cfg, env, device, context.amp_dtype, seq_len, accum, accum_formula,
-                              flops_per_token, peak, peak_source, extra_config, progress)
+                              flops_per_token, peak.flops, peak.source, extra_config, progress)
     run.write_run_config(run_config)
     if run.main:
         print_run_config(run.path, run_config, resumed_at=progress.step if progress.resumed else None)
 
     remeasure = None
-    if peak_source.startswith("measured"):  # a datasheet figure is not re-measured
+    if peak.measured:  # a datasheet figure is not re-measured
         def remeasure() -> float:
             return measure_matmul_peak(device, context.amp_dtype or torch.float32, again=True) * env.world_size
-    logger = Logger(run, cfg, flops_per_token, peak * env.world_size, progress, remeasure)
+    logger = Logger(run, cfg, flops_per_token, peak.flops * env.world_size, progress, remeasure)
     validator = Validator(task, saver, context, cfg, logger.show)
     sampler = Sampler(task, parallel, context, run, cfg, logger.show)
 
