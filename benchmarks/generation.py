@@ -4,7 +4,7 @@ Run from the repository root:  python -m benchmarks.generation [--dtype bfloat16
                                python -m benchmarks.generation --kernels   (matrix-vector kernels only)
 
 GPT-2 small with random weights: a Hugging Face GPT2LMHeadModel(GPT2Config()) is built first and
-its state dict converted into ours (`checkpoint.hf.GPT2Adapter.from_hf`), so both decode with the same
+its state dict converted into ours (`checkpoint.hf_families.GPT2Adapter.from_hf`), so both decode with the same
 numbers. Batch 1, a 32-token prompt, 128 new tokens, greedy, no end-of-text stop. Every method
 must produce transformers' tokens (float32) or the benchmark says so.
 
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from scratchllm.checkpoint.hf import GPT2Adapter
+from scratchllm.checkpoint.hf_families import GPT2Adapter
 from scratchllm.checkpoint.model_dir import gpt_from_state_dict
 from scratchllm.inference.generation import generate_ids, optimize_for_decoding, split_product
 from scratchllm.models.config import GPTConfig

@@ -23,7 +23,8 @@ import transformers
 
 from scratchllm.checkpoint import hf
 from scratchllm.checkpoint.convert import export_hf
-from scratchllm.checkpoint.hf import HUB_MANIFEST, config_from_hf
+from scratchllm.checkpoint.hf import HUB_MANIFEST
+from scratchllm.checkpoint.hf_families import config_from_hf
 from scratchllm.checkpoint.loader import load
 from scratchllm.checkpoint.model_dir import read_model_config, save_model
 from scratchllm.errors import ScratchLLMError

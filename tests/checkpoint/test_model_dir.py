@@ -18,7 +18,7 @@ import torch
 
 from scratchllm.checkpoint import hf
 from scratchllm.checkpoint.convert import export_hf
-from scratchllm.checkpoint.hf import GPT2Adapter, config_from_hf
+from scratchllm.checkpoint.hf_families import GPT2Adapter, config_from_hf
 from scratchllm.checkpoint.loader import load
 from scratchllm.checkpoint.model_dir import read_model_config, resolve_model_dir, save_model
 from scratchllm.core.download import download_file

@@ -268,7 +268,7 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("preset", list(PUBLISHED))
 def test_recent_presets_are_the_published_models(preset):
-    from scratchllm.checkpoint.hf import config_from_hf
+    from scratchllm.checkpoint.hf_families import config_from_hf
 
     published, total, non_embedding = PUBLISHED[preset]
     config = GPTConfig.from_preset(preset)

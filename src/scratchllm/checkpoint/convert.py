@@ -1,7 +1,7 @@
 """Directory to directory: Hugging Face checkpoints into scratchllm model directories (`import_hf`),
 scratchllm models out to Hugging Face directories (`export_hf`), and LoRA adapters folded into a
 plain model directory (`merge_lora_dir`). Each reads with `checkpoint.load` and writes with the one
-writer (`save_model`) or, for Hugging Face, through the family's adapter (hf.py).
+writer (`save_model`) or, for Hugging Face, through the family's adapter (hf_families.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from scratchllm.checkpoint.adapter_dir import ADAPTER_WEIGHTS, load_adapters, read_adapter_config
-from scratchllm.checkpoint.hf import GENERATION_CONFIG, adapter_for_model
+from scratchllm.checkpoint.hf import GENERATION_CONFIG
+from scratchllm.checkpoint.hf_families import adapter_for_model
 from scratchllm.checkpoint.loader import load, locate
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_kind, read_model_config,
                                              resolve_model_dir, save_model)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from scratchllm.checkpoint.adapter_dir import has_adapters, load_adapters
-from scratchllm.checkpoint.hf import config_from_hf, hf_tokenizer, hub_dir, load_hf
+from scratchllm.checkpoint.hf import hf_tokenizer, hub_dir, load_hf
+from scratchllm.checkpoint.hf_families import config_from_hf
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, KINDS, build_model, dir_kind, kind_of_config,
                                              read_model_config, read_tokenizer, resolve_model_dir)
 from scratchllm.core.files import read_json
