@@ -32,7 +32,8 @@ import torch
 
 from scratchllm.checkpoint.hf_families import GPT2Adapter
 from scratchllm.checkpoint.model_dir import gpt_from_state_dict
-from scratchllm.inference.generation import generate_ids, optimize_for_decoding, split_product
+from scratchllm.inference.decode_kernels import optimize_for_decoding, split_product
+from scratchllm.inference.generation import generate_ids
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 
@@ -67,7 +68,7 @@ SHAPES = {"qkv": (2304, 768), "attn out": (768, 768), "mlp up": (3072, 768), "ml
 def matrix_vector_table() -> None:
     """GB/s of one-row products (1, in) x W (out, in)^T for GPT-2 small's shapes, per kernel and
     weight layout, weights streamed from memory (>= 300 MB of distinct matrices per pass, best of 3
-    passes): the choices behind `optimize_for_decoding` (float32) and `_matrix_vector_kernels` (bfloat16)."""
+    passes): the choices behind `optimize_for_decoding` (float32) and `matrix_vector_kernels` (bfloat16)."""
     import torch.nn.functional as F
 
     packed_linear = torch.ops.mkldnn._linear_pointwise

@@ -12,16 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.decode_kernels import _DecodeLinear, optimize_for_decoding, split_product
 from scratchllm.inference.generation import (
     TextAssembler,
-    _DecodeLinear,
     generate,
     generate_ids,
     generate_tokens,
     make_generators,
-    optimize_for_decoding,
     sample_next,
-    split_product,
     stream,
     window_start,
 )
@@ -183,6 +181,9 @@ def test_cache_matches_recompute_within_the_context(tok, model):
 
 def test_optimize_for_decoding_keeps_parameters_and_results(tok):
     gpt, ref = random_gpt(tok, seed=2), random_gpt(tok, seed=2)
+    from scratchllm.inference import generation
+
+    assert generation.optimize_for_decoding is optimize_for_decoding  # the earlier import path still works
     params = dict(gpt.named_parameters())
     assert optimize_for_decoding(gpt) is gpt
     assert dict(gpt.named_parameters()) == params  # the same Parameter objects, still tied

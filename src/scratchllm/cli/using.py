@@ -103,7 +103,8 @@ def add_generate(sub):
 
     def run(args):
         from scratchllm.checkpoint.loader import load
-        from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding, stream
+        from scratchllm.inference.decode_kernels import optimize_for_decoding
+        from scratchllm.inference.generation import check_sampling, generate, stream
 
         cfg = options_of(args, GenerateConfig, names)
         top_k = cfg.top_k or None

@@ -22,7 +22,8 @@ from scratchllm.core.device import resolve_device
 from scratchllm.core.files import check_overwrite, write_json
 from scratchllm.data.instructions import check_records, check_string, prompt_and_response, read_records
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.generation import check_sampling, generate, optimize_for_decoding
+from scratchllm.inference.decode_kernels import optimize_for_decoding
+from scratchllm.inference.generation import check_sampling, generate
 from scratchllm.prompts import choose_style, get_style, stored_style
 
 def respond(

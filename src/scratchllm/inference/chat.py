@@ -38,8 +38,9 @@ from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import ChatSettings
+from scratchllm.inference.decode_kernels import optimize_for_decoding
 from scratchllm.inference.generation import (TextAssembler, check_sampling, encode_prompt, generate_tokens,
-                                             make_generators, optimize_for_decoding)
+                                             make_generators)
 from scratchllm.prompts import PromptStyle, choose_style, get_style, stored_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
