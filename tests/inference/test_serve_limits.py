@@ -15,7 +15,7 @@ import torch
 
 from scratchllm.inference.config import ServeSettings
 from scratchllm.inference.generation import generate
-from scratchllm.inference.serve import create_app, server_config
+from scratchllm.inference.serve import create_app, header_timeout_protocol, server_config
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
@@ -157,3 +157,15 @@ def test_slow_headers_are_cut_off_and_slow_bodies_get_408(loaded):
         assert conn.getresponse().read()
         conn.sock.sendall(b"GET /health HTTP/1.1\r\n")
         assert closed_by_server(conn.sock, 3.0)
+
+
+def test_a_uvicorn_without_the_hooks_serves_without_the_header_deadline(monkeypatch, capsys):
+    """The header deadline extends uvicorn internals; if a uvicorn lacks them, serving still works."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    assert issubclass(header_timeout_protocol(1.0), H11Protocol) and capsys.readouterr().err == ""
+    monkeypatch.delattr(H11Protocol, "on_response_complete")
+    assert header_timeout_protocol(1.5) is H11Protocol
+    err = capsys.readouterr().err
+    assert err.startswith("warning: uvicorn ") and err.endswith(
+        ": its h11 protocol has no on_response_complete; serving without the 1.5 s deadline on request headers\n")

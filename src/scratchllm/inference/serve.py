@@ -53,6 +53,7 @@ try:  # the `serve` extra; the error says so when it is missing (see create_app)
 except ImportError:  # pragma: no cover
     FastAPI = None
 
+from scratchllm.core.console import warn
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import API_KEY_ENV, ServeConfig, ServeSettings
 from scratchllm.inference.chat import TextStream, load_for_chat
@@ -611,6 +612,10 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+# The methods of uvicorn's H11Protocol that `header_timeout_protocol` extends.
+_H11_HOOKS = ("connection_made", "handle_events", "on_response_complete", "connection_lost")
+
+
 def header_timeout_protocol(seconds: float) -> type:
     """uvicorn's HTTP/1.1 protocol (h11) with a deadline for each request's headers.
 
@@ -618,8 +623,19 @@ def header_timeout_protocol(seconds: float) -> type:
     headers a byte at a time (slowloris): hundreds of those would hold the server's connections
     for as long as the clients like. Here a connection whose next request's headers are not
     complete `seconds` after it opened (or after its previous response) is closed.
+
+    The subclass extends four of uvicorn's protocol methods (`_H11_HOOKS`; tested with uvicorn 0.55).
+    A uvicorn without them gets its plain protocol and a warning, not a server that fails on its
+    first connection.
     """
+    import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    missing = [name for name in _H11_HOOKS if not callable(getattr(H11Protocol, name, None))]
+    if missing:
+        warn(f"uvicorn {uvicorn.__version__}: its h11 protocol has no {', '.join(missing)}; serving "
+             f"without the {seconds:g} s deadline on request headers")
+        return H11Protocol
 
     class HeaderTimeoutProtocol(H11Protocol):
         _head_timer = None
@@ -634,7 +650,8 @@ def header_timeout_protocol(seconds: float) -> type:
                 self._head_timer = None
 
         def _head_too_slow(self) -> None:
-            idle = self.cycle is None or self.cycle.response_complete  # no request is being answered
+            cycle = getattr(self, "cycle", None)
+            idle = cycle is None or cycle.response_complete  # no request is being answered
             if idle and not self.transport.is_closing():
                 self.transport.close()
 
