@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import codecs
 import warnings
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import torch
 
@@ -272,15 +272,22 @@ def _decode(
                     logits = model.logits(h[:, -1])  # (B, V): the head for the last position only
                 gens = [generators[r] for r in active] if generators is not None else None
                 next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
-            step = {}
-            for r, token in zip(active, next_ids):
-                rows[r].append(token)
-                step[r] = token
-                if token in stop_ids:
-                    finished[r] = True
-            yield step
+            yield _extend(rows, zip(active, next_ids), stop_ids, finished)
     finally:
         model.train(was_training)
+
+
+def _extend(rows: list[list[int]], sampled: Iterable[tuple[int, int]], stop_ids: Collection[int],
+            finished: list[bool]) -> dict[int, int]:
+    """Append each (row, token) of one step to its row, mark rows that sampled a stop id finished,
+    and return the step as {row: token} (what both decode loops yield)."""
+    step = {}
+    for r, token in sampled:
+        rows[r].append(token)
+        step[r] = token
+        if token in stop_ids:
+            finished[r] = True
+    return step
 
 
 def _static_decoding(model: GPT, decoder: str) -> bool:
@@ -343,14 +350,7 @@ def _decode_static(
                                       temperature, top_k, top_p, gens)  # (A,)
                 next_ids = sampled if index is None else next_ids.index_copy(0, index, sampled)
                 tokens = sampled.tolist()
-            step = {}
-            for k, token in zip(alive, tokens):
-                r = batch[k]
-                rows[r].append(token)
-                step[r] = token
-                if token in stop_ids:
-                    finished[r] = True
-            yield step
+            yield _extend(rows, ((batch[k], token) for k, token in zip(alive, tokens)), stop_ids, finished)
     finally:
         model.train(was_training)
         release_decoder(dec)
