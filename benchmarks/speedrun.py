@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.train_step import machine_load
 from scratchllm.checkpoint.loader import load
 from scratchllm.data.tokens import corpus_from_texts
 from scratchllm.recipes.demo import (NANOGPT_BABY, SMALL_BUDGET, Recipe, python_corpus, split_documents, split_text,
@@ -94,7 +95,7 @@ def run_one(recipe: Recipe, train_docs: list[str], val_docs: list[str], work: Pa
            "tokens": summary["tokens"], "passes": summary["tokens"] / summary["corpus"]["train_tokens"],
            "final_bpb": measured["final_bpb"], "curve": curve + [{"seconds": wall, "bpb": measured["final_bpb"],
                                                                    "step": summary["steps"]}],
-           "load": _load()}
+           "load": machine_load()}
     print(f"  {label:<28} {wall:6.1f} s  {row['steps']:5d} steps  {row['passes']:5.2f} passes  "
           f"bpb {row['final_bpb']:.3f}   (load {row['load']})", flush=True)
     return row
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.data}: {sum(map(len, train_docs)):,} training and "
-          f"{sum(map(len, val_docs)):,} held-out characters; load {_load()}", flush=True)
+          f"{sum(map(len, val_docs)):,} held-out characters; load {machine_load()}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = out / "runs" if args.keep else Path(tmp)
@@ -246,13 +247,6 @@ def read_corpus(data: str) -> tuple[list[str], list[str]]:
         return split_documents([text for _, text in python_corpus()], 0.1, seed=0)
     train_text, val_text = split_text(Path(data).read_text(encoding="utf-8"), 0.1)
     return [train_text], [val_text]
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

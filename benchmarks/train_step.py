@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
-          f"machine load {_load()}")
+          f"machine load {machine_load()}")
     if args.check_bf16_loss:
         check_bf16_loss(args)
         return
@@ -197,10 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs.split(","):
         bench_config(name, args, peak)
     print(f"\nmeasured matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s" +
-          (f", bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s" if peak["bf16"] else "") + f"; load at the end {_load()}")
+          (f", bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s" if peak["bf16"] else "") + f"; load at the end {machine_load()}")
 
 
-def _load() -> str:
+def machine_load() -> str:
+    """The 1-, 5- and 15-minute load averages (/proc/loadavg), printed beside timings."""
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
