@@ -111,7 +111,31 @@ def test_attention_weights_are_the_models(tmp_path, model, gpt2_tok):
     assert torch.all(w.triu(1) == 0)  # causal: no query sees a later key
     torch.testing.assert_close(w, manual_attention(model, result["ids"]), atol=1e-6, rtol=1e-5)
     assert w.max() > 0.5 and w[:, :, -1].min() < 0.05  # far from uniform, so the comparison has teeth
-    assert not any(b.attn.record_weights or b.attn.last_weights is not None for b in model.blocks)  # cleaned up
+    assert not any(b.attn.core._forward_hooks for b in model.blocks)  # the hooks are removed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_maps_are_what_grouped_rotary_normed_attention_used(gpt2_tok, dtype):
+    """With grouped-query attention, RoPE and query/key norms (and in bfloat16 on a CPU), the maps
+    times the values are exactly what each attention kernel returned in the same forward pass."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                       qk_norm=True, position="rope", norm="rmsnorm", mlp="swiglu", attn_impl="manual")
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.normal_(0.0, 0.3)
+    model.to(dtype)
+    calls = []  # (v, output) of each kernel call
+    hooks = [b.attn.core.register_forward_hook(lambda m, args, out: calls.append((args[2], out))) for b in model.blocks]
+    ids, w = im.attention_maps(model, gpt2_tok, TEXT)
+    for h in hooks:
+        h.remove()
+    assert w.shape == (2, 4, 9, 9) and w.dtype == torch.float32 and torch.all(w.triu(1) == 0)
+    assert not torch.equal(w[:, 0], w[:, 1])  # heads sharing a key/value head still attend differently
+    for layer, (v, out) in enumerate(calls):
+        # the kernel attends in float32 on a CPU and returns the model's dtype
+        torch.testing.assert_close((w[layer] @ v[0].float()).to(dtype), out[0], atol=1e-6, rtol=1e-5)
 
 
 def test_attention_layer_and_head_selection(tmp_path, model, gpt2_tok):

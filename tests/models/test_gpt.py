@@ -14,6 +14,7 @@ from scratchllm.checkpoint import read_config
 from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.info import model_info, parameter_breakdown
+from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import GPT, KVCache
 from scratchllm.models.loss import chunked_cross_entropy
 
@@ -270,6 +271,31 @@ def test_zero_initialised_projections_make_every_block_the_identity():
     model.loss(idx, torch.randint(0, 211, (2, 12))).backward()
     # the projections get a gradient at once, so the blocks start learning on the first step
     assert model.blocks[0].attn.proj.weight.grad.abs().sum() > 0 and model.blocks[0].mlp.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_encoder_decoder_blocks_are_initialised_as_the_gpts(zero):
+    """Both stacks of the encoder-decoder, cross-attention included, start as GPT's blocks do: the
+    same init function, so zero_init_proj (or any change to GPT's init) reaches them too."""
+    config = GPTConfig.from_preset("gpt-tiny", vocab_size=211, emb_dim=128, zero_init_proj=zero)
+    torch.manual_seed(0)
+    gpt, model = GPT(config), EncoderDecoder(config)
+    spread = {name.split(".", 1)[1]: p.std().item() for name, p in gpt.blocks.named_parameters() if p.dim() == 2}
+    projections = [n for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    assert len(projections) == 2 * 2 + 3 * 2  # encoder: attn, mlp; decoder: attn, cross_attn, mlp
+    for name, p in model.named_parameters():
+        if ".blocks." in name and p.dim() == 2:
+            like = name.split(".", 3)[3].replace("cross_attn.q.", "attn.qkv.").replace("cross_attn.kv.", "attn.qkv.")
+            like = like.replace("cross_attn.", "attn.")  # its proj is a residual projection as attn's
+            if zero and name.endswith("proj.weight"):
+                assert not p.any(), name
+            else:
+                assert p.std().item() == pytest.approx(spread[like], rel=0.1), name
+    if zero:  # every block the identity: the decoder's output is the normed embedding of its input
+        tgt, src = torch.randint(0, 211, (2, 6)), torch.randint(0, 211, (2, 9))
+        memory = model.encode(src)
+        embedded = model.decoder.final_norm(model.decoder.embed(tgt, torch.arange(6)[None]))
+        torch.testing.assert_close(model.decode(tgt, memory), embedded)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ library's module of that name.)
 
 - `token_view`: the text with its token boundaries shown, and the ids (a first look at BPE).
 - `attention_maps` / `inspect_attention`: every layer's and head's softmax attention weights for a
-  text, as a grid of heat maps with the tokens on the axes (the weights are recorded by the
-  attention modules themselves, with the formula of Vaswani et al. 2017, eq. 1).
+  text, as a grid of heat maps with the tokens on the axes (recorded by hooks on the attention
+  kernels during one forward pass, with the formula of Vaswani et al. 2017, eq. 1).
 - `next_token_distribution` / `inspect_next_token`: the top-k candidates for the next token.
 - `plot_parameter_breakdown`: where a model's parameters are (embeddings, attention, MLP, ...).
 
@@ -28,6 +28,7 @@ import torch
 from scratchllm.core.files import atomic_path
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.lm import model_and_tokenizer
+from scratchllm.models.gpt import attention_weights
 from scratchllm.tokenizer import Tokenizer
 
 # Background colours for token boundaries in a terminal (ANSI 256-colour palette: soft pastels
@@ -137,21 +138,26 @@ def _select(spec: str | Sequence[int] | None, count: int, what: str) -> list[int
 @torch.no_grad()
 def attention_maps(model: Any, tokenizer: Any, text: str) -> tuple[list[int], torch.Tensor]:
     """(ids, weights): the softmax attention weights of every layer and head for `text`,
-    as float32 (n_layers, n_heads, T, T), row q = how query token q spreads over key tokens."""
+    as float32 (n_layers, n_heads, T, T), row q = how query token q spreads over key tokens.
+
+    A forward hook on each block's attention kernel (`attn.core`) takes the queries and keys the
+    model attends with, and computes the weights with the formula the manual kernel uses
+    (`attention_weights`); the hooks are removed afterwards."""
     ids = _encode_for_model(model, tokenizer, text)
-    attns = [block.attn for block in model.blocks]
-    for attn in attns:
-        attn.record_weights = True
-        attn.last_weights = None
+    maps: list[torch.Tensor] = []
+
+    def record(core: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        q, k, _, mask, causal = args  # (B, H, T, D), (B, H, S, D), v, mask, causal
+        maps.append(attention_weights(q.float(), k.float(), mask, causal)[0].cpu())  # (H, T, S)
+
+    hooks = [block.attn.core.register_forward_hook(record) for block in model.blocks]
     try:
         device = next(model.parameters()).device
         model(torch.tensor([ids], device=device))
-        weights = torch.stack([attn.last_weights[0] for attn in attns])  # (L, H, T, T)
     finally:
-        for attn in attns:
-            attn.record_weights = False
-            attn.last_weights = None
-    return ids, weights
+        for hook in hooks:
+            hook.remove()
+    return ids, torch.stack(maps)  # (L, H, T, T)
 
 
 def plot_attention(weights: torch.Tensor, tokens: Sequence[str], out: str | os.PathLike[str],

@@ -24,7 +24,6 @@ length-normalised scores, shrinking beam: beam 1 is exactly greedy). Training is
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
-from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, rope_tables
+from scratchllm.models.gpt import GPT, Block, KVCache, flops_per_token, init_weights, rope_tables
 from scratchllm.models.loss import IGNORE_INDEX
 
 
@@ -54,10 +53,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = GPT(dataclasses.replace(config, causal=False, tie_embeddings=True))
         self.decoder = GPT(dataclasses.replace(config, causal=True))
         self.decoder.blocks = nn.ModuleList(Block(self.decoder.config, cross_attention=True) for _ in range(config.n_layers))
-        self.decoder.blocks.apply(GPT._init_weights)
-        for name, p in self.decoder.blocks.named_parameters():  # GPT-2's scaled init of residual projections
-            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        init_weights(self.decoder.blocks, config)  # as GPT initialises its own blocks
         self.decoder.tok_emb = self.encoder.tok_emb  # one vocabulary, one embedding
         if config.tie_embeddings:
             self.decoder.out_head.weight = self.encoder.tok_emb.weight

@@ -43,11 +43,9 @@ class KVCache:
 
     @classmethod
     def allocate(cls, config: GPTConfig, batch_size: int, max_len: int, device, dtype) -> "KVCache":
-        """A cache for `batch_size` rows of `max_len` positions. Half-precision models on a CPU get a
-        float32 cache: attention there runs in float32 (see CausalSelfAttention), and a float32 cache
-        converts each new position once instead of every cached one at every step."""
-        if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-            dtype = torch.float32
+        """A cache for `batch_size` rows of `max_len` positions, for a model of weights `dtype`, in
+        the dtype attention runs in (`attention_dtype`: float32 for half precision on a CPU)."""
+        dtype = attention_dtype(device, dtype)
         shape = (batch_size, config.kv_heads, max_len, config.head_dim)
         return cls(
             keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
@@ -71,23 +69,6 @@ class KVCache:
         """Keep batch rows `index` (used when some sequences of a batch are dropped)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
-
-
-def manual_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float = 0.0, causal: bool = False):
-    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1): the readable reference.
-
-    q: (B, H, T, D), k/v: (B, H, S, D); mask: bool (B or 1, 1, T, S), True = may attend.
-    """
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-    if causal:
-        T, S = scores.shape[-2:]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ v  # (B, H, T, D)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
@@ -132,111 +113,148 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head attention: causal self-attention by default; bidirectional when config.causal is
-    False; cross-attention (queries from x, keys/values from an encoder's `memory`) when cross=True.
-    With n_kv_heads < n_heads, groups of query heads share one key/value head (Ainslie et al. 2023)."""
+# --------------------------------------------------------------------------------------------------
+# Attention
 
-    def __init__(self, config: GPTConfig, cross: bool = False):
+
+def attention_weights(q, k, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) over the keys each query may see (Vaswani et al. 2017, eq. 1): (B, H, T, S).
+
+    q: (B, H, T, D), k: (B, H, S, D); mask: bool (B or 1, 1, T, S), True = may attend; causal: the
+    queries are the last T of the S positions and each sees itself and the positions before it.
+    The manual attention path and `scratchllm inspect attention` both compute the weights here."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def manual_attention(q, k, v, mask: torch.Tensor | None = None, dropout_p: float = 0.0, causal: bool = False):
+    """Scaled dot-product attention written out, the readable reference of the fused kernel:
+    q (B, H, T, D), k/v (B, H, S, D) -> (B, H, T, D). mask and causal as in `attention_weights`."""
+    weights = attention_weights(q, k, mask, causal)  # (B, H, T, S)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, H, T, D)
+
+
+def attention_dtype(device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention runs in for `dtype` tensors on `device`, and the one its KV cache holds.
+
+    Half-precision weights on a CPU (inference; not under autocast) attend in float32, which
+    PyTorch's CPU kernels compute several times faster (decode: 20 us vs 105 us per layer); a float32
+    cache then converts each new position once instead of every cached one at every step."""
+    half = dtype in (torch.bfloat16, torch.float16)
+    if half and torch.device(device).type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        return torch.float32
+    return dtype
+
+
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(D)) v for heads already split: PyTorch's fused kernel (impl "sdpa") or
+    `manual_attention`, in the dtype `attention_dtype` picks. It has no parameters; it is a module so
+    that its inputs can be hooked from outside (evaluation/inspect.py records the weights that way)."""
+
+    def __init__(self, impl: str, dropout: float):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
-        q_dim, kv_dim = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
-        self.cross = cross
-        if cross:
-            self.q = nn.Linear(config.emb_dim, q_dim, bias=config.qkv_bias)
-            self.kv = nn.Linear(config.emb_dim, 2 * kv_dim, bias=config.qkv_bias)
-        else:
-            self.qkv = nn.Linear(config.emb_dim, q_dim + 2 * kv_dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(q_dim, config.emb_dim, bias=config.bias)
-        if config.qk_norm:  # one learned scale per channel of a head, shared by all heads (Qwen3)
-            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
-            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
-        self.qk_norm = config.qk_norm
-        self.causal = config.causal and not cross
-        self.dropout = config.drop_rate
-        self.resid_drop = nn.Dropout(config.drop_rate)
-        self.impl = config.attn_impl
-        self.record_weights = False  # set by `inspect attention` to keep the weights of the last call
-        self.last_weights: torch.Tensor | None = None
+        self.impl = impl
+        self.dropout = dropout  # on the attention weights, in training
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, rope=None, memory=None):
-        B, T, C = x.shape
-        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if memory is None:
-            q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=2)  # (B, T, H*D), 2 x (B, T, K*D)
-            S_new = T
-        else:
-            q = self.q(x)
-            k, v = self.kv(memory).split(K * D, dim=2)  # 2 x (B, S, K*D)
-            S_new = memory.shape[1]
-        q, k = q.view(B, T, H, D), k.view(B, S_new, K, D)
-        if self.qk_norm:  # each head's query and key scaled to unit RMS over D, before the rotation
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.transpose(1, 2)  # (B, H, T, D)
-        k = k.transpose(1, 2)  # (B, K, S, D)
-        v = v.view(B, S_new, K, D).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, K, S, D)
-        if q.device.type == "cpu" and q.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
-            # Half-precision weights on a CPU (inference): attention itself runs in float32, which
-            # PyTorch's CPU kernels do several times faster (decode: 20 us vs 105 us per layer).
-            q, k, v = q.float(), k.float(), v.float()
-        if K != H:  # each key/value head serves H // K query heads
-            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
-            v = v.repeat_interleave(H // K, dim=1)
-        # With no explicit mask, queries are the last T of S positions: causal when T == S, and
-        # a single decode query may see everything. Any other case comes with a mask.
-        causal = self.causal and mask is None and T > 1
+    def forward(self, q, k, v, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """q (B, H, T, D), k/v (B, H, S, D) -> (B, H, T, D) in q's dtype; mask and causal as in
+        `attention_weights`. Hooks see these positional arguments."""
+        out_dtype, dtype = q.dtype, attention_dtype(q.device, q.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         dropout_p = self.dropout if self.training else 0.0
-        if self.record_weights:
-            self.last_weights = _attention_weights(q, k, mask, causal)
         if self.impl == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         else:
             y = manual_attention(q, k, v, mask, dropout_p, causal)
+        return y.to(out_dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017, section 3.2.2): queries from x; keys and values from
+    x too (self-attention, causal unless config.causal is False) or, with cross=True, from the
+    encoder's output passed as `memory` (the decoder of an encoder-decoder). Switches of later models:
+    grouped-query attention (n_kv_heads < n_heads: groups of query heads share a key/value head,
+    Ainslie et al. 2023) and qk_norm (each query and key head RMS-normalised, Qwen3)."""
+
+    def __init__(self, config: GPTConfig, cross: bool = False):
+        super().__init__()
+        C, H, K, D = config.emb_dim, config.n_heads, config.kv_heads, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = H, K, D
+        self.cross = cross
+        if cross:  # queries and keys/values read different sequences
+            self.q = nn.Linear(C, H * D, bias=config.qkv_bias)
+            self.kv = nn.Linear(C, 2 * K * D, bias=config.qkv_bias)
+        else:
+            self.qkv = nn.Linear(C, (H + 2 * K) * D, bias=config.qkv_bias)
+        self.proj = nn.Linear(H * D, C, bias=config.bias)
+        # qk_norm: one learned scale per channel of a head, shared by all heads (Qwen3)
+        self.q_norm = nn.RMSNorm(D, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(D, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
+        self.core = ScaledDotProductAttention(config.attn_impl, config.drop_rate)
+        self.resid_drop = nn.Dropout(config.drop_rate)
+        self.causal = config.causal and not cross
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, rope=None, memory=None):
+        """x (B, T, C) -> (B, T, C). mask: bool (B or 1, 1, T, S) or None; cache: earlier positions'
+        keys/values, to which this call's are appended (self-attention); rope: (cos, sin) tables;
+        memory: (B, S, C), the keys' and values' source of cross-attention."""
+        B, T, C = x.shape
+        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.cross:
+            q, (k, v) = self.q(x), self.kv(memory).split(K * D, dim=2)  # (B, T, H*D), 2 x (B, S, K*D)
+        else:
+            q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=2)  # (B, T, H*D), 2 x (B, T, K*D)
+        q = self.q_norm(q.view(B, T, H, D)).transpose(1, 2)  # (B, H, T, D), normed before the rotation
+        k = self.k_norm(k.view(B, k.shape[1], K, D)).transpose(1, 2)  # (B, K, S, D)
+        v = v.view(B, v.shape[1], K, D).transpose(1, 2)  # (B, K, S, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, S, D): the cached positions and these
+        if K != H:  # grouped-query attention: each key/value head serves H // K query heads
+            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(H // K, dim=1)
+        # With no explicit mask, queries are the last T of S positions: causal when T == S, and
+        # a single decode query may see everything. Any other case comes with a mask.
+        y = self.core(q, k, v, mask, self.causal and mask is None and T > 1)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
-        if not torch.is_autocast_enabled(y.device.type):  # (autocast: proj takes y as it is)
-            y = y.to(x.dtype)
         return self.resid_drop(self.proj(y))
 
 
-def _attention_weights(q, k, mask, causal) -> torch.Tensor:
-    with torch.no_grad():
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        if causal:
-            T, S = scores.shape[-2:]
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).detach().cpu()  # (B, H, T, S)
+# The class's name before it also served cross-attention and encoders (README of earlier versions).
+CausalSelfAttention = Attention
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP. "gelu": C -> hidden -> GELU (tanh approximation, as GPT-2) -> C.
-    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as in Llama.
+    """Position-wise MLP, C -> hidden -> C, in the variant config.mlp names:
+    "gelu": proj(gelu(fc(x))), the tanh approximation, as GPT-2;
+    "swiglu": proj(silu(gate(x)) * fc(x)) (Shazeer 2020), as Llama;
     "relu2": proj(relu(fc(x))^2), the squared ReLU of Primer (So et al. 2021)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        hidden = config.hidden_dim
-        self.kind = config.mlp
-        self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
-            self.gate = nn.Linear(config.emb_dim, hidden, bias=config.bias)
-        self.fc = nn.Linear(config.emb_dim, hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.emb_dim, bias=config.bias)
+        self.activation = config.mlp
+        if self.activation == "swiglu":
+            self.gate = nn.Linear(config.emb_dim, config.hidden_dim, bias=config.bias)
+        self.fc = nn.Linear(config.emb_dim, config.hidden_dim, bias=config.bias)
+        self.proj = nn.Linear(config.hidden_dim, config.emb_dim, bias=config.bias)
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x):
-        if self.swiglu:
+        if self.activation == "swiglu":
             h = F.silu(self.gate(x)) * self.fc(x)  # (B, T, hidden)
-        elif self.kind == "relu2":
-            h = F.relu(self.fc(x)).square()  # (B, T, hidden)
+        elif self.activation == "relu2":
+            h = F.relu(self.fc(x)).square()
         else:
             h = F.gelu(self.fc(x), approximate="tanh")
-        return self.drop(self.proj(h))
+        return self.drop(self.proj(h))  # (B, T, C)
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -261,10 +279,10 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, cross_attention: bool = False):
         super().__init__()
         self.norm1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = Attention(config)
         if cross_attention:
             self.norm_cross = make_norm(config)
-            self.cross_attn = CausalSelfAttention(config, cross=True)
+            self.cross_attn = Attention(config, cross=True)
         self.norm2 = make_norm(config)
         self.mlp = FeedForward(config)
 
@@ -273,6 +291,26 @@ class Block(nn.Module):
         if memory is not None:
             x = x + self.cross_attn(self.norm_cross(x), memory_mask, memory=memory)
         return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module: nn.Module, config: GPTConfig) -> None:
+    """GPT-2's initialisation of every Linear and Embedding in `module`: normal with std 0.02, zero
+    biases. The projections that write into the residual stream (attn.proj, cross_attn.proj,
+    mlp.proj) get std 0.02 / sqrt(2 * n_layers), since each block adds two such branches and the
+    residual variance grows with depth; or, with config.zero_init_proj, start at zero, so that every
+    block begins as the identity and the residual stream as the embeddings (the modded-nanogpt
+    speedrun). GPT and the decoder blocks of the encoder-decoder are both initialised here."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    for name, p in module.named_parameters():
+        if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+            if config.zero_init_proj:
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
 
 class GPT(nn.Module):
@@ -290,26 +328,7 @@ class GPT(nn.Module):
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layers),
-        # since each block adds two such branches and the residual variance grows with depth.
-        # zero_init_proj instead starts them at zero, so that every block begins as the identity and
-        # the residual stream as the embeddings (as the modded-nanogpt speedrun does).
-        for name, p in self.named_parameters():
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
-                if config.zero_init_proj:
-                    nn.init.zeros_(p)
-                else:
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_weights(self, config)
 
     # ----------------------------------------------------------------------------------------------
     # forward passes

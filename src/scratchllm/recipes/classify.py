@@ -352,7 +352,7 @@ def _set_dropout(model: nn.Module, rate: float) -> None:
         if isinstance(m, nn.Dropout):
             m.p = rate
         if hasattr(m, "dropout") and isinstance(m.dropout, float):
-            m.dropout = rate  # CausalSelfAttention keeps its attention-dropout rate as a float
+            m.dropout = rate  # ScaledDotProductAttention keeps its attention-dropout rate as a float
 
 
 def format_history(history: list[dict[str, float]]) -> str:
