@@ -1,7 +1,10 @@
 """Labelled examples: text + label files (TSV, CSV, JSONL, JSON) read with one-line errors, the UCI SMS
-Spam Collection (downloaded once, checked), duplicate removal, balancing and seeded stratified splits.
+Spam Collection (downloaded once, checked), duplicate removal, balancing, seeded stratified splits and
+label checks.
 
-The one labelled-file reader: `finetune classify` and `evaluate fewshot` both read their data here.
+The one labelled-file reader and the one way to cut it: `finetune classify` and `evaluate fewshot` both
+read their data with `load_labelled` and cut it with `split_examples` (label checks, de-duplication,
+balancing, the stratified split), so the same settings give both the same test texts.
 """
 
 from __future__ import annotations
@@ -372,8 +375,22 @@ def label_names(labels: Sequence[str]) -> list[str]:
         return sorted(unique)
 
 
-def check_labels(train: Examples, others: Sequence[Examples]) -> list[str]:
-    """The label names of `train`; raise if it has one class or another split has an unseen label."""
+def check_labels(train: Examples, others: Sequence[Examples], names: Sequence[str] | None = None) -> list[str]:
+    """The label names of `train`; raise if it has one class or another split has an unseen label.
+
+    With `names` (labels chosen by the caller, e.g. few-shot candidates, in their order): raise unless
+    they are at least two distinct non-empty labels and every label of `train` and `others` is one of
+    them; return them."""
+    if names is not None:
+        names = [str(name).strip() for name in names]
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            raise ScratchLLMError(f"labels {names}: expected at least two distinct non-empty labels")
+        for part in (train, *others):
+            for i, label in enumerate(part.labels):
+                if label not in names:
+                    raise ScratchLLMError(f"{part.source} example {i + 1}: label {label!r} is not one of the "
+                                          f"labels {', '.join(names)}")
+        return names
     names = label_names(train.labels)
     if len(names) < 2:
         raise ScratchLLMError(
@@ -389,6 +406,56 @@ def check_labels(train: Examples, others: Sequence[Examples]) -> list[str]:
                     f"(labels: {', '.join(names)})"
                 )
     return names
+
+
+@dataclass
+class Split:
+    """Labelled data cut for classification (`split_examples`): the parts, the label names, and what
+    went before the cut."""
+
+    train: Examples
+    val: Examples
+    test: Examples
+    labels: list[str]
+    read: int  # examples in the data before anything was removed
+    carved: int  # examples left after de-duplication and balancing, which the parts not given were cut from
+    duplicates: Duplicates | None  # what `dedupe` removed; None when duplicates were kept
+    repeats: int  # with duplicates kept: examples whose text repeats an earlier one (else 0)
+    balanced: tuple[dict[str, int], dict[str, int]] | None  # class counts before and after undersampling
+
+
+def split_examples(data: Examples, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 123, *,
+                   val: Examples | None = None, test: Examples | None = None, keep_duplicates: bool = False,
+                   balance: bool = False, labels: Sequence[str] | None = None) -> Split:
+    """Check the labels, drop duplicate texts, balance, and split `data` into train, validation and test.
+
+    In this order, so that no text is on two sides of the cut: `check_labels` (one class, or a label of a
+    given part that `data` lacks or that is not among `labels`, fails before anything is done); `dedupe`
+    unless keep_duplicates (one example per normalised text, copies with conflicting labels all dropped,
+    and no example whose text is in a given `val` or `test`); `undersample` when `balance` and the
+    classes differ in size; `stratified_split` by `fractions` (train, validation, test), seeded. A part
+    given as `val` or `test` is used as it is and its fraction goes to the others, which keep their
+    relative sizes.
+    """
+    given = [part for part in (val, test) if part is not None]
+    names = check_labels(data, given, labels)
+    read, stats, repeats, balanced = len(data), None, 0, None
+    if keep_duplicates:
+        repeats = len(data) - len({normalise_text(t) for t in data.texts})
+    else:
+        data, stats = dedupe(data, given)
+    if balance and len(set(data.counts().values())) > 1:
+        before = data.counts()
+        data = undersample(data, seed)
+        balanced = (before, data.counts())
+    carved = [fractions[0], 0.0 if val is not None else fractions[1], 0.0 if test is not None else fractions[2]]
+    total = sum(carved)
+    if not total > 0:
+        raise ScratchLLMError(f"split fractions {list(fractions)}: nothing left to carve the parts not given as files from")
+    train, val_part, test_part = stratified_split(data, [f / total for f in carved], seed)
+    train.source = f"{data.source} (train split)"
+    return Split(train, val if val is not None else val_part, test if test is not None else test_part, names, read,
+                 len(data), stats, repeats, balanced)
 
 
 def class_weights(labels: Sequence[str], names: Sequence[str]) -> torch.Tensor:

@@ -30,8 +30,8 @@ from scratchllm.checkpoint.model_dir import HEAD_FILE, read_model_config
 from scratchllm.core.console import log, warn
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import write_json
-from scratchllm.data.labelled import (Examples, check_labels, class_weights, dedupe, load_labelled, load_sms_spam,
-                                      normalise_text, overlap, stratified_split, undersample)
+from scratchllm.data.labelled import (Examples, check_labels, class_weights, load_labelled, load_sms_spam, overlap,
+                                      split_examples)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
@@ -175,10 +175,11 @@ class Splits(NamedTuple):
 def prepare_splits(cfg: ClassifyConfig) -> Splits:
     """Read the data, drop duplicate texts (unless keep_duplicates), balance, split 70/10/20.
 
-    Duplicates go before balancing and splitting, so that no text is on two sides of the split: one
-    example per normalised text (data/labelled.py `dedupe`; copies that disagree on the label are all
-    dropped), and no training example whose text is in a given --val/--test file. The overlap of the
-    final splits with train is counted either way (0 unless duplicates were kept).
+    The cut is data/labelled.py's `split_examples` (the one `evaluate fewshot` uses too): duplicates go
+    before balancing and splitting, so that no text is on two sides of the split (one example per
+    normalised text; copies that disagree on the label are all dropped; no training example whose text
+    is in a given --val/--test file). Here: what was done is logged, and the overlap of the final
+    splits with train is counted either way (0 unless duplicates were kept).
     """
     def read(path: str) -> Examples:
         return load_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header)
@@ -187,37 +188,30 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
         data = load_sms_spam(progress=cfg.progress)
     else:
         data = read(cfg.data)
-    val = read(cfg.val) if cfg.val else None
-    test = read(cfg.test) if cfg.test else None
-    given = [x for x in (val, test) if x is not None]
-    check_labels(data, given)  # one class, or unseen labels: fail early
-    duplicates: dict[str, Any] = {"kept": cfg.keep_duplicates, "examples": len(data)}
-    if cfg.keep_duplicates:
-        duplicates["repeats"] = len(data) - len({normalise_text(t) for t in data.texts})
-        log(f"duplicates: kept (--keep-duplicates); {duplicates['repeats']} of {len(data)} examples repeat an "
+    given = {"val": read(cfg.val) if cfg.val else None, "test": read(cfg.test) if cfg.test else None}
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    cut = split_examples(data, cfg.split, split_seed, **given, keep_duplicates=cfg.keep_duplicates,
+                         balance=cfg.balance == "undersample")
+    train, val, test = cut.train, cut.val, cut.test
+    duplicates: dict[str, Any] = {"kept": cfg.keep_duplicates, "examples": cut.read}
+    if cut.duplicates is None:
+        duplicates["repeats"] = cut.repeats
+        log(f"duplicates: kept (--keep-duplicates); {cut.repeats} of {cut.read} examples repeat an "
             "earlier text (compared case-folded on letters and digits)")
     else:
-        data, stats = dedupe(data, given)
+        stats = cut.duplicates
         duplicates.update(asdict(stats), removed=stats.removed)
-        held = f", {stats.held_out} whose text is in --val/--test" if given else ""
-        log(f"duplicates: removed {stats.removed} of {duplicates['examples']} examples ({stats.repeated} repeats of "
+        held = f", {stats.held_out} whose text is in --val/--test" if any(given.values()) else ""
+        left = cut.read - stats.removed
+        log(f"duplicates: removed {stats.removed} of {cut.read} examples ({stats.repeated} repeats of "
             f"an earlier text, compared case-folded on letters and digits; {stats.conflicting} copies of "
-            f"{stats.conflicting_texts} texts with conflicting labels{held}); {len(data)} left (--keep-duplicates keeps them)")
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    if cfg.balance == "undersample" and len(set(data.counts().values())) > 1:
-        before = data.counts()
-        data = undersample(data, split_seed)
-        log(f"balance: undersampled {before} -> {data.counts()}")
-    # The parts not given as files are carved from `data`, keeping their relative sizes.
-    fractions = [cfg.split[0], 0.0 if val else cfg.split[1], 0.0 if test else cfg.split[2]]
-    total = sum(fractions)
-    train, val_part, test_part = stratified_split(data, [f / total for f in fractions], split_seed)
-    train.source = f"{data.source} (train split)"
-    val, test = val or val_part, test or test_part
+            f"{stats.conflicting_texts} texts with conflicting labels{held}); {left} left (--keep-duplicates keeps them)")
+    if cut.balanced is not None:
+        log(f"balance: undersampled {cut.balanced[0]} -> {cut.balanced[1]}")
     for name, part in (("validation", val), ("test", test)):
         if not len(part):
             raise ScratchLLMError(
-                f"{data.source}: the {name} split is empty ({len(data)} examples); give more data or --{'val' if name == 'validation' else 'test'} FILE"
+                f"{data.source}: the {name} split is empty ({cut.carved} examples); give more data or --{'val' if name == 'validation' else 'test'} FILE"
             )
     duplicates["overlap"] = {"validation_in_train": overlap(train, val), "test_in_train": overlap(train, test),
                              "test_in_validation": overlap(val, test)}
