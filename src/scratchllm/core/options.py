@@ -36,7 +36,8 @@ class OptionField:
 
     name: str
     kind: type | str  # int, float, str, bool, list (of str), tuple (of floats), a Literal's values' type,
-    # or "flag_or_str" for `bool | str` (a flag that may take a value: --resume or --resume RUNDIR)
+    # or "flag_or_str" for `bool | str` (a flag that may take a value: --resume or --resume RUNDIR);
+    # `str | list[str]` is str: the list is given on the command line as one comma-separated string
     default: Any
     help: str
     optional: bool  # None is allowed
@@ -72,10 +73,11 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _split_optional(hint: Any) -> tuple[Any, bool]:
+    """(the hint without None, whether None is allowed): `int | None` -> (int, True)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], len(args) < len(typing.get_args(hint))
+        optional = len(args) < len(typing.get_args(hint))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional
     return hint, False
 
 
@@ -91,6 +93,8 @@ def option_fields(cls: type) -> list[OptionField]:
         choices = length = None
         if set(args) == {bool, str}:
             kind = "flag_or_str"
+        elif set(args) == {str, list[str]}:  # a list, given on the command line as one comma-separated string
+            kind = str
         elif origin is Literal:
             kind, choices = type(args[0]), tuple(args)
         elif origin is tuple:
@@ -110,6 +114,8 @@ def _matches(value: Any, hint: Any) -> bool:
     if value is None:
         return optional
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
     if origin is Literal:
         return value in args
     if origin is tuple:
