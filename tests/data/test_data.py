@@ -20,7 +20,8 @@ import torch
 from scratchllm.cli import main
 from scratchllm.data import (RandomWindowLoader, SequentialLoader, SlidingWindowDataset, TokenData, TokenStream,
                              eval_batches, load_corpus, prepare)
-from scratchllm.data.prepare import iter_text_chunks, safe_cut, val_tokens_for
+from scratchllm.data.inputs import iter_text_chunks, safe_cut
+from scratchllm.data.prepare import val_tokens_for
 from scratchllm.data.tokens import corpus_from_texts, token_dtype
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import Tokenizer

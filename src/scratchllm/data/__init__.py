@@ -1,4 +1,4 @@
-"""The data layer: corpora -> token shards (prepare.py) -> token streams (tokens.py) -> batches
+"""The data layer: corpora (inputs.py) -> token shards (prepare.py) -> token streams (tokens.py) -> batches
 (loaders.py); labelled examples for classification (labelled.py) and instruction records
 (instructions.py)."""
 
