@@ -30,6 +30,15 @@ def verdict(shared_data) -> Path:
     return shared_data / "the-verdict.txt"
 
 
+@pytest.fixture(scope="session")
+def gpt2_model_dir(tmp_path_factory) -> Path:
+    """A tiny random GPT with GPT-2's vocabulary and a 64-token context, as a model directory."""
+    from scratchllm.checkpoint import save_model
+    from tests.helpers import tiny_gpt
+
+    return save_model(tiny_gpt(50257, seed=5), tmp_path_factory.mktemp("gpt2tiny") / "model")
+
+
 @pytest.fixture(scope="module")
 def tok_file(tmp_path_factory, verdict) -> Path:
     """A 384-id BPE tokenizer trained on the-verdict: small vocab = fast tiny-model steps."""

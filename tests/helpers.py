@@ -1,9 +1,11 @@
-"""Models the tests build: small, random, and sharpened so that their output depends on the input."""
+"""Models the tests build: small and random (sharpened so that their output depends on the input), with
+known logits (constant, or a bigram table), for the tests of generation and evaluation; and `run_cli`."""
 
 from __future__ import annotations
 
 import torch
 
+from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 
@@ -20,3 +22,44 @@ def sharpened_gpt(vocab_size: int, seed: int = 0, sharpen: float = 10.0, **field
             if p.dim() == 2:
                 p.mul_(sharpen)
     return model
+
+
+def tiny_gpt(vocab_size: int, seed: int = 0, **overrides) -> GPT:
+    """A 2-layer, 16-wide GPT with a 64-token context (unless `overrides` say otherwise), in eval mode."""
+    fields = dict(vocab_size=vocab_size, context_length=64, emb_dim=16, n_layers=2, n_heads=2)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**fields, **overrides})).eval()
+
+
+def constant_logit_gpt(vocab_size: int, logits: torch.Tensor, **overrides) -> GPT:
+    """A real GPT whose logits are `logits` (V,) at every position: the final LayerNorm outputs
+    its bias b whatever its input (weight 0), and the untied head maps b to W b = logits."""
+    model = tiny_gpt(vocab_size, tie_embeddings=False, **overrides)
+    with torch.no_grad():
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.zero_()
+        model.final_norm.bias[0] = 1.0
+        model.out_head.weight.zero_()
+        model.out_head.weight[:, 0] = logits
+    return model
+
+
+class Bigram(torch.nn.Module):
+    """logits[b, t] = table[idx[b, t]]: the next token depends on the current one only, so any
+    off-by-one in which position scores which target changes the result."""
+
+    def __init__(self, table: torch.Tensor, context_length: int = 32):
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+        self.config = GPTConfig(vocab_size=table.shape[0], context_length=context_length, emb_dim=8,
+                                n_layers=1, n_heads=1)
+
+    def forward(self, idx):
+        return self.table[idx]  # (B, T, V)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `scratchllm ARGV` run in this process."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratchllm.data.labelled import Duplicates, Examples, dedupe, load_sms_spam, normalise_text, overlap
+from scratchllm.data.labelled import Duplicates, Examples, dedupe, load_labelled, load_sms_spam, normalise_text, overlap
 
 
 @pytest.mark.parametrize("text, normalised", [
@@ -54,3 +54,16 @@ def test_the_sms_collection_has_5131_distinct_texts(sms):
     assert stats == Duplicates(repeated=443)  # no text carries both labels
     assert len({normalise_text(t) for t in kept.texts}) == len(kept)
     assert len(set(sms.texts)) == 5171  # verbatim: 403 exact repeats; normalising finds 40 more
+
+
+def test_read_labelled_header_and_jsonl(tmp_path):
+    tsv = tmp_path / "h.tsv"
+    tsv.write_text("id\tbody\tclass\n1\thello\tham\n2\tbuy now\tspam\n", encoding="utf-8")
+    got = load_labelled(tsv, "body", "class")
+    assert (got.texts, got.labels) == (["hello", "buy now"], ["ham", "spam"])
+    got = load_labelled(tsv, "1", "2")  # positional: no header, so the header row is data
+    assert (got.texts[1:], got.labels[1:]) == (["hello", "buy now"], ["ham", "spam"])
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "hi", "label": "ham"}\n\n{"text": "win", "label": "spam"}\n', encoding="utf-8")
+    got = load_labelled(jsonl)
+    assert (got.texts, got.labels) == (["hi", "win"], ["ham", "spam"])

@@ -27,7 +27,7 @@ import torch
 
 from scratchllm.core.files import atomic_path
 from scratchllm.errors import ScratchLLMError
-from scratchllm.evaluation.lm import model_and_tokenizer
+from scratchllm.evaluation.runner import ModelSource, load_eval_model
 from scratchllm.models.gpt import attention_weights
 from scratchllm.tokenizer import Tokenizer
 
@@ -186,7 +186,7 @@ def plot_attention(weights: torch.Tensor, tokens: Sequence[str], out: str | os.P
     return _save(fig, out)
 
 
-def inspect_attention(model: Any, text: str, out: str | os.PathLike[str], *, tokenizer: Any = None,
+def inspect_attention(model: ModelSource, text: str, out: str | os.PathLike[str], *, tokenizer: Any = None,
                       layers: str | Sequence[int] | None = "all", heads: str | Sequence[int] | None = "all",
                       device: str | None = "auto") -> dict[str, Any]:
     """Draw the attention weights of `text` (chosen layers x heads) to a PNG at `out`.
@@ -194,7 +194,8 @@ def inspect_attention(model: Any, text: str, out: str | os.PathLike[str], *, tok
     Returns {"out", "tokens", "ids", "layers", "heads", "weights"} where weights is the float32
     (len(layers), len(heads), T, T) tensor that was plotted.
     """
-    model, tokenizer = model_and_tokenizer(model, tokenizer, device)
+    loaded = load_eval_model(model, tokenizer, device)
+    model, tokenizer = loaded.module, loaded.tokenizer
     layer_ids = _select(layers, model.config.n_layers, "layers")
     head_ids = _select(heads, model.config.n_heads, "heads")
     ids, weights = attention_maps(model, tokenizer, text)
@@ -247,10 +248,11 @@ def plot_next_token(result: dict[str, Any], out: str | os.PathLike[str]) -> Path
     return _save(fig, out)
 
 
-def inspect_next_token(model: Any, text: str, *, tokenizer: Any = None, top_k: int = 10,
+def inspect_next_token(model: ModelSource, text: str, *, tokenizer: Any = None, top_k: int = 10,
                        out: str | os.PathLike[str] | None = None, device: str | None = "auto") -> dict[str, Any]:
     """Top-k next tokens after `text` (see `next_token_distribution`), with a bar chart if `out`."""
-    model, tokenizer = model_and_tokenizer(model, tokenizer, device)
+    loaded = load_eval_model(model, tokenizer, device)
+    model, tokenizer = loaded.module, loaded.tokenizer
     result = next_token_distribution(model, tokenizer, text, top_k)
     if out is not None:
         result["out"] = str(plot_next_token(result, out))
