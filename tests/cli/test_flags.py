@@ -15,6 +15,26 @@ from tests.cli.flags import flag_table
 BEFORE = json.loads((Path(__file__).parent / "flags_before_options_refactor.json").read_text())
 NOW = flag_table()
 
+# Values issue 24 asks every verb to check as one already does (LoadConfig.dtype): a flag that took any
+# string may now take only these.
+NOW_CHECKED = {"--dtype": ["float32", "bfloat16", "float16"]}
+
+
+def _by_name(flags: dict) -> dict:
+    # A generated boolean flag is "--x/--no-x" where a hand-written one was "--x": --x still means the
+    # same, --no-x is new. Flags are compared by their first option string.
+    return {key.split("/")[0]: value for key, value in flags.items()}
+
+
+def _same_meaning(flag: str, key: str, before, now) -> bool:
+    if key == "type":  # argparse keeps the string either way
+        return (before or "str") == (now or "str")
+    if key == "const" and before is True and now is None:  # store_true -> BooleanOptionalAction: --x sets True
+        return True
+    if key == "choices" and before is None and now is not None:
+        return NOW_CHECKED.get(flag) == now
+    return before == now
+
 
 def _same_default(before, now) -> bool:
     # A default that used to be shown only in the help text ("(default: 0.0006)") may now be a real
@@ -31,13 +51,14 @@ def _same_default(before, now) -> bool:
 @pytest.mark.parametrize("verb", sorted(BEFORE))
 def test_every_flag_of_the_verb_keeps_its_name_default_and_meaning(verb):
     assert verb in NOW, f"verb {verb!r} disappeared"
-    missing = sorted(set(BEFORE[verb]) - set(NOW[verb]))
+    before, current = _by_name(BEFORE[verb]), _by_name(NOW[verb])
+    missing = sorted(set(before) - set(current))
     assert not missing, f"{verb}: flags disappeared: {missing}"
-    for flag, was in BEFORE[verb].items():
-        now = NOW[verb][flag]
+    for flag, was in before.items():
+        now = current[flag]
         assert _same_default(was["default"], now["default"]), f"{verb} {flag}: default {was['default']!r} -> {now['default']!r}"
         for key in ("nargs", "choices", "required", "type", "const"):
-            assert was[key] == now[key], f"{verb} {flag}: {key} {was[key]!r} -> {now[key]!r}"
+            assert _same_meaning(flag, key, was[key], now[key]), f"{verb} {flag}: {key} {was[key]!r} -> {now[key]!r}"
 
 
 def test_the_comparison_catches_a_changed_default():
@@ -47,3 +68,12 @@ def test_the_comparison_catches_a_changed_default():
     assert not _same_default(BEFORE[verb][flag]["default"], 0.7)
     assert not _same_default({"from_help": "0.0006"}, 0.0003)
     assert _same_default({"from_help": "0.0006"}, 0.0006)
+
+
+def test_the_comparison_allows_only_changes_that_keep_the_meaning():
+    assert _same_meaning("--out", "type", None, "str") and not _same_meaning("--limit", "type", None, "int")
+    assert _same_meaning("--overwrite", "const", True, None) and not _same_meaning("--x", "const", 1, None)
+    assert _same_meaning("--dtype", "choices", None, ["float32", "bfloat16", "float16"])
+    assert not _same_meaning("--dtype", "choices", None, ["float32"])
+    assert not _same_meaning("--device", "choices", None, ["cpu", "cuda"])  # not asked for: a flag keeps taking any value
+    assert _by_name({"--stream/--no-stream": 1, "--out": 2}) == {"--stream": 1, "--out": 2}

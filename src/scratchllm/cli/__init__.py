@@ -1,8 +1,8 @@
 """The `scratchllm` command line: one verb per library function, and the one place that prints results.
 
 Each verb is a small `add_<verb>` function that declares its arguments and a `run` function that calls
-the library, in the module of its group (`text`, `training`, `using` and `chat`, `measuring`,
-`converting`; the shared machinery in `base`); all the work lives in the library so notebooks and
+the library, in the module of its group (`text`, `training`, `using` and `chat`, `evaluating` and
+`measuring`, `converting`; the shared machinery in `base`); all the work lives in the library so notebooks and
 tests use the same path. Options with many settings come from the library's config dataclasses (`add_options`: one flag per field,
 its type, default and help declared once, beside the field). Bad input raises ScratchLLMError,
 printed here as one line on stderr with exit code 2. Results go to stdout so they can be piped;
@@ -16,7 +16,8 @@ import argparse
 import os
 import sys
 
-from scratchllm.cli import chat, converting, measuring, text, training, using  # noqa: F401 (each registers its verbs)
+# each module registers its verbs
+from scratchllm.cli import chat, converting, evaluating, measuring, text, training, using  # noqa: F401
 from scratchllm.cli.base import GROUPS, VERBS
 from scratchllm.cli.chat import chat_piped, chat_repl
 from scratchllm.errors import ScratchLLMError
