@@ -118,7 +118,8 @@ def test_padded_paths_leave_parameters_checkpoints_and_sampling_unpadded(tmp_pat
     rows; the saved directory holds (vocab_size, C) tensors that load anywhere, and generation
     draws only real ids."""
     from scratchllm.checkpoint.loader import load
-    from scratchllm.checkpoint.model_dir import read_safetensors, save_model
+    from scratchllm.checkpoint.model_dir import save_model
+    from scratchllm.checkpoint.weights import read_safetensors
     from scratchllm.inference.generation import generate_ids
 
     model = tiny()

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from scratchllm.checkpoint import save_model
+from scratchllm.checkpoint.kinds import HEAD_FILE
 from scratchllm.checkpoint.loader import load
-from scratchllm.checkpoint.model_dir import HEAD_FILE
 from scratchllm.data.labelled import (label_names, load_labelled, load_sms_spam, normalise_text, stratified_split,
                                       undersample)
 from scratchllm.evaluation.metrics import classification_report

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from scratchllm.checkpoint.model_dir import read_safetensors
+from scratchllm.checkpoint.weights import read_safetensors
 from scratchllm.core.files import read_json, write_atomic, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import LoRAConfig, apply_lora, lora_config_of, lora_state_dict, set_tensors

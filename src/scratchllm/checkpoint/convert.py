@@ -15,9 +15,10 @@ import torch
 from scratchllm.checkpoint.adapter_dir import ADAPTER_WEIGHTS, load_adapters, read_adapter_config
 from scratchllm.checkpoint.hf import GENERATION_CONFIG
 from scratchllm.checkpoint.hf_families import adapter_for_model
+from scratchllm.checkpoint.kinds import kind_of_config, registered
 from scratchllm.checkpoint.loader import load, locate
-from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_kind, read_model_config,
-                                             resolve_model_dir, save_model)
+from scratchllm.checkpoint.model_dir import (CONFIG_FILE, RESERVED_KEYS, TOKENIZER_FILE, dir_format,
+                                             read_model_config, resolve_model_dir, save_model)
 from scratchllm.core.files import atomic_directory, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import merge_lora
@@ -41,7 +42,7 @@ def import_hf(
         if path.is_file() and path.name != CONFIG_FILE and path.suffix not in (".safetensors", ".bin"):
             raise ScratchLLMError(f"{path}: not a Hugging Face model directory (a file; expected a directory "
                                   f"holding {CONFIG_FILE} and the weights)")
-        if dir_kind(resolve_model_dir(path)) == "scratchllm":
+        if dir_format(resolve_model_dir(path)) == "scratchllm":
             raise ScratchLLMError(f"{resolve_model_dir(path)}: already a scratchllm model directory; nothing to import")
     model, tokenizer = load(text, dtype=dtype, kind="gpt")
     return save_model(model, out, tokenizer=None if tokenizer.spec.get("type") == "gpt2" else tokenizer,
@@ -49,14 +50,16 @@ def import_hf(
 
 
 def _is_hf_dir(directory: Path) -> bool:
-    return dir_kind(directory, strict=False) == "hf"
+    return dir_format(directory, strict=False) == "hf"
 
 
 def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write a scratchllm model (directory, run directory or anything `load` takes) as a Hugging Face
     directory that `transformers.AutoModelForCausalLM.from_pretrained` loads, in the family its
     switches make it (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM; see
-    `hf.adapter_for_model`).
+    `hf_families.adapter_for_model`). The directory's kind must export to "hf" (checkpoint/kinds.py: a
+    LoRA directory goes with its adapters merged, a classifier as its GPT body; an encoder or an
+    encoder-decoder is a one-line error).
 
     With GPT-2's tokenizer, vocab.json and merges.txt are added so `AutoTokenizer` loads too; a
     Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
@@ -68,6 +71,8 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     from safetensors.torch import save_file
 
     where, d = locate(model_dir)
+    if where == "scratchllm":  # an encoder or an encoder-decoder has no family to go to
+        registered(kind_of_config(read_model_config(d))).check_export("hf", d)
     model, tokenizer = load(d, kind="gpt")
     config = model.config
     if config.logit_softcap is not None:  # no family has it: exporting would change the logits

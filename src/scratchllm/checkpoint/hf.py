@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from scratchllm.checkpoint.hf_families import adapter_for, config_from_hf
-from scratchllm.checkpoint.model_dir import CONFIG_FILE, gpt_from_state_dict, read_safetensors
+from scratchllm.checkpoint.model_dir import CONFIG_FILE
+from scratchllm.checkpoint.weights import gpt_from_state_dict, read_safetensors
 from scratchllm.core.download import cache_dir, download_file
 from scratchllm.core.files import read_json, write_json
 from scratchllm.errors import ScratchLLMError

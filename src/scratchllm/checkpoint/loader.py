@@ -19,34 +19,34 @@ from torch import nn
 from scratchllm.checkpoint.adapter_dir import has_adapters, load_adapters
 from scratchllm.checkpoint.hf import hf_tokenizer, hub_dir, load_hf
 from scratchllm.checkpoint.hf_families import config_from_hf
-from scratchllm.checkpoint.model_dir import (CONFIG_FILE, KINDS, build_model, dir_kind, kind_of_config,
-                                             read_model_config, read_tokenizer, resolve_model_dir)
+from scratchllm.checkpoint.kinds import kind_of_config, loadable_kinds, registered
+from scratchllm.checkpoint.model_dir import (CONFIG_FILE, build_model, dir_format, read_model_config, read_tokenizer,
+                                             resolve_model_dir)
 from scratchllm.core.files import read_json
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.classifier import Classifier
 from scratchllm.models.config import PRESETS, GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import merge_lora
 from scratchllm.tokenizer import Tokenizer
 
 
-
 def locate(path_or_name: str | os.PathLike[str]) -> tuple[str, Path]:
-    """("scratchllm" | "hf", directory) for anything `load` accepts; downloads a hub name once."""
+    """(format, directory) for anything `load` accepts, the format "scratchllm" or "hf"; downloads a hub
+    name once."""
     text = os.fspath(path_or_name)
     p = Path(text).expanduser()
     if p.exists():
         d = resolve_model_dir(p)
-        kind = dir_kind(d)
-        assert kind is not None
-        return kind, d
+        fmt = dir_format(d)
+        assert fmt is not None
+        return fmt, d
     return "hf", hub_dir(text)
 
 
 def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
     """The tokenizer recorded with a model (GPT-2's for Hugging Face GPT-2 directories and names)."""
-    kind, d = locate(path_or_name)
-    return hf_tokenizer(d) if kind == "hf" else read_tokenizer(d)
+    fmt, d = locate(path_or_name)
+    return hf_tokenizer(d) if fmt == "hf" else read_tokenizer(d)
 
 
 def resolve_tokenizer(spec: Any) -> Tokenizer:
@@ -59,25 +59,6 @@ def resolve_tokenizer(spec: Any) -> Tokenizer:
     if isinstance(spec, (str, os.PathLike)) and str(spec) != "gpt2" and not Path(spec).is_file():
         raise ScratchLLMError(f"tokenizer {str(spec)!r}: expected 'gpt2', a tokenizer.json file or a model directory")
     return Tokenizer.from_spec(spec)
-
-
-_WANTS = {
-    None: KINDS,
-    "gpt": ("gpt", "encoder", "lora", "classifier"),  # anything that holds a GPT (a classifier's body)
-    "encoder": ("encoder",),
-    "classifier": ("classifier",),
-    "seq2seq": ("seq2seq",),
-}
-_WHAT = {
-    "gpt": "a GPT decoder", "encoder": "an encoder (causal false)", "lora": "a GPT with LoRA adapters",
-    "classifier": "a classifier", "seq2seq": "an encoder-decoder (seq2seq)",
-}
-_HOW_TO_MAKE = {
-    "encoder": "train one with `scratchllm pretrain --objective mlm`",
-    "classifier": "make one with `scratchllm finetune classify`",
-    "seq2seq": "train one with `scratchllm pretrain --objective seq2seq`",
-    "gpt": "an encoder-decoder is used with `scratchllm translate`",
-}
 
 
 def load(
@@ -97,22 +78,25 @@ def load(
     "classifier" and "seq2seq" give that kind or a one-line error saying how to make one. LoRA
     adapter files beside a model's weights (adapter.safetensors) are applied too.
     """
-    if kind not in _WANTS:
-        raise ScratchLLMError(f"load: kind {kind!r}; expected one of {', '.join(k for k in _WANTS if k)} or None")
-    where, d = locate(path_or_name)
-    if where == "hf":
-        if kind not in (None, "gpt"):
-            raise ScratchLLMError(f"{d}: a Hugging Face causal language model, not {_WHAT[kind]}; {_HOW_TO_MAKE[kind]}")
+    asked = loadable_kinds()
+    if kind is not None and kind not in asked:
+        raise ScratchLLMError(f"load: kind {kind!r}; expected one of {', '.join(asked)} or None")
+    fmt, d = locate(path_or_name)
+    if fmt == "hf":  # a causal decoder: whatever a gpt directory loads as
+        if kind is not None and kind not in registered("gpt").load_as:
+            wanted = registered(kind)
+            raise ScratchLLMError(f"{d}: a Hugging Face causal language model, not {wanted.what}; {wanted.how_to_make}")
         model = load_hf(d, device, dtype)
         return model, load_tokenizer(d)
     data = read_model_config(d)
-    found = kind_of_config(data)
-    if found not in _WANTS[kind]:
-        raise ScratchLLMError(f"{d}: {_WHAT[found]}, not {_WHAT[kind]}; {_HOW_TO_MAKE[kind]}")
-    model = build_model(d, data, found, device, dtype, merge)
-    if kind == "gpt" and isinstance(model, Classifier):
-        model = model.body
-    if isinstance(model, GPT) and found != "lora":
+    found = registered(kind_of_config(data))
+    if kind is not None and kind not in found.load_as:
+        wanted = registered(kind)
+        raise ScratchLLMError(f"{d}: {found.what}, not {wanted.what}; {wanted.how_to_make}")
+    model = build_model(d, data, found.name, device, dtype, merge)
+    if kind is not None:
+        model = found.load_as[kind](model)  # e.g. a classifier's body when a GPT is asked for
+    if isinstance(model, GPT) and found.adapter_files:
         if has_adapters(d):
             load_adapters(model, d)
             if merge:

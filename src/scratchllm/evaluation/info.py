@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from scratchllm.checkpoint.kinds import kind_of_config
 from scratchllm.checkpoint.loader import read_config
-from scratchllm.checkpoint.model_dir import kind_of_config, read_model_config, resolve_model_dir
+from scratchllm.checkpoint.model_dir import read_model_config, resolve_model_dir
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder

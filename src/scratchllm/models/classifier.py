@@ -11,7 +11,7 @@ token, and train on labelled texts with cross-entropy.
 Why the last real token: in a causal model only the last position has attended to the whole text.
 Padding goes on the right, so real tokens never attend to it and their hidden states do not depend
 on how much padding the batch adds; the classifier reads position `length - 1`, never a pad token.
-The recipe is `recipes/classify.py`; files are `checkpoint/model_dir.py` (kind "classifier").
+The recipe is `recipes/classify.py`; files are `checkpoint/kinds.py` (kind "classifier").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ config's: learned, sinusoidal (the paper's) or rotary. The decoder starts from <
 
 Decoding: `greedy_decode` (batched, with the decoder's KV cache) and `beam_search` (beam size k,
 length-normalised scores, shrinking beam: beam 1 is exactly greedy). Training is
-`recipes/seq2seq.py`; files are `checkpoint/model_dir.py` (kind "seq2seq").
+`recipes/seq2seq.py`; files are `checkpoint/kinds.py` (kind "seq2seq").
 """
 
 from __future__ import annotations

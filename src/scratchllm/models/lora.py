@@ -12,7 +12,7 @@ added into W ("merged"), which leaves a plain model with no extra cost at infere
 Here: `apply_lora` swaps the chosen `nn.Linear` layers of a model for `LoRALinear` and freezes
 everything else; the recipes (instruction tuning, classification) then train as usual; `merge_lora`
 folds the adapters into plain `nn.Linear` weights. Writing and reading adapters (alone, or inside a
-LoRA run's checkpoints) is `checkpoint/adapters.py` and `checkpoint/model_dir.py` (kind "lora").
+LoRA run's checkpoints) is `checkpoint/adapter_dir.py` and `checkpoint/kinds.py` (kind "lora").
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.checkpoint.kinds import HEAD_FILE
 from scratchllm.checkpoint.loader import load
-from scratchllm.checkpoint.model_dir import HEAD_FILE, read_model_config
+from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.console import log, warn
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import write_json
