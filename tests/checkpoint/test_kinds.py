@@ -99,7 +99,8 @@ def test_a_registered_kind_is_refused_where_it_does_not_fit(tmp_path, bigram_kin
                                               r"`scratchllm finetune classify`$"):
         load(d, kind="classifier")
     gpt = save_model(sharpened_gpt(64), tmp_path / "gpt")
-    with pytest.raises(ScratchLLMError, match=r"^.*/gpt: a GPT decoder, not a bigram table; count one with `toy bigram`$"):
+    with pytest.raises(ScratchLLMError, match=r"^.*/gpt: a GPT decoder, not a bigram table; count one with "
+                                              r"`toy bigram`$"):
         load(gpt, kind="bigram")
     with pytest.raises(ScratchLLMError, match=r"^load: kind 'lora'; expected one of gpt, encoder, classifier, seq2seq, "
                                               r"bigram or None$"):

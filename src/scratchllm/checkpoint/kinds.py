@@ -9,13 +9,15 @@ it can be exported to. `save_model`, `load`, `load_weights` and the exporters as
 adding a kind is one `register(ModelKind(...))` (tests/checkpoint/test_kinds.py registers a toy one
 in its test file and saves and loads it).
 
-| kind         | model                                      | files and config.json keys                        |
-|--------------|--------------------------------------------|---------------------------------------------------|
-| `gpt`        | `GPT` (a causal decoder)                   | model.safetensors                                 |
-| `encoder`    | `GPT` with `causal=False` (MLM encoder)    | model.safetensors                                 |
-| `lora`       | `GPT` with unmerged LoRA adapters          | base + lora_A/B tensors; "lora": adapter settings |
-| `classifier` | `Classifier` (GPT body + head)             | the body; classifier.safetensors: the head (and unmerged adapters); "labels", "pooling", "max_length" |
-| `seq2seq`    | `EncoderDecoder`                           | encoder.* and decoder.* tensors, the shared embedding once; "objective": "seq2seq" |
+    kind        model                                    files beside config.json; its own config.json keys
+    gpt         GPT (a causal decoder)                   model.safetensors
+    encoder     GPT with causal=False (an MLM encoder)   model.safetensors
+    lora        GPT with unmerged LoRA adapters          model.safetensors (base + lora_A/B); "lora"
+    classifier  Classifier (a GPT body + a linear head)  model.safetensors (the body), classifier.safetensors
+                                                         (the head, unmerged adapters); "labels", "pooling",
+                                                         "max_length" (and "lora_merged")
+    seq2seq     EncoderDecoder                           model.safetensors (encoder.*, decoder.*, the shared
+                                                         embedding once); "objective": "seq2seq"
 
 The registry orders the kinds as registered; error messages list them in that order.
 """
