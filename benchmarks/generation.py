@@ -31,7 +31,7 @@ import time
 import torch
 
 from scratchllm.checkpoint.hf_families import GPT2Adapter
-from scratchllm.checkpoint.model_dir import gpt_from_state_dict
+from scratchllm.checkpoint.weights import gpt_from_state_dict
 from scratchllm.inference.decode_kernels import optimize_for_decoding, split_product
 from scratchllm.inference.generation import generate_ids
 from scratchllm.models.config import GPTConfig

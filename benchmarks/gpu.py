@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from benchmarks.generation import weight_bytes_per_token
 from scratchllm.checkpoint.hf_families import GPT2Adapter
-from scratchllm.checkpoint.model_dir import gpt_from_state_dict
+from scratchllm.checkpoint.weights import gpt_from_state_dict
 from scratchllm.core.device import peak_flops, resolve_device
 from scratchllm.inference.generation import generate_ids
 from scratchllm.models.config import GPTConfig
