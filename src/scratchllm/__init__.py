@@ -18,7 +18,7 @@ _EXPORTS = {
     "ScratchLLMError": "scratchllm.errors",
     "GPTConfig": "scratchllm.models.config",
     "GPT": "scratchllm.models.gpt",
-    "Tokenizer": "scratchllm.tokenizer.tokenizer",
+    "Tokenizer": "scratchllm.tokenizer",
     "generate": "scratchllm.inference.generation",
     "stream": "scratchllm.inference.generation",
     "load": "scratchllm.checkpoint.loader",
@@ -41,4 +41,4 @@ if TYPE_CHECKING:  # for editors and type checkers
     from scratchllm.inference.generation import generate, stream
     from scratchllm.models.config import GPTConfig
     from scratchllm.models.gpt import GPT
-    from scratchllm.tokenizer.tokenizer import Tokenizer
+    from scratchllm.tokenizer import Tokenizer

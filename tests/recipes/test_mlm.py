@@ -19,7 +19,7 @@ from scratchllm.models.classifier import Classifier
 from scratchllm.models.gpt import GPT
 from scratchllm.recipes.mlm import MaskingConfig, MLMTask, mask_tokens, mlm_loss
 from scratchllm.recipes.pretrain import pretrain
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import BPETokenizer, Tokenizer
 
 SENTENCES = ["the cat sat on the mat.", "the dog ran in the park.", "a bird sang in the tree.", "my fish swam in the bowl."]
 
@@ -44,7 +44,7 @@ def test_mask_token_is_appended_after_the_vocabulary_and_survives_a_model_direct
 
 def test_a_tokenizer_without_mask_token_is_refused_by_name():
     with pytest.raises(ScratchLLMError, match=r"the tokenizer has no <\|mask\|> token .*--objective mlm"):
-        mask_token_id(Tokenizer([], {"<|endoftext|>": 256}))
+        mask_token_id(BPETokenizer([], {"<|endoftext|>": 256}))
 
 
 # --------------------------------------------------------------------------------------------------

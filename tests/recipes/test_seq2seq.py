@@ -21,14 +21,14 @@ from scratchllm.inference.translate import translate
 from scratchllm.models.encoder_decoder import DecoderSteps, EncoderDecoder, beam_decode, beam_search, greedy_decode
 from scratchllm.recipes.pretrain import pretrain
 from scratchllm.recipes.seq2seq import collate_pairs, encode_pairs, exact_match, load_pairs
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import BPETokenizer, Tokenizer
 
 EOT = 256  # the byte-level tokenizer: ids 0..255 are bytes, 256 is <|endoftext|>
 LETTERS = "abcdefgh"
 
 
 def byte_tokenizer() -> Tokenizer:
-    return Tokenizer([], {"<|endoftext|>": EOT})
+    return BPETokenizer([], {"<|endoftext|>": EOT})
 
 
 def reversal_words(n: int, seed: int = 0) -> list[str]:

@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import Tokenizer, bytes_to_unicode
-from scratchllm.tokenizer.hf import PrefixSpace, Split, merge_by_pair_rank, read_hf_tokenizer
+from scratchllm.tokenizer import BPETokenizer, Tokenizer, bytes_to_unicode
+from scratchllm.tokenizer.hf_files import read_hf_tokenizer
+from scratchllm.tokenizer.hf_pipeline import PrefixSpace, Split, merge_by_pair_rank
 from tests.hf_tokenizers import KINDS, LLAMA3_PATTERN, TEXTS
 
 BACKENDS = ("python", "tokenizers")
@@ -375,9 +376,9 @@ def test_bad_vocabulary_and_config(hf_tokenizer_dir, tmp_path):
 def test_written_tokenizer_json_follows_our_merge_rule_where_pair_ranks_alone_would_not(text):
     """Merges ab, bc, then abc = a + bc: our rule (tiktoken's) merges ab + c into abc as well, which
     a merge list of the trained pairs alone never does; the written file lists that pair too."""
-    from scratchllm.tokenizer.hf import byte_level_tokenizer_json
+    from scratchllm.tokenizer.hf_files import byte_level_tokenizer_json
 
-    ours = Tokenizer([(b"a", b"b"), (b"b", b"c"), (b"a", b"bc")], {"<|endoftext|>": 259})
+    ours = BPETokenizer([(b"a", b"b"), (b"b", b"c"), (b"a", b"bc")], {"<|endoftext|>": 259})
     assert ours.encode("abc") == [258]
     data = byte_level_tokenizer_json([ours.token_bytes(i) for i in range(259)], ours.special_tokens, ours.pattern)
     assert ["ab", "c"] in data["model"]["merges"] and ["a", "bc"] in data["model"]["merges"]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import GPT2_PATTERN, Tokenizer
+from scratchllm.tokenizer import GPT2_PATTERN, BPETokenizer, Tokenizer
 from scratchllm.tokenizer.pretokenize import bmp_classes, gpt2_re_pattern, has_astral, pretokenizer
 from tests.tokenizer.test_tokenizer import gpt2_python, reference  # noqa: F401  (fixtures)
 
@@ -79,7 +79,7 @@ def test_other_patterns_run_in_regex() -> None:
     with pytest.raises(regex.error):
         pretokenizer("(unclosed")
     with pytest.raises(ScratchLLMError, match="not a valid regex"):
-        Tokenizer([], pattern="(unclosed")
+        BPETokenizer([], pattern="(unclosed")
 
 
 # Characters the pattern treats specially, mixed with any other BMP character: random text rarely

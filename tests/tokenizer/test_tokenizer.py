@@ -25,7 +25,7 @@ from scratchllm.core.download import download_file
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bpe, gpt2_files, token_pieces, train_tokenizer
 from scratchllm.tokenizer import gpt2 as gpt2_module
-from scratchllm.tokenizer import tokenizer as tokmod
+from scratchllm.tokenizer import batch
 from scratchllm.tokenizer.gpt2 import GPT2_FILES
 
 
@@ -266,7 +266,7 @@ def test_decode_partial_and_bad_ids(gpt2_python: Tokenizer) -> None:
 def test_encode_batch_matches_encode(gpt2: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     texts = CORPORA["sms"][:2000] + ["", ENDOFTEXT]
     want = [gpt2.encode(t, allowed_special="all") for t in texts]
-    monkeypatch.setattr(tokmod, "_PARALLEL_MIN_CHARS", 0)  # force worker processes for python
+    monkeypatch.setattr(batch, "PARALLEL_MIN_CHARS", 0)  # force worker processes for python
     assert gpt2.encode_batch(texts, allowed_special="all", num_workers=2) == want
     assert gpt2.encode_batch(texts, allowed_special="all", num_workers=3) == want
     assert gpt2.encode_batch(texts, allowed_special="all", num_workers=1) == want

@@ -23,7 +23,7 @@ from scratchllm.core.files import atomic_directory, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.lora import merge_lora
 from scratchllm.tokenizer import ENDOFTEXT, gpt2_files
-from scratchllm.tokenizer.hf import TOKENIZER_CONFIG, TOKENIZER_JSON, byte_level_tokenizer_json
+from scratchllm.tokenizer.hf_files import TOKENIZER_CONFIG, TOKENIZER_JSON, byte_level_tokenizer_json
 
 
 def import_hf(
@@ -65,7 +65,7 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json, the chat template) are
     copied as they are, with a generation_config.json naming the ids that end an answer (the
     chat template's end-of-turn token too); a tokenizer trained here is written as a tokenizer.json
-    that gives its ids (`tokenizer.hf.byte_level_tokenizer_json`) with a tokenizer_config.json, so
+    that gives its ids (`tokenizer.hf_files.byte_level_tokenizer_json`) with a tokenizer_config.json, so
     `AutoTokenizer` loads it as well, and copied as scratchllm_tokenizer.json.
     """
     from safetensors.torch import save_file

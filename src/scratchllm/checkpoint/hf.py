@@ -25,7 +25,7 @@ from scratchllm.core.files import read_json, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
-from scratchllm.tokenizer.hf import TOKENIZER_JSON
+from scratchllm.tokenizer.hf_files import TOKENIZER_JSON
 
 # OpenAI's four GPT-2 releases, as named on the Hugging Face hub (Radford et al. 2019, table 2).
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")

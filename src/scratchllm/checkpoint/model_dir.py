@@ -23,7 +23,6 @@ existing one is replaced only by a model of the same family.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -39,12 +38,11 @@ from scratchllm.core.files import atomic_directory, read_json, write_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.size import check_fits
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import TOKENIZER_FILE, Tokenizer
 
 FORMAT = "scratchllm"
 VERSION = 1
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
 RESERVED_KEYS = ("format", "version", "kind", "model", "tokenizer")
 
 
@@ -89,16 +87,9 @@ def _same_family(kind: ModelKind) -> Callable[[Path], bool]:
 
 
 def tokenizer_spec(tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """What config.json records of a tokenizer: {"type": "gpt2"}, or a trained one's file and SHA-256,
-    or a Hugging Face one's ("hf": its tokenizer.json's SHA-256, and the extra stop ids it was given)."""
-    if tokenizer is None or tokenizer.spec.get("type") == "gpt2":
-        return {"type": "gpt2"}
-    blob = tokenizer.to_json_bytes()
-    if tokenizer.hf_files:
-        spec: dict[str, Any] = {"type": "hf", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
-        stop_ids = tokenizer.spec.get("stop_ids")
-        return {**spec, "stop_ids": list(stop_ids)} if stop_ids else spec
-    return {"type": "bpe", "file": TOKENIZER_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+    """What config.json records of a tokenizer (None meaning GPT-2's): its description with the file
+    named as the directory keeps it (`Tokenizer.describe`, tokenizer/description.py)."""
+    return {"type": "gpt2"} if tokenizer is None else tokenizer.describe(TOKENIZER_FILE)
 
 
 def save_model(
@@ -135,13 +126,8 @@ def save_model(
     size = sum(t.numel() * t.element_size() for tensors in files.values() for t in tensors.values())
     with atomic_directory(directory, _same_family(kind), f"a scratchllm model directory of the same kind ({kind.name})",
                           size=size) as tmp:
-        if spec["type"] == "hf":  # the Hugging Face files as they were read, tokenizer.json included
-            for name, blob in tokenizer.hf_files.items():
-                (tmp / name).write_bytes(blob)
-        elif spec["type"] != "gpt2":
-            # Written here rather than with tokenizer.save, which would repoint the caller's
-            # tokenizer.spec at this temporary directory.
-            (tmp / TOKENIZER_FILE).write_bytes(tokenizer.to_json_bytes())
+        if tokenizer is not None:  # its files as read (not tokenizer.save, which would repoint it at tmp)
+            tokenizer.write_files(tmp)
         write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": VERSION, "kind": kind.name,
                                        "model": config.to_dict(), "tokenizer": spec, **keys, **extra})
         for name, tensors in files.items():  # model.safetensors, then the kind's other files
@@ -217,26 +203,10 @@ def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 def read_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
     """The tokenizer a scratchllm model directory records: GPT-2's, or its own tokenizer.json
     (checked against the SHA-256 in config.json): a trained one, or a Hugging Face one with its
-    tokenizer_config.json and chat template beside it."""
+    tokenizer_config.json and chat template beside it (`Tokenizer.from_description`)."""
     d = resolve_model_dir(directory)
-    spec = read_model_config(d).get("tokenizer", {"type": "gpt2"})
-    if spec.get("type") == "gpt2":
-        return Tokenizer.gpt2()
-    if spec.get("type") in ("bpe", "hf"):
-        file = spec.get("file")
-        if not isinstance(file, str) or Path(file).name != file:
-            raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'file' is {file!r}, expected a file name inside the directory")
-        stop_ids = spec.get("stop_ids") or []
-        if not (isinstance(stop_ids, list) and all(isinstance(i, int) for i in stop_ids)):
-            raise ScratchLLMError(f"{d / CONFIG_FILE}: tokenizer 'stop_ids' is {stop_ids!r}, expected a list of token ids")
-        tokenizer = Tokenizer.from_hf(d / file, stop_ids=stop_ids) if spec["type"] == "hf" else Tokenizer.load(d / file)
-        want = spec.get("sha256")
-        if want and tokenizer.spec.get("sha256") != want:
-            raise ScratchLLMError(
-                f"{d / file}: SHA-256 is {tokenizer.spec.get('sha256')}, expected {want} as recorded in {d / CONFIG_FILE}"
-            )
-        return tokenizer
-    return Tokenizer.from_spec(spec)
+    recorded = read_model_config(d).get("tokenizer", {"type": "gpt2"})
+    return Tokenizer.from_description(recorded, directory=d, source=str(d / CONFIG_FILE))
 
 
 # --------------------------------------------------------------------------------------------------

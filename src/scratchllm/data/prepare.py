@@ -16,7 +16,6 @@ import math
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from collections import deque
@@ -345,23 +344,10 @@ def prepare(
         train.close()
         val.close()
 
-        spec = tok.spec
-        if tok.hf_files:  # a Hugging Face tokenizer: its files (config and chat template too) go with the data
-            for name, blob in tok.hf_files.items():
-                (tmp / name).write_bytes(blob)
-            spec = {**spec, "file": str((out_path / TOKENIZER_FILE).absolute()),
-                    "sha256": hashlib.sha256(tok.to_json_bytes()).hexdigest()}
-        elif spec.get("type") != "gpt2":
-            # Keep the vocabulary with the data; the spec points at the copy's final location.
-            src = spec.get("file")
-            if src and Path(src).is_file():
-                shutil.copyfile(src, tmp / TOKENIZER_FILE)
-                blob = (tmp / TOKENIZER_FILE).read_bytes()
-            else:
-                blob = tok.to_json_bytes()
-                (tmp / TOKENIZER_FILE).write_bytes(blob)
-            spec = {"type": "bpe", "file": str((out_path / TOKENIZER_FILE).absolute()),
-                    "sha256": hashlib.sha256(blob).hexdigest()}
+        # The tokenizer's files go with the data (a Hugging Face one's config and chat template too; none
+        # for GPT-2's), and the description points at the copy's final location.
+        tok.write_files(tmp)
+        spec = tok.describe((out_path / TOKENIZER_FILE).absolute())
         meta = {
             "format": FORMAT,
             "version": VERSION,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import TOKENIZER_FILE, Tokenizer
 
 FORMAT = "scratchllm-tokens"
 
@@ -30,10 +30,6 @@ VERSION = 1
 
 
 META_FILE = "meta.json"
-
-
-TOKENIZER_FILE = "tokenizer.json"  # copy of a trained tokenizer, so a DATADIR is self-describing
-
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -152,15 +148,17 @@ class TokenData:
 
     @property
     def tokenizer_spec(self) -> dict[str, Any]:
-        """Spec for `Tokenizer.from_spec`; a trained tokenizer resolves to this DATADIR's copy."""
+        """The tokenizer's description (meta.json's); a trained or Hugging Face tokenizer resolves to this
+        DATADIR's copy, wherever the directory has moved since."""
         spec = dict(self.meta["tokenizer"])
         if self.path is not None and spec.get("type") in ("bpe", "hf") and (self.path / TOKENIZER_FILE).is_file():
             spec["file"] = str((self.path / TOKENIZER_FILE).absolute())
         return spec
 
-    def tokenizer(self) -> Any:
-        """The tokenizer these ids came from."""
-        return Tokenizer.from_spec(self.tokenizer_spec)
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer these ids came from, checked against meta.json's SHA-256."""
+        source = str(self.path / META_FILE) if self.path is not None else None
+        return Tokenizer.from_description(self.tokenizer_spec, source=source)
 
     @property
     def vocab_size(self) -> int:
@@ -237,7 +235,7 @@ def in_memory(train_ids: np.ndarray, val_ids: np.ndarray, tok: Tokenizer, source
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "tokenizer": tok.spec,
+        "tokenizer": tok.describe(),
         "vocab_size": tok.vocab_size,
         "dtype": train_ids.dtype.name,
         "eot_id": tok.eot_id,

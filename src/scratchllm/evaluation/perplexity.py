@@ -23,7 +23,7 @@ from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.runner import EvalModel, Evaluation, Request
 from scratchllm.evaluation.tasks import PerplexityTask
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import Tokenizer, same_tokenizer
 
 
 class Stream(Protocol):
@@ -79,9 +79,8 @@ def open_stream(data: str | os.PathLike[str], tokenizer: Tokenizer) -> tuple[Str
     path = Path(data)
     if path.is_dir():
         corpus = load_corpus(path, tokenizer, 0.0)
-        theirs, ours = corpus.meta.get("tokenizer", {}), tokenizer.spec
-        if (corpus.vocab_size != tokenizer.vocab_size or theirs.get("type") != ours.get("type")
-                or (theirs.get("sha256") and ours.get("sha256") and theirs["sha256"] != ours["sha256"])):
+        theirs, ours = corpus.meta.get("tokenizer", {}), tokenizer.describe()
+        if corpus.vocab_size != tokenizer.vocab_size or not same_tokenizer(theirs, ours):
             raise ScratchLLMError(f"data directory {path}: tokenized with {theirs} ({corpus.vocab_size} ids), "
                                   f"but the model's tokenizer is {ours} ({tokenizer.vocab_size} ids)")
         if len(corpus.val) < 2:

@@ -230,7 +230,7 @@ def pretrain_mlm(data, model, out, tokenizer: Tokenizer, cfg, resume: bool = Fal
         "data": {"path": str(Path(data).resolve()), "val_fraction": val_fraction, **dict(getattr(corpus, "meta", {}) or {}),
                  "bytes_per_token": getattr(corpus, "bytes_per_token", None)},
         "tokenizer": {"vocab_size": tok.vocab_size, "mask_token": MASK_TOKEN,
-                      **{k: v for k, v in tok.spec.items() if k != "merges"}},
+                      **tok.describe()},
     }
     return fit(net, task, cfg, out, resume=resume, tokenizer=tok, extra_config=extra)
 

@@ -248,7 +248,7 @@ def pretrain_lm(data, model, out, tok, cfg: TrainConfig, resume: bool = False, v
         "data": {"path": str(Path(data).resolve()), "val_fraction": val_fraction, **meta,
                  "bytes_per_token": getattr(corpus, "bytes_per_token", None),
                  "val_bytes_per_token": corpus.split_bytes_per_token("val")},
-        "tokenizer": {"vocab_size": tok.vocab_size, **{k: v for k, v in tok.spec.items() if k != "merges"}},
+        "tokenizer": {"vocab_size": tok.vocab_size, **tok.describe()},
     }
     finished = False
     try:

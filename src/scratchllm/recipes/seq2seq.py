@@ -217,7 +217,7 @@ def pretrain_seq2seq(data, model, out, tokenizer: Tokenizer, cfg, resume: bool =
         "objective": OBJECTIVE,
         "data": {"path": str(Path(data).resolve()), "val_fraction": val_fraction, "pairs": len(pairs),
                  "train_pairs": len(train), "val_pairs": len(val), "end_of_text": eot},
-        "tokenizer": {"vocab_size": tokenizer.vocab_size, **{k: v for k, v in tokenizer.spec.items() if k != "merges"}},
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, **tokenizer.describe()},
     }
     return fit(net, task, cfg, out, resume=resume, tokenizer=tokenizer, extra_config=extra)
 

@@ -4,7 +4,7 @@ Rare Words with Subword Units", applied to bytes as in GPT-2).
 
 Ids are ranks: the 256 single-byte tokens come first, then one id per merge in merge order. So
 "merge the adjacent pair whose concatenation has the lowest id" is the merge rule, which is
-tiktoken's rule. `Tokenizer` (tokenizer.py) wraps these functions with pre-tokenization, special
+tiktoken's rule. `BPETokenizer` (bpe_tokenizer.py) wraps these functions with pre-tokenization, special
 tokens and decoding.
 """
 

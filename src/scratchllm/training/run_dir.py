@@ -29,16 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchllm.checkpoint.model_dir import tokenizer_spec
 from scratchllm.core.console import log
 from scratchllm.core.files import atomic_path, is_disk_full, read_json, recover_directory, write_atomic, write_json
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import Tokenizer
+from scratchllm.tokenizer import TOKENIZER_FILE, Tokenizer
 
 TRAINER_FILE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
-TOKENIZER_FILE = "tokenizer.json"
 HF_TOKENIZER_DIR = "tokenizer"
 _STEP_DIR = re.compile(r"step-(\d+)")
 # What an interrupted save leaves: atomic_directory's `.NAME.tmp-*` / `.NAME.old-*`, atomic_path's
@@ -133,12 +131,8 @@ def prepare_run_dir(out: str | os.PathLike[str], tokenizer: Tokenizer | None = N
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
     except OSError as exc:
         raise ScratchLLMError(f"run directory {out}: cannot prepare it ({exc.strerror or exc})") from None
-    kind = tokenizer_spec(tokenizer)["type"] if tokenizer is not None else "gpt2"
-    if kind == "hf":  # its files as they were read (not tokenizer.save, which would repoint its spec)
-        for name, blob in tokenizer.hf_files.items():
-            write_atomic(out / HF_TOKENIZER_DIR / name, blob, "run tokenizer")
-    elif kind != "gpt2":
-        write_atomic(out / TOKENIZER_FILE, tokenizer.to_json_bytes(), "run tokenizer")
+    if tokenizer is not None:  # its files as read (not tokenizer.save, which would repoint its description)
+        tokenizer.write_files(out / HF_TOKENIZER_DIR if tokenizer.hf_files else out)
     return notes
 
 
@@ -164,9 +158,8 @@ def run_tokenizer(out: str | os.PathLike[str], run_config: dict[str, Any]) -> To
         tok = Tokenizer.load(out / TOKENIZER_FILE)
     elif isinstance(recorded, dict) and (recorded.get("type") == "gpt2" or (recorded.get("type") in ("bpe", "hf")
                                                                              and recorded.get("file"))):
-        spec = {k: v for k, v in recorded.items() if k in ("type", "file", "sha256", "stop_ids")}
         try:
-            tok = Tokenizer.from_spec(spec)
+            tok = Tokenizer.from_description(recorded)
         except ScratchLLMError as exc:
             raise ScratchLLMError(f"{out / RUN_CONFIG_FILE}: cannot rebuild the run's tokenizer: {exc}") from None
     else:
