@@ -1,4 +1,4 @@
-"""Tests for tokenizer/hf.py and `Tokenizer.from_hf`: Hugging Face tokenizer.json files of the byte-level
+"""Tests for the Hugging Face tokenizer modules (hf_files, hf_pipeline, hf_encoders, hf_tokenizer) and `Tokenizer.from_hf`: Hugging Face tokenizer.json files of the byte-level
 BPE kind, read by the from-scratch path ("python") and by the `tokenizers` library ("tokenizers"),
 give transformers.AutoTokenizer's ids; the pipeline's steps agree with the library's one by one.
 
