@@ -39,7 +39,7 @@ from pydoc_data.topics import topics as pydoc_topics
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from scratchllm.tokenizer import ENDOFTEXT, Tokenizer
+from scratchllm.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer
 from scratchllm.tokenizer.bpe import GPT2_PATTERN_FAST
 from scratchllm.tokenizer.gpt2 import GPT2_FILES
 from scratchllm.tokenizer.pretokenize import gpt2_re_pattern
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     with_regex_split = {**python["cold"].to_dict(), "pattern": GPT2_PATTERN_FAST}
 
     def fresh_python_regex_split() -> None:
-        python["regex split"] = Tokenizer.from_dict(with_regex_split, backend="python")
+        python["regex split"] = BPETokenizer.from_dict(with_regex_split, backend="python")
 
     re_split = gpt2_re_pattern().findall
     regex_split = regex.compile(GPT2_PATTERN_FAST).findall

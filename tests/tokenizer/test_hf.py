@@ -1,6 +1,7 @@
-"""Tests for the Hugging Face tokenizer modules (hf_files, hf_pipeline, hf_encoders, hf_tokenizer) and `Tokenizer.from_hf`: Hugging Face tokenizer.json files of the byte-level
-BPE kind, read by the from-scratch path ("python") and by the `tokenizers` library ("tokenizers"),
-give transformers.AutoTokenizer's ids; the pipeline's steps agree with the library's one by one.
+"""Tests for the Hugging Face tokenizer (hf_files, hf_pipeline, hf_encoders, hf_tokenizer) and
+`Tokenizer.from_hf`: tokenizer.json files of the byte-level BPE kind, read by the from-scratch path
+("python") and by the `tokenizers` library ("tokenizers"), give transformers.AutoTokenizer's ids; the
+pipeline's steps agree with the library's one by one.
 
 The tokenizers are trained here (tests/hf_tokenizers.py); nothing is downloaded.
 """

@@ -17,6 +17,7 @@ import tiktoken
 import transformers
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizer import batch
 from scratchllm.tokenizer import (ENDOFTEXT, TOKENIZER_FILE, BPETokenizer, HFTokenizer, Tokenizer, bytes_to_unicode,
                                   same_tokenizer)
 
@@ -114,6 +115,16 @@ def test_round_trip_batches_and_the_shared_surface(kind, make):
         tok.encode(f"x{tok.token_bytes(tok.eot_id).decode()}")
     with pytest.raises(ScratchLLMError, match=rf"token id {tok.vocab_size}: expected an int in 0\.\.{tok.vocab_size - 1}"):
         tok.decode([tok.vocab_size])
+
+
+@pytest.mark.parametrize("backend", ["python", "auto"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_batch_in_worker_processes_and_threads(kind, backend, make, monkeypatch):
+    """The python backend encodes a batch in worker processes, the libraries in threads: the same ids."""
+    tok = make(kind, backend)
+    monkeypatch.setattr(batch, "PARALLEL_MIN_CHARS", 0)  # worker processes even for a small batch
+    texts = TEXTS * 20
+    assert tok.encode_batch(texts, allowed_special="all", num_workers=3) == [tok.encode(t, allowed_special="all") for t in texts]
 
 
 @pytest.mark.parametrize("kind", KINDS)
