@@ -9,8 +9,9 @@ The layers, bottom to top (a module imports only from its own layer or the ones 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from scratchllm.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,10 +29,7 @@ _EXPORTS = {
 __all__ = ["GPT", "GPTConfig", "ScratchLLMError", "Tokenizer", "generate", "load", "save_model", "stream"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'scratchllm' has no attribute {name!r}")
+lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for editors and type checkers

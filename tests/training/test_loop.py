@@ -101,16 +101,17 @@ def test_train_config_files_flags_and_errors(tmp_path):
 
 
 def test_cli_flags_are_the_train_config_fields_with_their_help(capsys):
-    """Every TrainConfig field is a `pretrain` flag whose help is the text below the field."""
+    """Every TrainConfig field is a `pretrain` flag whose help is the text below the field (or, for the
+    device, the one help every device option shares)."""
     import dataclasses
 
     from scratchllm.cli import main
-    from scratchllm.core.options import field_docs
+    from scratchllm.core.options import DEVICE_HELP, field_docs
 
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    docs = field_docs(TrainConfig)
+    docs = {**field_docs(TrainConfig), "device": DEVICE_HELP}
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name.replace('_', '-')}" in text, f.name
         assert docs[f.name] and docs[f.name] in text, f.name

@@ -4,11 +4,12 @@ parser of one verb, verbs made of sub-verbs, and flags generated from a config d
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import inspect
 import sys
+from dataclasses import MISSING
 from typing import Any, Callable
 
-from scratchllm.core.options import option_fields
+from scratchllm.core.options import OptionField, group_specs, option_fields
 
 
 # The verbs in the order of a model's life, grouped for `scratchllm --help`.
@@ -60,51 +61,105 @@ def add_group(sub: argparse._SubParsersAction, name: str, help: str, dest: str,
     p.set_defaults(func=run)
 
 
-def add_options(p: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
-                defaults_from_elsewhere: bool = False) -> list[str]:
-    """One flag per field of the config dataclass `cls` (--max-steps for max_steps); returns the names.
+class ConfigFlags:
+    """The flags `add_config` made for a config dataclass, and how to read them back."""
 
-    Types, defaults, choices (a Literal's values) and help come from the field. Booleans get
-    --x / --no-x. With `defaults_from_elsewhere`, a flag left out is absent from the parsed args
-    (so a run file or a resumed run can supply the value); the help still shows the default.
+    def __init__(self, cls: type, fields: list[OptionField], plain: bool, given_only: bool):
+        self.cls, self.fields, self.plain, self.given_only = cls, fields, plain, given_only
+
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        """{flat name: value} of the flags; with `given_only`, only those given on the command line."""
+        values = {}
+        for f in self.fields:
+            dest = _dest(f, self.plain)
+            if not hasattr(args, dest):  # left out, and its default lives elsewhere (SUPPRESS)
+                continue
+            value = getattr(args, dest)
+            if dest != f.name:  # --no-progress sets no_progress
+                value = not value
+            if value is None and (self.given_only or f.value_type is list):
+                continue  # not given: the config's own default (a list's is filled in there)
+            if self.given_only and value is False and f.default is False:
+                continue
+            values[f.name] = value
+        return values
+
+    def config(self, args: argparse.Namespace, **fixed: Any) -> Any:
+        """The config built from the flags (and `fixed` values for the fields that are not flags)."""
+        return self.cls(**self.values(args), **fixed)
+
+
+def add_config(p: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (), plain: bool = False,
+               given_only: bool = False) -> ConfigFlags:
+    """One flag per option of the config dataclass `cls`, its groups' options included (--max-steps
+    for max_steps, --lora-rank for the LoRA group's rank); returns how to read them back.
+
+    Types, defaults, choices (a Literal's values) and help come from the field (core/options.py);
+    a group's options sit under a heading of their own. Booleans get --x / --no-x; with `plain`, as
+    the verbs that predate the generated flags spell them, a boolean is a switch that turns its
+    default around (--json; --no-progress for one on by default) and text is taken as typed (no
+    converter). With `given_only`, a flag left out is not given (`ConfigFlags.values` leaves it out,
+    so that a run file or a resumed run supplies the value): a group's flags are then absent from the
+    parsed args, the verb's own flags None, and the help names the default.
     """
-    names = []
-    for f in option_fields(cls):
-        if f.name in exclude:
-            continue
-        names.append(f.name)
-        required = f.default is dataclasses.MISSING
-        help = f.help.replace("%", "%%")  # argparse formats help strings with %
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help}
-        if defaults_from_elsewhere:
-            kwargs["default"] = argparse.SUPPRESS
+    fields = [f for f in option_fields(cls) if f.name not in exclude]
+    headings: dict[str, Any] = {}
+    exclusive: dict[str, Any] = {}
+    for name, spec in group_specs(cls).items():
+        if any(f.in_group == name for f in fields):
+            doc = (inspect.getdoc(spec.cls) or "").split("\n")[0]
+            note = "; a flag left out keeps the run file's or the resumed run's value" if given_only else ""
+            headings[name] = p.add_argument_group(f"{name} ({spec.cls.__name__}{note})", doc)
+    for f in fields:
+        target = headings.get(f.in_group, p)
+        if f.spec.one_of is not None:
+            if f.spec.one_of not in exclusive:
+                exclusive[f.spec.one_of] = target.add_mutually_exclusive_group(required=True)
+            target = exclusive[f.spec.one_of]
+        flag = f.flag if _dest(f, plain) == f.name else f"--no-{f.flag[2:]}"
+        target.add_argument(flag, **_argument(f, plain, given_only))
+    return ConfigFlags(cls, fields, plain, given_only)
+
+
+def _dest(f: OptionField, plain: bool) -> str:
+    """The parsed args' name of a flag: a plain switch that turns a default True off (--no-progress) is no_<name>."""
+    return f"no_{f.name}" if plain and f.value_type is bool and f.default is True else f.name
+
+
+def _argument(f: OptionField, plain: bool, given_only: bool) -> dict[str, Any]:
+    help = f.help.replace("%", "%%")  # argparse formats help strings with %
+    kwargs: dict[str, Any] = {"dest": _dest(f, plain), "help": help}
+    if f.default is MISSING:
+        kwargs["required"] = True
+    elif given_only:
+        # The groups' flags leave the namespace alone and the verb's own flags read None as "not given"
+        # (two spellings of one idea, kept because tests/cli/test_flags.py pins every flag's default).
+        kwargs["default"] = argparse.SUPPRESS if f.in_group else (False if f.default is False else None)
+        if f.in_group or f.default not in (None, False):
             kwargs["help"] = f"{help} (default: {f.default!r})"
-        elif required:
-            kwargs["required"] = True
+    else:
+        kwargs["default"] = None if f.value_type is list and not f.spec.nargs == "*" else f.default
+    if f.value_type is bool:
+        if plain:
+            kwargs.update(action="store_true", default=False)
         else:
-            kwargs["default"] = None if f.kind is list else f.default  # a list's default is filled in later
-        if f.kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.kind == "flag_or_str":  # --resume, or --resume RUNDIR
-            kwargs.update(nargs="?", const=True, metavar=f.name.upper())
-        elif f.kind is list:
-            kwargs.update(nargs="+", action="extend", metavar=f.name.upper().rstrip("S"))
-        elif f.kind is tuple:
-            kwargs.update(nargs=f.length, type=float, metavar=f.name.upper())
+    elif f.value_type == "flag_or_str":  # --resume, or --resume RUNDIR
+        kwargs.update(nargs="?", const=True, metavar=f.name.upper())
+    elif f.value_type is list:
+        if f.spec.repeat:
+            kwargs["action"] = "append"
+        elif f.spec.nargs == "*":
+            kwargs["nargs"] = "*"
         else:
-            kwargs.update(type=f.kind, metavar=f.name.upper())
-            if f.choices is not None:
-                kwargs.update(choices=f.choices, metavar=None)
-        p.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    return names
-
-
-def options_of(args: argparse.Namespace, cls: type, names: list[str], **fixed: Any) -> Any:
-    """The config dataclass `cls` built from the parsed flags `names` (an unset list keeps its default)."""
-    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
-    values = {n: v for n, v in values.items() if v is not None or not _is_list(cls, n)}
-    return cls(**values, **fixed)
-
-
-def _is_list(cls: type, name: str) -> bool:
-    return any(f.name == name and f.kind is list for f in option_fields(cls))
+            kwargs.update(nargs="+", action="extend")
+        kwargs["metavar"] = f.spec.metavar or f.name.upper().rstrip("S")
+    elif f.value_type is tuple:
+        kwargs.update(nargs=f.length, type=float, metavar=f.name.upper())
+    else:
+        if not (plain and f.value_type is str):
+            kwargs["type"] = f.value_type
+        kwargs["metavar"] = f.spec.metavar or f.name.upper()
+        if f.choices is not None:
+            kwargs.update(choices=f.choices, metavar=None)
+    return kwargs

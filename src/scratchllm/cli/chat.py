@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from scratchllm.cli.base import add_options, options_of, parser_for, verb
+from scratchllm.cli.base import add_config, parser_for, verb
 from scratchllm.errors import ScratchLLMError
 
 
@@ -15,16 +15,14 @@ def add_chat(sub):
                 "With standard input piped in, each line is a message and only the answers are printed.")
     from scratchllm.inference.config import ChatConfig
 
-    names = add_options(p, ChatConfig, exclude=("token_delay",))
+    flags = add_config(p, ChatConfig, exclude=("token_delay",))
 
     def run(args):
         from scratchllm.inference.chat import ChatSession, load_for_chat, token_delay_from_env
-        from scratchllm.inference.generation import check_sampling
 
-        cfg = options_of(args, ChatConfig, names, token_delay=token_delay_from_env())
-        check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
-        net, tokenizer, style, name = load_for_chat(cfg.model, cfg.device, cfg.dtype, cfg.prompt_style)
-        session = ChatSession(net, tokenizer, style, cfg)
+        cfg = flags.config(args, token_delay=token_delay_from_env())
+        net, tokenizer, style, name = load_for_chat(cfg.load.model, cfg.load.device, cfg.load.dtype, cfg.prompt_style)
+        session = ChatSession(net, tokenizer, style, cfg.settings)
         if not sys.stdin.isatty():
             return chat_piped(session, sys.stdin, sys.stdout)
         return chat_repl(session, name)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Callable
 
-from scratchllm.cli.base import add_group, add_options, options_of, parser_for, verb
+from scratchllm.cli.base import add_config, add_group, parser_for, verb
 
 
 # pretraining (recipes/pretrain.py) and the demo (recipes/demo.py)
@@ -17,18 +16,13 @@ from scratchllm.cli.base import add_group, add_options, options_of, parser_for, 
 def add_pretrain(sub):
     p = parser_for(sub, "pretrain", "Pretrain a GPT on a text file or prepared DATADIR (single process, or DDP/FSDP under torchrun).")
     from scratchllm.recipes.config import PretrainConfig
-    from scratchllm.training.config import TrainConfig
 
-    run_names = add_options(p, PretrainConfig)
-    train_names = add_options(p.add_argument_group("training (TrainConfig; a flag left out keeps the run file's or "
-                                                   "the resumed run's value)"), TrainConfig, defaults_from_elsewhere=True)
+    flags = add_config(p, PretrainConfig, given_only=True)
 
     def run(args):
         from scratchllm.recipes.pretrain import pretrain
 
-        options = {n: getattr(args, n) for n in run_names if n not in ("data", "model", "out")}
-        options.update({n: getattr(args, n) for n in train_names if hasattr(args, n)})
-        summary = pretrain(args.data, args.model, args.out, **options)
+        summary = pretrain(**flags.values(args))  # what was given; the run file and a resumed run fill in the rest
         if summary["rank"] == 0:  # under torchrun, one summary
             print(json.dumps(summary))
         return summary["exit_code"]  # 0, or 130 / 143 after SIGINT / SIGTERM (a checkpoint was saved)
@@ -41,14 +35,12 @@ def add_demo(sub):
     p = parser_for(sub, "demo", "The whole pipeline in minutes, no download: tokenizer, data, pretraining, samples, a model to generate from.")
     from scratchllm.recipes.config import DemoConfig
 
-    names = add_options(p, DemoConfig)
+    flags = add_config(p, DemoConfig)
 
     def run(args):
         from scratchllm.recipes.demo import demo
 
-        cfg = options_of(args, DemoConfig, names)
-        fields = dataclasses.asdict(cfg)
-        summary = demo(**fields | {"n_layers": fields.pop("layers"), "n_heads": fields.pop("heads")})
+        summary = demo(flags.config(args))
         print(json.dumps(summary))
         return summary["exit_code"]  # 0, or 130 / 143 after SIGINT / SIGTERM (a checkpoint was saved)
 
@@ -81,13 +73,13 @@ def add_finetune_classify(recipes):
     p = parser_for(recipes, "classify", "Turn a pretrained GPT into a text classifier (a head on the last real token's hidden state).")
     from scratchllm.recipes.config import ClassifyConfig
 
-    names = add_options(p, ClassifyConfig, exclude=("progress",))
+    flags = add_config(p, ClassifyConfig)
 
     def run(args):
         from scratchllm.evaluation.metrics import format_classification
         from scratchllm.recipes.classify import finetune_classifier, format_history
 
-        report = finetune_classifier(options_of(args, ClassifyConfig, names, progress=sys.stderr.isatty()))
+        report = finetune_classifier(flags.config(args, progress=sys.stderr.isatty()))
         print(format_history(report["epochs"]))
         print()
         print(format_classification(report["test"], "test"))
@@ -113,10 +105,10 @@ def _add_tuning(recipes, name: str, help: str, config: str, module: str, functio
 
     cls = getattr(configs, config)
     p = parser_for(recipes, name, help)
-    names = add_options(p, cls)
+    flags = add_config(p, cls)
 
     def run(args):
-        summary = getattr(importlib.import_module(module), function)(options_of(args, cls, names))
+        summary = getattr(importlib.import_module(module), function)(flags.config(args))
         print(json.dumps(summary))
         return summary["exit_code"]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.core.console import warn
+from scratchllm.core.options import check_device
 from scratchllm.errors import ScratchLLMError
 
 _DTYPES = {
@@ -134,8 +135,7 @@ def _resolve(name: str | torch.device | None, local_rank: int) -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise ScratchLLMError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    check_device(name)  # the one check of a device's name, also the options' (core/options.py)
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ScratchLLMError(f"device {name!r}: CUDA is not available in this PyTorch build / machine")

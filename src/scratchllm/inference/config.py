@@ -1,20 +1,62 @@
-"""The options of using a model, one dataclass per verb, declared once: `scratchllm generate`, `chat`
-and `serve` build their flags from these fields (type, default and the help text below each
-field). Torch-free, so `scratchllm --help` stays fast.
+"""The options of using a model, declared once: the sampling group (`SamplingConfig`, with the checks
+every decoding path runs), the prompt-style option, a conversation's and a server's settings, and one
+config per verb (`generate`, `chat`, `serve`, `respond`, `classify`, `fill-mask`, `translate`), each
+composing the groups it needs (checkpoint/config.py's `LoadConfig` for the model). The verbs build their
+flags from these fields (type, default and the help text below each field). Torch-free, so
+`scratchllm --help` stays fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from scratchllm.core.options import check_fields
+from scratchllm.checkpoint.config import LoadConfig
+from scratchllm.core.options import check_fields, composed, group, option
 from scratchllm.errors import ScratchLLMError
 
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
 # prompts.STYLE_NAMES, spelled out so that the configs (and `--help`) need not import the prompts
 PromptStyleName = Literal["alpaca", "phi3", "plain", "template"]
+
+
+def prompt_style_field(fallback: str) -> Any:
+    """The --prompt-style option of every verb that lays out prompts: one help, the verb's last resort named."""
+    return option(None, help=f"prompt layout (default: the one stored with the model, else its chat template "
+                             f"(template), else {fallback})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling
+
+# What torch.Generator.manual_seed accepts: a signed or unsigned 64-bit integer.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+DECODERS = ("auto", "eager", "static")
+
+
+def check_seed(seed: int | None, n: int = 1) -> None:
+    """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX - (n - 1):
+        raise ScratchLLMError(f"seed must be an integer in [-2**63, 2**64 - {n}], got {seed!r}")
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   seed: int | None = None, decoder: str = "auto") -> None:
+    """Raise ScratchLLMError for a sampling parameter outside its range."""
+    if decoder not in DECODERS:
+        raise ScratchLLMError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ScratchLLMError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    check_seed(seed)
 
 
 @dataclass(kw_only=True)
@@ -26,37 +68,31 @@ class SamplingConfig:
     temperature: float = 0.7
     """0 = greedy"""
     top_k: int | None = None
-    """sample among the k most likely tokens"""
+    """sample among the k most likely tokens (0 or none: no limit)"""
     top_p: float | None = None
     """nucleus sampling: the smallest set of tokens with this much probability"""
     seed: int | None = None
     """seed the sampling for a reproducible output"""
 
+    def __post_init__(self) -> None:
+        if self.top_k == 0 and not isinstance(self.top_k, bool):
+            self.top_k = None
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
 
+
+# ------------------------------------------------------------------------------------------------
+# The verbs that decode
+
+
+@composed
 @dataclass(kw_only=True)
-class LoadConfig:
-    """Which model, where, in what precision."""
-
-    model: str
-    """model or run directory (LoRA adapters are merged in), Hugging Face directory or hub name"""
-    device: str = "auto"
-    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """cast the weights (default: as stored)"""
-
-
-@dataclass(kw_only=True)
-class GenerateConfig(LoadConfig, SamplingConfig):
+class GenerateConfig:
     """`scratchllm generate`: continue a prompt and print the prompt and its completion."""
 
+    load: LoadConfig = group(LoadConfig)
     prompt: str = ""
     """text to continue (empty: start from the end-of-text token)"""
-    max_new_tokens: int = 50
-    """most tokens to generate"""
-    temperature: float = 0.8
-    """0 = greedy"""
-    top_k: int | None = 50
-    """sample among the k most likely tokens (0 or none: no limit)"""
+    sampling: SamplingConfig = group(SamplingConfig, max_new_tokens=50, temperature=0.8, top_k=50)
     stop: list[str] = field(default_factory=list)
     """stop before this text (repeat the flag for several)"""
     stream: bool = False
@@ -68,22 +104,20 @@ class GenerateConfig(LoadConfig, SamplingConfig):
         check_fields(self, "generate")
 
 
+@composed
 @dataclass(kw_only=True)
-class RespondConfig(LoadConfig, SamplingConfig):
+class RespondConfig:
     """`scratchllm respond`: answer every record of an instruction file (evaluation/responses.py `respond`)."""
 
+    load: LoadConfig = group(LoadConfig)
     data: str
     """JSON/JSONL records: {instruction, input, output} or {messages}, e.g. RUNDIR/test.json"""
     out: str
     """responses JSON file to write"""
-    temperature: float = 0.0
-    """0 = greedy"""
-    seed: int = 123
-    """sampling seed (temperature > 0)"""
+    sampling: SamplingConfig = group(SamplingConfig, temperature=0.0, seed=123)
     batch_size: int = 8
     """prompts decoded together"""
-    prompt_style: PromptStyleName | None = None
-    """default: the one stored with the model, else its chat template (template), else alpaca"""
+    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     limit: int | None = None
     """only the first N records"""
     overwrite: bool = False
@@ -95,20 +129,26 @@ class RespondConfig(LoadConfig, SamplingConfig):
 
 @dataclass(kw_only=True)
 class ChatSettings(SamplingConfig):
-    """A conversation's settings (inference/chat.py `ChatSession`)."""
+    """A conversation's settings (inference/chat.py `ChatSession`): how it samples, and its system prompt."""
 
     system: str | None = None
     """system prompt, kept when old turns are dropped; /system TEXT changes it"""
     token_delay: float = 0.0
     """seconds slept after each token (tests and demos; $SCRATCHLLM_TOKEN_DELAY)"""
 
+    def __post_init__(self) -> None:
+        check_fields(self, "chat")
+        super().__post_init__()
 
+
+@composed
 @dataclass(kw_only=True)
-class ChatConfig(LoadConfig, ChatSettings):
+class ChatConfig:
     """`scratchllm chat`: talk to a model in the terminal, or answer one line of standard input each."""
 
-    prompt_style: PromptStyleName | None = None
-    """default: the one stored with the model, else its chat template (template), else plain"""
+    load: LoadConfig = group(LoadConfig)
+    settings: ChatSettings = group(ChatSettings)
+    prompt_style: PromptStyleName | None = prompt_style_field("plain")
 
     def __post_init__(self) -> None:
         check_fields(self, "chat")
@@ -136,8 +176,7 @@ class ServeSettings:
     """Retry-After of a 503, in seconds"""
     model_name: str | None = None
     """model id in /v1/models (default: the directory's name)"""
-    prompt_style: PromptStyleName | None = None
-    """default: the one stored with the model, else its chat template (template), else plain"""
+    prompt_style: PromptStyleName | None = prompt_style_field("plain")
     token_delay: float = 0.0
     """seconds slept after each token (tests and demos; $SCRATCHLLM_TOKEN_DELAY)"""
     header_timeout_s: float = 10.0
@@ -147,7 +186,12 @@ class ServeSettings:
     max_connections: int = 256
     """connections served at once; beyond, uvicorn answers 503"""
 
+    def __post_init__(self) -> None:
+        check_fields(self, "serve")
+        self.check()
+
     def check(self) -> None:
+        """The ranges, checked when made and again by `create_app` (the CLI fills api_key from the environment)."""
         for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -165,9 +209,83 @@ class ServeSettings:
                 raise ScratchLLMError(f"serve setting {name} must be a number of seconds > 0, got {getattr(self, name)!r}")
 
 
+@composed
 @dataclass(kw_only=True)
-class ServeConfig(LoadConfig, ServeSettings):
+class ServeConfig:
     """`scratchllm serve`: an OpenAI-compatible HTTP API and a web chat page for one model."""
 
+    load: LoadConfig = group(LoadConfig)
+    settings: ServeSettings = group(ServeSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """uvicorn's log level"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "serve")
+
+
+# ------------------------------------------------------------------------------------------------
+# The verbs of the other kinds of model
+
+
+@composed
+@dataclass(kw_only=True)
+class ClassifyTextsConfig:
+    """`scratchllm classify`: label texts with a fine-tuned classifier (inference/classify.py `classify_texts`)."""
+
+    load: LoadConfig = group(LoadConfig, flags=("model", "device"),
+                             help={"model": "classifier directory or `finetune classify` run directory"})
+    text: list[str] | None = option(None, repeat=True, one_of="texts")
+    """a text to classify (repeat for several); prints label<TAB>probability"""
+    input: str | None = option(None, one_of="texts")
+    """file with one text per line; writes JSONL {text, label, probability}"""
+    out: str | None = None
+    """write the JSONL here instead of stdout"""
+    batch_size: int = 32
+    """texts per forward pass"""
+    overwrite: bool = False
+    """replace an existing --out file"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "classify")
+
+
+@composed
+@dataclass(kw_only=True)
+class FillMaskConfig:
+    """`scratchllm fill-mask`: the likeliest tokens for each [MASK] (inference/fill_mask.py `fill_mask`)."""
+
+    load: LoadConfig = group(LoadConfig, flags=("model", "device"),
+                             help={"model": "model or run directory of a masked-language encoder"})
+    text: str
+    """text with one or more [MASK] markers, e.g. 'The [MASK] sat on the mat.'"""
+    top_k: int = 5
+    """fillers to print per mask"""
+    json: bool = False
+    """print [[{token, probability, text}, ...], ...] as JSON"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "fill-mask")
+        if not self.text.strip():
+            raise ScratchLLMError("--text is empty; give a sentence with [MASK] in it")
+
+
+@composed
+@dataclass(kw_only=True)
+class TranslateConfig:
+    """`scratchllm translate`: an encoder-decoder's translation of a text (inference/translate.py `translate`)."""
+
+    load: LoadConfig = group(LoadConfig, flags=("model", "device"),
+                             help={"model": "model or run directory of an encoder-decoder"})
+    text: str
+    """source text"""
+    beam: int = 1
+    """beam size (1 = greedy)"""
+    max_new_tokens: int | None = None
+    """most target tokens (default: context_length - 1)"""
+    length_penalty: float = 1.0
+    """beam ranking: log-probability / length ** this (0 = raw log-probability)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "translate")
+        if not self.text.strip():
+            raise ScratchLLMError("--text is empty; give the source text to translate")

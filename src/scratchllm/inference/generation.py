@@ -32,6 +32,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 import torch
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import DECODERS, SEED_MAX, SEED_MIN, check_sampling, check_seed  # noqa: F401 (as before)
 from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
 from scratchllm.inference.static_decode import acquire_decoder, release_decoder
@@ -70,8 +71,6 @@ def window_start(n: int, ctx: int, keep: int) -> int:
 # Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
 # e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
 GREEDY_BELOW = 1e-6
-# What torch.Generator.manual_seed accepts: a signed or unsigned 64-bit integer.
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 def sample_next(
@@ -127,33 +126,6 @@ def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu"
         seed = int(torch.randint(0, 2**62, ()).item())
     check_seed(seed, n)
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
-
-
-DECODERS = ("auto", "eager", "static")
-
-
-def check_seed(seed: int | None, n: int = 1) -> None:
-    """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
-    if seed is None:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX - (n - 1):
-        raise ScratchLLMError(f"seed must be an integer in [-2**63, 2**64 - {n}], got {seed!r}")
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                   seed: int | None = None, decoder: str = "auto") -> None:
-    """Raise ScratchLLMError for a sampling parameter outside its range."""
-    if decoder not in DECODERS:
-        raise ScratchLLMError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ScratchLLMError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    check_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -55,9 +55,9 @@ except ImportError:  # pragma: no cover
 
 from scratchllm.core.console import warn
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import API_KEY_ENV, ServeConfig, ServeSettings
+from scratchllm.inference.config import API_KEY_ENV, SEED_MAX, SEED_MIN, ServeConfig, ServeSettings
 from scratchllm.inference.chat import TextStream, load_for_chat
-from scratchllm.inference.generation import SEED_MAX, SEED_MIN, encode_prompt, make_generators
+from scratchllm.inference.generation import encode_prompt, make_generators
 from scratchllm.prompts import choose_style
 
 log = logging.getLogger("scratchllm.serve")
@@ -688,14 +688,15 @@ def server_config(app, settings: ServeSettings, log_level: str = "info"):
 
 
 def serve(cfg: ServeConfig) -> int:
-    """Load cfg.model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
-    cfg.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
+    """Load cfg.load.model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
+    cfg.settings.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
     try:
         import uvicorn
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
-    cfg.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-    cfg.check()
-    app = create_app(cfg.model, cfg, device=cfg.device, dtype=cfg.dtype)
-    uvicorn.Server(server_config(app, cfg, cfg.log_level)).run()
+    settings = cfg.settings
+    settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
+    settings.check()
+    app = create_app(cfg.load.model, settings, device=cfg.load.device, dtype=cfg.load.dtype)
+    uvicorn.Server(server_config(app, settings, cfg.log_level)).run()
     return 0

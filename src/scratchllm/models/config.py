@@ -1,5 +1,7 @@
 """Model configuration: the `GPTConfig` dataclass and its named presets (no file I/O: reading a
-config.json is `checkpoint.read_config`).
+config.json is `checkpoint.read_config`); `ModelShape`, the option group that changes a preset's or a
+recipe's size; `LoRAConfig`, the adapters' settings (an option group of the fine-tuning verbs, and the
+adapter_config.json format). Torch-free, so the CLI's option groups import it without torch.
 
 A config is plain data. Presets are dictionaries of overrides, not subclasses; `GPTConfig.from_dict`
 rejects keys it does not know so that a typo in a config file is an error, not a silent default.
@@ -27,10 +29,10 @@ Fields that recent models added, beyond GPT-2 and the first Llama:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from scratchllm.core.options import check_fields, from_mapping
+from scratchllm.core.options import check_fields, from_mapping, option
 from scratchllm.errors import ScratchLLMError
 
 
@@ -243,3 +245,71 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=3, mlp_hidden_dim=1536, layer_norm_eps=1e-5, rope_theta=100000.0, qkv_bias=False,
     ),
 }
+
+
+@dataclass(kw_only=True)
+class ModelShape:
+    """A model's size, as changes to a base model (a preset, or the recipe's in `scratchllm demo`): None keeps the base's."""
+
+    vocab_size: int | None = None
+    """tokenizer vocabulary (default: the base's)"""
+    n_layers: int | None = option(None, flag="--layers")
+    """transformer blocks (default: the base's)"""
+    emb_dim: int | None = None
+    """model width (default: the base's)"""
+    n_heads: int | None = option(None, flag="--heads")
+    """attention heads (default: the base's)"""
+    context_length: int | None = None
+    """tokens per sequence (default: the base's)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model shape")
+        for name, value in self.changes().items():
+            _check_positive_int(name, value)
+
+    def changes(self) -> dict[str, int]:
+        """The fields that are set, as GPTConfig overrides."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# The four linear layers of every transformer block (names as in scratchllm.models.gpt).
+DEFAULT_LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters (models/lora.py): their rank, scale, which layers get them (Hu et al. 2021)."""
+
+    rank: int = 8
+    """LoRA rank r: the inner dimension of the update B @ A"""
+    alpha: float = 16.0
+    """LoRA scale alpha (the update is alpha/r * B A, so changing r keeps its size comparable)"""
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    """linear layers that get adapters (module-name suffixes)"""
+    dropout: float = 0.0
+    """dropout on the adapters' input (Hu et al. use 0.05-0.1 on small data)"""
+    trainable: list[str] = field(default_factory=list)
+    """other modules left trainable (e.g. a classifier head)"""
+    base_model: str | None = None
+    """where the frozen weights came from (informational, for merge-lora)"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ScratchLLMError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ScratchLLMError(f"LoRA alpha must be a number > 0, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ScratchLLMError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ScratchLLMError(f"LoRA targets must be a non-empty list of module names, got {self.targets!r}")
+        self.targets, self.trainable = list(self.targets), list(self.trainable)
+        self.alpha = float(self.alpha)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "LoRA config") -> LoRAConfig:
+        """A config from its JSON object (adapter_config.json, or "lora" in a model's config.json)."""
+        return from_mapping(cls, data, source, "LoRA config")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,42 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchllm.core.console import log
-from scratchllm.core.options import from_mapping
 from scratchllm.errors import ScratchLLMError
+from scratchllm.models.config import DEFAULT_LORA_TARGETS, LoRAConfig  # noqa: F401 (importable from here, as before)
 
-# The four linear layers of every transformer block (names as in scratchllm.models.gpt).
-DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = 8  # r: the inner dimension of the update B @ A
-    alpha: float = 16.0  # the update is scaled by alpha / r, so changing r keeps its size comparable
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # module-name suffixes
-    dropout: float = 0.0  # dropout on the adapter's input only (Hu et al. use 0.05-0.1 on small data)
-    trainable: list[str] = field(default_factory=list)  # other modules left trainable (e.g. a classifier head)
-    base_model: str | None = None  # where the frozen weights came from (informational, for merge-lora)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ScratchLLMError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ScratchLLMError(f"LoRA alpha must be a number > 0, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ScratchLLMError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ScratchLLMError(f"LoRA targets must be a non-empty list of module names, got {self.targets!r}")
-        self.targets, self.trainable = list(self.targets), list(self.trainable)
-        self.alpha = float(self.alpha)
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "LoRA config") -> LoRAConfig:
-        """A config from its JSON object (adapter_config.json, or "lora" in a model's config.json)."""
-        return from_mapping(cls, data, source, "LoRA config")
+DEFAULT_TARGETS = DEFAULT_LORA_TARGETS
 
 
 class LoRALinear(nn.Linear):

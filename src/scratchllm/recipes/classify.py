@@ -6,8 +6,8 @@
        stopped early on validation loss -> test report (accuracy, per-class F1, confusion matrix)
 
 The model is models/classifier.py, the data data/labelled.py and the report evaluation/metrics.py;
-here: `ClassificationTask` (the task interface of the loop), `ClassifyConfig` (every option, which
-the CLI's flags are generated from) and `finetune_classifier`, the recipe.
+here: `ClassificationTask` (the task interface of the loop) and `finetune_classifier`, the recipe,
+which takes a recipes/config.py `ClassifyConfig` whole (its labelled data, LoRA and training groups).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,16 +31,18 @@ from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.console import log, warn
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import write_json
+from scratchllm.core.options import flat_values, option_fields
 from scratchllm.data.labelled import (Examples, check_labels, class_weights, load_labelled, load_sms_spam, overlap,
                                       split_examples)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
 from scratchllm.recipes.config import ClassifyConfig
-from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import Task, fit
 
 METRICS_FILE = "metrics.json"
+# What run_config.json records under "classification": the options of `finetune classify`, by flag name.
+CLASSIFICATION_RECORD = frozenset(f.name for f in option_fields(ClassifyConfig)) - {"resume"}
 
 # The book's learning rate for GPT-2 small (Raschka 2024, ch. 6), and that model's width.
 BOOK_LR, BOOK_WIDTH = 5e-5, 768
@@ -182,19 +184,21 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
     is in a given --val/--test file). Here: what was done is logged, and the overlap of the final
     splits with train is counted either way (0 unless duplicates were kept).
     """
-    def read(path: str) -> Examples:
-        return load_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header)
+    labelled = cfg.labelled
 
-    if cfg.data is None or cfg.data == "sms-spam":
-        data = load_sms_spam(progress=cfg.progress)
+    def read(path: str) -> Examples:
+        return load_labelled(path, labelled.text_column, labelled.label_column, labelled.format, labelled.header)
+
+    if labelled.data is None or labelled.data == "sms-spam":
+        data = load_sms_spam(progress=cfg.train.progress)
     else:
-        data = read(cfg.data)
-    given = {"val": read(cfg.val) if cfg.val else None, "test": read(cfg.test) if cfg.test else None}
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    cut = split_examples(data, cfg.split, split_seed, **given, keep_duplicates=cfg.keep_duplicates,
-                         balance=cfg.balance == "undersample")
+        data = read(labelled.data)
+    given = {"val": read(labelled.val) if labelled.val else None, "test": read(labelled.test) if labelled.test else None}
+    split_seed = cfg.train.seed if labelled.split_seed is None else labelled.split_seed
+    cut = split_examples(data, labelled.split, split_seed, **given, keep_duplicates=labelled.keep_duplicates,
+                         balance=labelled.balance == "undersample")
     train, val, test = cut.train, cut.val, cut.test
-    duplicates: dict[str, Any] = {"kept": cfg.keep_duplicates, "examples": cut.read}
+    duplicates: dict[str, Any] = {"kept": labelled.keep_duplicates, "examples": cut.read}
     if cut.duplicates is None:
         duplicates["repeats"] = cut.repeats
         log(f"duplicates: kept (--keep-duplicates); {cut.repeats} of {cut.read} examples repeat an "
@@ -236,14 +240,8 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     """
     if not cfg.epochs > 0:
         raise ScratchLLMError(f"epochs {cfg.epochs!r}: expected a number > 0")
-    if cfg.batch_size < 1:
-        raise ScratchLLMError(f"batch_size {cfg.batch_size!r}: expected an integer >= 1")
     if cfg.max_length is not None and cfg.max_length < 1:
         raise ScratchLLMError(f"max_length {cfg.max_length!r}: expected an integer >= 1")
-    if cfg.patience < 0:
-        raise ScratchLLMError(f"patience {cfg.patience!r}: expected an integer >= 0 (0: no early stopping)")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ScratchLLMError(f"lr {cfg.lr!r}: expected a number > 0")
     t_start = time.perf_counter()
     out = Path(cfg.out)
     train, val, test, duplicates = prepare_splits(cfg)
@@ -251,20 +249,21 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     log(f"data: {len(train)} train {train.counts()}, {len(val)} validation {val.counts()}, "
          f"{len(test)} test {test.counts()}; labels {labels}")
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.train.device)
     body, tokenizer = load(cfg.model, device=device, kind="gpt")
     if cfg.dropout is not None:
         _set_dropout(body, cfg.dropout)
     if cfg.lm_weight and not getattr(body.config, "causal", True):
         raise ScratchLLMError(f"lm_weight {cfg.lm_weight}: {cfg.model} is a bidirectional encoder; it has no next-token loss")
     width = body.config.emb_dim
-    lr = cfg.lr if cfg.lr is not None else default_lr(width)
-    log(f"lr: {lr:.3g}" + (" (--lr)" if cfg.lr is not None else f" = {BOOK_LR:g} x {BOOK_WIDTH} / width {width} (--lr sets it)"))
-    torch.manual_seed(cfg.seed)  # the head's initial weights (and LoRA's A matrices)
+    given_lr = cfg.train.lr
+    lr = given_lr if given_lr is not None else default_lr(width)
+    log(f"lr: {lr:.3g}" + (" (--lr)" if given_lr is not None else f" = {BOOK_LR:g} x {BOOK_WIDTH} / width {width} (--lr sets it)"))
+    torch.manual_seed(cfg.train.seed)  # the head's initial weights (and LoRA's A matrices)
     context = body.config.context_length
     max_length = min(cfg.max_length or context, context)
     model = Classifier(body, labels, cfg.pooling, tokenizer, max_length)
-    n_train, n_total = model.set_trainable(cfg.trainable, cfg.lora_rank, cfg.lora_alpha)
+    n_train, n_total = model.set_trainable(cfg.trainable, cfg.lora.rank, cfg.lora.alpha)
     log(f"model: {cfg.model}, {len(labels)} classes, pooling {cfg.pooling}; trainable {cfg.trainable}: "
          f"{n_train:,} of {n_total:,} parameters ({100 * n_train / n_total:.2f}%)")
 
@@ -272,24 +271,22 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     encoded = {}
     for name, part in (("train", train), ("validation", val), ("test", test)):
         encoded[name] = (encode_texts(tokenizer, part.texts, max_length, f"{name} split"), [index[y] for y in part.labels])
-    weight = class_weights(train.labels, labels) if cfg.balance == "weights" else None
+    weight = class_weights(train.labels, labels) if cfg.labelled.balance == "weights" else None
     if weight is not None:
         log(f"balance: class weights {dict(zip(labels, [round(w, 4) for w in weight.tolist()]))}")
-    task = ClassificationTask(*encoded["train"], *encoded["validation"], batch_size=cfg.batch_size,
-                              pad_id=tokenizer.eot_id, device=device, seed=cfg.seed, weight=weight,
+    task = ClassificationTask(*encoded["train"], *encoded["validation"], batch_size=cfg.train.batch_size,
+                              pad_id=tokenizer.eot_id, device=device, seed=cfg.train.seed, weight=weight,
                               eval_batch_size=cfg.eval_batch_size, lm_weight=cfg.lm_weight)
     spe = task.steps_per_epoch
     max_steps = max(1, round(cfg.epochs * spe))
-    train_cfg = TrainConfig(
-        max_steps=max_steps, max_time=cfg.max_time, batch_size=cfg.batch_size, lr=lr,
-        min_lr=lr if cfg.min_lr is None else cfg.min_lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_every=spe, eval_batches=0, patience=cfg.patience,
-        log_every=max(1, spe // 4), save_every=spe, keep_last=1, seed=cfg.seed, device=cfg.device,
-        dtype=cfg.dtype, progress=cfg.progress, context_length=max_length,
-    )
-    stop = f", stopping after {cfg.patience} without a lower validation loss" if cfg.patience else ""
-    log(f"schedule: at most {cfg.epochs:g} epochs x {spe} steps of {cfg.batch_size} texts = {max_steps} steps{stop}")
-    extra = {"classification": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "progress")},
+    # One evaluation and one checkpoint per epoch; the constant rate of the book unless --min-lr.
+    train_cfg = replace(cfg.train.derive(max_steps=max_steps, lr=lr, min_lr=lr), eval_every=spe, eval_batches=0,
+                        log_every=max(1, spe // 4), save_every=spe, keep_last=1, context_length=max_length)
+    stop = f", stopping after {train_cfg.patience} without a lower validation loss" if train_cfg.patience else ""
+    log(f"schedule: at most {cfg.epochs:g} epochs x {spe} steps of {train_cfg.batch_size} texts = "
+        f"{train_cfg.max_steps} steps{stop}")
+    recorded = flat_values(cfg)  # the options as flags name them (--lr, --lora-rank), as earlier runs recorded them
+    extra = {"classification": {**{k: v for k, v in recorded.items() if k in CLASSIFICATION_RECORD},
                                 "lr": lr, "labels": labels, "max_length": max_length, "steps_per_epoch": spe,
                                 "counts": {"train": train.counts(), "validation": val.counts(), "test": test.counts()},
                                 "duplicates": duplicates}}
@@ -315,7 +312,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     final_epoch = restored.get("epoch") if restored else (task.history[-1]["epoch"] if finished and task.history else None)
     report = {
         "model": cfg.model,
-        "data": cfg.data or "sms-spam",
+        "data": cfg.labelled.data or "sms-spam",
         "labels": labels,
         "counts": {"train": train.counts(), "validation": val.counts(), "test": test.counts()},
         "duplicates": duplicates,  # what was removed before splitting, and the splits' overlap with train

@@ -1,49 +1,62 @@
-"""The recipes' options, one dataclass each, declared once: the CLI's flags are generated from these
-fields (type, default and the help text below each field), and each recipe takes its config whole.
-Torch-free, so `scratchllm --help` stays fast. The training loop's own options are
-`training.config.TrainConfig`.
+"""The recipes' options, one dataclass each, made of the option groups of the layers below: training
+(training/config.py `TrainConfig`, with each recipe's own defaults), LoRA and a model's shape
+(models/config.py), labelled data (data/config.py). The CLI's flags are generated from these fields
+(type, default and the help text below each field), and each recipe takes its config whole; the
+constructors also take the groups' fields by their flat names (`InstructConfig(lr=1e-3, lora_rank=16)`).
+Torch-free, so `scratchllm --help` stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from scratchllm.core.options import check_fields
-from scratchllm.inference.config import PromptStyleName
+from scratchllm.core.options import check_fields, composed, device_field, group
+from scratchllm.data.config import LabelledConfig
+from scratchllm.errors import ScratchLLMError
+from scratchllm.inference.config import PromptStyleName, prompt_style_field
+from scratchllm.models.config import GPTConfig, LoRAConfig, ModelShape
+from scratchllm.training.config import AutocastDtype, TrainConfig
 
 
+@composed
 @dataclass(kw_only=True)
 class PretrainConfig:
-    """What `scratchllm pretrain` trains on and where it writes; how it trains is a TrainConfig."""
+    """What `scratchllm pretrain` trains on and where it writes; how it trains is its TrainConfig.
+
+    recipes/pretrain.py `resolve_pretrain` builds it from the flags (or keywords), a run file and the
+    run being resumed, in that order of precedence: flags, the resumed run, the run file, these defaults.
+    """
 
     data: str | None = None
     """a UTF-8 text file (split in memory) or a DATADIR from `scratchllm prepare`"""
-    model: str | None = None
+    model: str | dict[str, Any] | GPTConfig | None = None
     """a preset name or a config.json (vocab_size comes from the tokenizer)"""
     out: str | None = None
     """the run directory to write"""
-    tokenizer: str | None = None
-    """'gpt2' (the default), a tokenizer .json file or a model directory; a resumed run keeps its own"""
+    tokenizer: str = "gpt2"
+    """'gpt2', a tokenizer .json file or a model directory; a resumed run keeps its own"""
     config: str | None = None
     """a run file (.toml / .json / .yaml) with train settings and optionally data, model, tokenizer, out; flags win"""
-    val_fraction: float | None = None
-    """validation share of a text file (default 0.1); a resumed run keeps its own"""
+    val_fraction: float = 0.1
+    """validation share of a text file; a resumed run keeps its own"""
     resume: bool | str = False
     """continue the newest checkpoint of --out (or of the run directory given); settings not given again
     come from its run_config.json"""
-    objective: Literal["lm", "mlm", "seq2seq"] | None = None
-    """lm: a next-token GPT (the default); mlm: a BERT-style masked-language encoder; seq2seq: an
-    encoder-decoder on a source<TAB>target --data file"""
+    objective: Literal["lm", "mlm", "seq2seq"] = "lm"
+    """lm: a next-token GPT; mlm: a BERT-style masked-language encoder; seq2seq: an encoder-decoder on a
+    source<TAB>target --data file"""
+    train: TrainConfig = group(TrainConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "pretrain")
 
 
+@composed
 @dataclass(kw_only=True)
 class DemoConfig:
-    """`scratchllm demo` (recipes/demo.py `demo`): the small-budget recipe end to end. The model and
-    training fields left as None keep the recipe's values (SMALL_BUDGET)."""
+    """`scratchllm demo` (recipes/demo.py `demo`): the small-budget recipe end to end. The shape,
+    batch_size and lr left as None keep the recipe's (SMALL_BUDGET)."""
 
     out: str = "runs/demo"
     """run directory to write"""
@@ -53,24 +66,14 @@ class DemoConfig:
     """wall-time budget: tokenizer, data and training"""
     max_steps: int | None = None
     """train this many steps instead of fitting the budget"""
-    device: str = "auto"
-    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    device: str = device_field()
+    dtype: AutocastDtype = "float32"
     """autocast dtype (bfloat16 pays only where the CPU has native bf16, or on GPUs)"""
     overwrite: bool = False
     """replace an existing demo run directory"""
     prompt: str | None = None
     """prompt of the before/after samples (default: 'def ' on the built-in corpus, 'The' with data)"""
-    vocab_size: int | None = None
-    """tokenizer vocabulary (default: the recipe's)"""
-    layers: int | None = None
-    """transformer blocks (default: the recipe's)"""
-    emb_dim: int | None = None
-    """model width (default: the recipe's)"""
-    heads: int | None = None
-    """attention heads (default: the recipe's)"""
-    context_length: int | None = None
-    """tokens per sequence (default: the recipe's)"""
+    shape: ModelShape = group(ModelShape)
     batch_size: int | None = None
     """sequences per step (default: the recipe's)"""
     lr: float | None = None
@@ -78,62 +81,30 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "demo")
+        if not self.minutes > 0:
+            raise ScratchLLMError(f"minutes {self.minutes!r}: expected a positive number")
 
 
+# The TrainConfig fields the fine-tuning verbs offer as flags; the recipes set the rest from the data.
+_TUNING_FLAGS = ("batch_size", "lr", "warmup_steps", "weight_decay", "seed", "device", "dtype", "max_time")
+
+
+@composed
 @dataclass(kw_only=True)
 class ClassifyConfig:
     """Everything `finetune_classifier` needs (`scratchllm finetune classify`)."""
 
     model: str = "gpt2"
     """model directory, run directory or GPT-2 name to start from"""
-    data: str | None = None
-    """labelled TSV/CSV/JSONL/JSON file, or sms-spam (the UCI SMS Spam Collection, downloaded once; the default)"""
+    labelled: LabelledConfig = group(LabelledConfig)
     out: str = "runs/classify"
     """run directory to write (final/ holds the classifier)"""
-    text_column: str = "text"
-    """text column: header name / JSON key, or 0-based position without a header"""
-    label_column: str = "label"
-    """label column, as text_column (a headerless two-column file is label, text)"""
-    format: Literal["tsv", "csv", "jsonl", "json"] | None = None
-    """file format (default: from the file name)"""
-    header: bool | None = None
-    """the TSV/CSV file has a header row (default: detect)"""
-    val: str | None = None
-    """validation file with the same columns (default: carved out of data)"""
-    test: str | None = None
-    """test file (default: carved out of data)"""
-    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    """train, validation, test fractions of data (stratified, seeded)"""
-    keep_duplicates: bool = False
-    """keep repeated texts (default: one example per text, compared case-folded on letters and digits,
-    before balancing and splitting, so that no text is in two splits; copies with conflicting labels
-    are all dropped, and so are training texts that are in --val/--test)"""
-    balance: Literal["undersample", "weights", "none"] = "undersample"
-    """undersample every class to the smallest (the book), or weight the loss by inverse class frequency"""
     epochs: float = 5.0
     """passes over the training split (at most: see patience)"""
-    patience: int = 2
-    """stop after this many epochs without a lower validation loss; final/ then gets the weights of the
-    epoch with the lowest (0: train every epoch, final/ is the last)"""
-    batch_size: int = 8
-    """texts per step"""
-    lr: float | None = None
-    """AdamW learning rate (default: 5e-5 x 768 / the model's width: the book's 5e-5 for GPT-2's 768,
-    3e-4 for a 128-wide model)"""
-    min_lr: float | None = None
-    """cosine-decay the learning rate to this (default: constant, as in the book)"""
-    warmup_steps: int = 0
-    """linear warmup steps"""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices"""
-    grad_clip: float = 1.0
-    """max global gradient norm (0: no clipping)"""
     trainable: Literal["head", "last-block", "all", "lora"] = "last-block"
     """what trains: the head; the last block + final norm + head; everything; LoRA adapters + head"""
-    lora_rank: int = 8
-    """LoRA rank r (with trainable lora)"""
-    lora_alpha: float = 16.0
-    """LoRA alpha (with trainable lora)"""
+    lora: LoRAConfig = group(LoRAConfig, prefix="lora_", flags=("rank", "alpha"),
+                             help={"rank": "LoRA rank r (with trainable lora)", "alpha": "LoRA alpha (with trainable lora)"})
     pooling: Literal["last", "mean", "first"] = "last"
     """which hidden state the head reads: the last real token, the mean of the real tokens, or the first"""
     lm_weight: float = 0.0
@@ -142,30 +113,42 @@ class ClassifyConfig:
     """truncate texts to this many tokens (default: the model's context length)"""
     dropout: float | None = None
     """dropout rate while fine-tuning (default: the model's)"""
-    seed: int = 123
-    """seed of balancing, split, head init and batch order"""
-    split_seed: int | None = None
-    """seed of balancing and split only (default: seed), to vary training seeds over one test set"""
-    device: str = "auto"
-    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """autocast dtype (auto: bf16 on CUDA)"""
-    max_time: float | None = None
-    """stop cleanly after this many seconds"""
     eval_batch_size: int = 32
     """texts per forward pass when evaluating"""
     resume: bool = False
     """continue the newest checkpoint in out"""
-    progress: bool = True
-    """progress bar on stderr"""
+    train: TrainConfig = group(
+        TrainConfig, flags=(*_TUNING_FLAGS, "patience", "min_lr", "grad_clip"),
+        batch_size=8, lr=None, min_lr=None, warmup_steps=0, patience=2, seed=123, max_steps=None, eval_every=None,
+        help={"batch_size": "texts per step",
+              "lr": "AdamW learning rate (default: 5e-5 x 768 / the model's width: the book's 5e-5 for GPT-2's 768, "
+                    "3e-4 for a 128-wide model)",
+              "min_lr": "cosine-decay the learning rate to this (default: constant, as in the book)",
+              "patience": "stop after this many epochs without a lower validation loss; final/ then gets the weights "
+                          "of the epoch with the lowest (0: train every epoch, final/ is the last)",
+              "seed": "seed of balancing, split, head init and batch order",
+              "dtype": "autocast dtype (auto: bf16 on CUDA)", "max_time": "stop cleanly after this many seconds"})
 
     def __post_init__(self) -> None:
         check_fields(self, "classify")
 
 
-DEFAULT_LORA_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
+def _tuning(**defaults: Any) -> Any:
+    """The TrainConfig group of `finetune instruct` and `finetune dpo`, with their defaults."""
+    return group(
+        TrainConfig, flags=(*_TUNING_FLAGS, "max_steps", "eval_every", "compile"),
+        max_steps=None, eval_every=None, batch_size=8, min_lr=None, warmup_steps=0, seed=123, **defaults,
+        help={"max_steps": "stop after this many steps instead (default: epochs x batches per epoch)",
+              "batch_size": "records per step", "lr": "AdamW learning rate (constant after warmup, as in the book)",
+              "eval_every": "validate every N steps (default: four times per epoch)",
+              "seed": "seed of the split, the adapters' init and the batch order",
+              "dtype": "autocast dtype (auto: bf16 on CUDA)", "max_time": "stop cleanly after this many seconds"})
 
 
+_LORA_HELP = {"rank": "train LoRA adapters of this rank instead of all weights"}
+
+
+@composed
 @dataclass(kw_only=True)
 class FinetuneConfig:
     """The options instruction tuning and DPO share (`scratchllm finetune instruct|dpo`)."""
@@ -176,73 +159,42 @@ class FinetuneConfig:
     """JSON/JSONL records (split 85/5/10, seeded, unless val/test are given)"""
     out: str
     """run directory to write (final/, and test.json for `respond`)"""
-    lora_rank: int | None = None
-    """train LoRA adapters of this rank instead of all weights"""
-    lora_alpha: float = 16.0
-    """LoRA scale alpha (the update is alpha/r * B A)"""
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    """linear layers that get adapters (comma-separated on the command line)"""
-    lora_dropout: float = 0.0
-    """dropout on the adapters' input"""
+    lora: LoRAConfig | None = group(LoRAConfig, prefix="lora_", when="rank", flags=("rank", "alpha", "targets", "dropout"),
+                                    help=_LORA_HELP)
     epochs: int = 2
     """passes over the training split"""
-    max_steps: int | None = None
-    """stop after this many steps instead (default: epochs x batches per epoch)"""
-    batch_size: int = 8
-    """records per step"""
-    lr: float = 5e-5
-    """AdamW learning rate (constant after warmup, as in the book)"""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices"""
-    warmup_steps: int = 0
-    """linear warmup steps"""
     max_length: int | None = None
     """truncate examples to this many tokens (default: the model's context length)"""
     val: str | None = None
     """validation file (default: 5% of data)"""
     test: str | None = None
     """test file (default: 10% of data)"""
-    seed: int = 123
-    """seed of the split, the adapters' init and the batch order"""
-    eval_every: int | None = None
-    """validate every N steps (default: four times per epoch)"""
-    device: str = "auto"
-    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """autocast dtype (auto: bf16 on CUDA)"""
-    max_time: float | None = None
-    """stop cleanly after this many seconds"""
-    compile: bool = False
-    """torch.compile the loss computation"""
     resume: bool = False
     """continue the newest checkpoint in out"""
+    train: TrainConfig = _tuning(lr=5e-5)
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__.removesuffix("Config").lower())
 
 
+@composed
 @dataclass(kw_only=True)
 class InstructConfig(FinetuneConfig):
     """Instruction fine-tuning on {instruction, input, output} or {messages} records."""
 
-    prompt_style: PromptStyleName | None = None
-    """prompt layout, stored with the model (default: the base model's stored one, else its chat template
-    (template), else alpaca)"""
+    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     mask_prompt: bool = False
     """learn the response only (the prompt's targets are ignored)"""
 
 
+@composed
 @dataclass(kw_only=True)
 class DPOConfig(FinetuneConfig):
     """Direct Preference Optimization on {instruction, input, chosen, rejected} records."""
 
     beta: float = 0.1
     """how far the policy may move from the reference"""
-    prompt_style: PromptStyleName | None = None
-    """prompt layout (default: the model's stored one, else its chat template (template), else alpaca)"""
+    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     epochs: int = 1
     """passes over the training split"""
-    lr: float = 5e-6
-    """AdamW learning rate (the book's DPO appendix)"""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices"""
+    train: TrainConfig = _tuning(lr=5e-6, weight_decay=0.01)

@@ -30,12 +30,14 @@ from torch import nn
 from scratchllm.core.console import log
 from scratchllm.core.device import autocast_dtype, resolve_device
 from scratchllm.core.files import read_text, write_atomic
+from scratchllm.core.options import flat_routes
 from scratchllm.data.loaders import RandomWindowLoader
 from scratchllm.data.tokens import TokenData, corpus_from_texts
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
+from scratchllm.recipes.config import DemoConfig
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.config import TrainConfig
@@ -301,45 +303,53 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
 # The demo
 
 
-def demo(out: str | os.PathLike[str] = "runs/demo", data: str | os.PathLike[str] | None = None, minutes: float = 3.0,
-         device: str = "auto", dtype: str = "float32", overwrite: bool = False, max_steps: int | None = None,
-         prompt: str | None = None, recipe: Recipe = SMALL_BUDGET, vocab_size: int | None = None,
-         batch_size: int | None = None, lr: float | None = None, **model: Any) -> dict[str, Any]:
-    """The whole pipeline in a few minutes on a CPU: `recipe` trained for `minutes` of wall time (or
-    max_steps) on Python's standard library (or the UTF-8 text file `data`, whose last 10% of
-    characters are held out), samples before and after, and a run directory that
-    `scratchllm generate --model OUT` loads. vocab_size, batch_size, lr (AdamW's peak) and keyword
-    arguments (model fields: emb_dim=256, n_layers=6, ...) override the recipe's; None keeps it. On
-    the built-in corpus, with the recipe's model, a machine fast enough to read the training text more
-    than once in the budget trains a larger model instead."""
-    out = Path(out)
+def demo(cfg: DemoConfig | str | os.PathLike[str] = "runs/demo", recipe: Recipe = SMALL_BUDGET,
+         **model: Any) -> dict[str, Any]:
+    """The whole pipeline in a few minutes on a CPU, as the DemoConfig `cfg` says: `recipe` trained
+    for cfg.minutes of wall time (or cfg.max_steps) on Python's standard library (or the UTF-8 text
+    file cfg.data, whose last 10% of characters are held out), samples before and after, and a run
+    directory that `scratchllm generate --model OUT` loads. cfg.shape, cfg.batch_size and cfg.lr
+    (AdamW's peak) override the recipe's; None keeps it; keyword arguments that are other GPTConfig
+    fields (n_kv_heads=2, ...) change the recipe's model too. On the built-in corpus, with the
+    recipe's model, a machine fast enough to read the training text more than once in the budget
+    trains a larger model instead.
+
+    The earlier form still works: `demo(out, data=..., max_steps=6, n_layers=2, ...)`, DemoConfig
+    fields (its shape's too) by name beside the model's."""
+    if not isinstance(cfg, DemoConfig):
+        fields = {k: model.pop(k) for k in list(model) if k in flat_routes(DemoConfig)}
+        fields = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in fields.items()}
+        cfg = DemoConfig(out=os.fspath(cfg), **fields)
+    out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
+        if not cfg.overwrite:
             raise ScratchLLMError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
         if not (out / "run_config.json").is_file():
             raise ScratchLLMError(f"{out}: not a scratchllm run directory (no run_config.json); refusing to delete it")
         shutil.rmtree(out)
     start = time.perf_counter()
-    if data is None:
+    prompt = cfg.prompt
+    if cfg.data is None:
         files = python_corpus()
         train_docs, val_docs = split_documents([text for _, text in files], 0.1, seed=0)
         source = f"Python {sysconfig.get_python_version()}'s standard library ({len(files)} files)"
         prompt = "def " if prompt is None else prompt
     else:
-        train_text, val_text = split_text(read_text(data, "demo data"), 0.1)
-        train_docs, val_docs, source = [train_text], [val_text], str(data)
+        train_text, val_text = split_text(read_text(cfg.data, "demo data"), 0.1)
+        train_docs, val_docs, source = [train_text], [val_text], cfg.data
         prompt = "The" if prompt is None else prompt
     n_bytes = sum(len(d.encode("utf-8")) for d in train_docs), sum(len(d.encode("utf-8")) for d in val_docs)
     log(f"demo: {source}: {n_bytes[0]:,} bytes of training and {n_bytes[1]:,} of validation text")
-    model = {k: v for k, v in model.items() if v is not None}
-    train = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    model = {**{k: v for k, v in model.items() if v is not None}, **cfg.shape.changes()}
+    vocab_size = model.pop("vocab_size", None)  # the tokenizer's size, which the model's follows
+    train = {k: v for k, v in (("batch_size", cfg.batch_size), ("lr", cfg.lr)) if v is not None}
     if "lr" in train:
         train["min_lr"] = train["lr"] / 10
     recipe = recipe.replace(vocab_size=vocab_size, model=model, train=train)
-    remaining = None if minutes is None else minutes - (time.perf_counter() - start) / 60
-    summary = train_recipe(recipe, train_docs, val_docs, out, minutes=None if max_steps else remaining,
-                           max_steps=max_steps, device=device, dtype=dtype, checkpoints=1, sample_prompt=prompt,
-                           source=source, max_passes=1.0 if data is None and not model else None)
+    remaining = cfg.minutes - (time.perf_counter() - start) / 60
+    summary = train_recipe(recipe, train_docs, val_docs, out, minutes=None if cfg.max_steps else remaining,
+                           max_steps=cfg.max_steps, device=cfg.device, dtype=cfg.dtype, checkpoints=1,
+                           sample_prompt=prompt, source=source, max_passes=1.0 if cfg.data is None and not model else None)
     write_atomic(out / "corpus_source.txt", source + "\n")
     c = summary["corpus"]
     log(f"demo: {c['train_tokens']:,} training tokens ({c['train_bytes_per_token']:.2f} bytes each), "

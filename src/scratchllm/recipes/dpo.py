@@ -8,6 +8,7 @@ chosen - log-ratio of rejected)), on response tokens only.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,12 @@ from scratchllm.data.instructions import (
     split_with_files,
 )
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.lora import apply_lora
 from scratchllm.models.loss import IGNORE_INDEX
 from scratchllm.prompts import choose_style, stored_style
 from scratchllm.recipes.config import DPOConfig
 from scratchllm.recipes.instruct import (
     EpochLoader,
+    apply_lora_config,
     check_counts,
     check_max_length,
     collate_instructions,
@@ -172,22 +173,21 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     The prompt style defaults to the one stored with the model, else its chat template, else alpaca. The book's DPO
     appendix uses lr 5e-6, beta 0.1 and one or two epochs.
     """
-    check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
+    check_counts(epochs=cfg.epochs)
     records = load_preference_data(cfg.data)
-    splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_preference_data)
+    splits = split_with_files(records, cfg.val, cfg.test, cfg.train.seed, load_preference_data)
     train_records, val_records, test_records = splits
     net, tokenizer, stored = prepare_model(cfg, lora=False)
     style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
     max_length = check_max_length(cfg.max_length, net.config.context_length)
-    dev = resolve_device(cfg.device)
+    dev = resolve_device(cfg.train.device)
     reference = copy.deepcopy(net).to(dev)  # pi_ref: the starting policy, frozen
-    if cfg.lora_rank:
-        apply_lora(net, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), cfg.lora_dropout, base_model=str(cfg.model))
+    if cfg.lora is not None:
+        apply_lora_config(net, cfg.lora, str(cfg.model))
     encode = lambda rs: [encode_preference(tokenizer, style, r) for r in rs]  # noqa: E731
     task = PreferenceTask(reference, encode(train_records), encode(val_records), tokenizer.eot_id, cfg.beta,
-                          cfg.batch_size, max_length, cfg.seed, dev)
-    train_cfg = train_config(cfg, task.steps_per_epoch)
-    train_cfg.sample_every = 0
+                          cfg.train.batch_size, max_length, cfg.train.seed, dev)
+    train_cfg = dataclasses.replace(train_config(cfg, task.steps_per_epoch), sample_every=0)
     summary, info = fit_recipe(
         net, task, tokenizer, style, cfg, splits, train_cfg,
         {"recipe": "dpo", "data": str(cfg.data), "beta": cfg.beta, "max_length": max_length, "epochs": cfg.epochs},

@@ -28,6 +28,7 @@ from scratchllm.data.instructions import (encode_example, load_instruction_data,
                                           split_with_files)
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.generation import generate
+from scratchllm.models.config import LoRAConfig
 from scratchllm.models.lora import apply_lora, count_parameters, merge_lora
 from scratchllm.models.loss import IGNORE_INDEX
 from scratchllm.prompts import PromptStyle, choose_style, stored_style
@@ -199,16 +200,14 @@ def check_max_length(max_length: int | None, context_length: int) -> int:
 
 
 def train_config(cfg: FinetuneConfig, steps_per_epoch: int) -> TrainConfig:
-    """Both recipes' TrainConfig: `epochs` passes over the data unless max_steps is given."""
-    steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    """Both recipes' TrainConfig: cfg.train with what it leaves to the data filled in (`epochs` passes
+    unless max_steps is given, four validations per epoch), a checkpoint per epoch and a sample at the end."""
     # The book trains with a constant learning rate: min_lr = lr makes the cosine flat.
-    return TrainConfig(
-        max_steps=steps, max_time=cfg.max_time, batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        eval_every=cfg.eval_every if cfg.eval_every is not None else max(1, steps_per_epoch // 4),
-        eval_batches=0, log_every=max(1, min(10, steps // 20)), save_every=steps_per_epoch, keep_last=1,
-        sample_every=steps, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile,
-    )
+    train = cfg.train.derive(max_steps=cfg.epochs * steps_per_epoch, eval_every=max(1, steps_per_epoch // 4),
+                             min_lr=cfg.train.lr)
+    steps = train.max_steps
+    return dataclasses.replace(train, eval_batches=0, log_every=max(1, min(10, steps // 20)),
+                               save_every=steps_per_epoch, keep_last=1, sample_every=steps)
 
 
 def finish_lora_run(out: Path, base_model: str) -> None:
@@ -232,14 +231,19 @@ def finish_lora_run(out: Path, base_model: str) -> None:
 
 
 def prepare_model(cfg: FinetuneConfig, lora: bool = True):
-    """(model, tokenizer, its config.json) of cfg.model, with LoRA applied when cfg.lora_rank is set
+    """(model, tokenizer, its config.json) of cfg.model, with LoRA applied when cfg.lora is set
     (and `lora`: DPO applies it after copying the reference)."""
     net, tokenizer = load(cfg.model, device="cpu", kind="gpt")
     data = read_model_config(cfg.model) if locate(cfg.model)[0] == "scratchllm" else {}
     net.train().requires_grad_(True)
-    if lora and cfg.lora_rank:
-        apply_lora(net, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), cfg.lora_dropout, base_model=str(cfg.model))
+    if lora and cfg.lora is not None:
+        apply_lora_config(net, cfg.lora, str(cfg.model))
     return net, tokenizer, data
+
+
+def apply_lora_config(net, lora: LoRAConfig, base_model: str):
+    """Adapters on `net` as the LoRA option group says (cfg.lora of a tuning recipe)."""
+    return apply_lora(net, lora.rank, lora.alpha, list(lora.targets), lora.dropout, base_model=base_model)
 
 
 def fit_recipe(net, task, tokenizer, style: PromptStyle, cfg: FinetuneConfig, splits: tuple[list, list, list],
@@ -279,17 +283,17 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     alpaca). With `lora_rank`, only adapters train; best/ and final/ then
     hold merged weights and adapter/ the adapters alone.
     """
-    check_counts(epochs=cfg.epochs, batch_size=cfg.batch_size)
+    check_counts(epochs=cfg.epochs)
     records = load_instruction_data(cfg.data)
-    splits = split_with_files(records, cfg.val, cfg.test, cfg.seed, load_instruction_data)
+    splits = split_with_files(records, cfg.val, cfg.test, cfg.train.seed, load_instruction_data)
     train_records, val_records, test_records = splits
     net, tokenizer, stored = prepare_model(cfg)
     style = choose_style(cfg.prompt_style, stored_style(stored), tokenizer, "alpaca")
     max_length = check_max_length(cfg.max_length, net.config.context_length)
     encode = lambda rs: [encode_example(tokenizer, style, r) for r in rs]  # noqa: E731
     task = InstructionTask(
-        encode(train_records), encode(val_records), tokenizer.eot_id, cfg.batch_size, cfg.mask_prompt, max_length,
-        cfg.seed, resolve_device(cfg.device), sample_prompts=[prompt_and_response(r, style)[0] for r in val_records[:1]],
+        encode(train_records), encode(val_records), tokenizer.eot_id, cfg.train.batch_size, cfg.mask_prompt, max_length,
+        cfg.train.seed, resolve_device(cfg.train.device), sample_prompts=[prompt_and_response(r, style)[0] for r in val_records[:1]],
         tokenizer=tokenizer, stop=style.stop_strings,
     )
     out = Path(cfg.out)

@@ -45,6 +45,7 @@ from scratchllm.inference.fill_mask import MASK_TOKEN, USER_MASK, fill_mask, for
 from scratchllm.models.gpt import GPT
 from scratchllm.models.loss import IGNORE_INDEX
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
+from scratchllm.recipes.config import PretrainConfig
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
 
@@ -203,11 +204,12 @@ class MLMTask(Task):
         self.generator.set_state(state["generator"])
 
 
-def pretrain_mlm(data, model, out, tokenizer: Tokenizer, cfg, resume: bool = False, val_fraction: float = 0.1,
+def pretrain_mlm(run: PretrainConfig, tokenizer: Tokenizer, resume: bool = False,
                  masking: MaskingConfig | None = None) -> dict[str, Any]:
-    """Pretrain a BERT-style encoder; what `scratchllm.train.pretrain(objective="mlm")` runs once it has
-    resolved the run's settings. data: a text file or prepared DATADIR; model: a preset, config.json,
+    """Pretrain a BERT-style encoder; what `pretrain` runs for objective "mlm" once it has resolved
+    the run's settings. run.data: a text file or prepared DATADIR; run.model: a preset, config.json,
     dict or GPTConfig (vocab_size comes from the tokenizer, which gains <|mask|>; causal is set False)."""
+    data, model, out, val_fraction, cfg = run.data, run.model, Path(run.out), run.val_fraction, run.train
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ScratchLLMError("pretrain --objective mlm: runs in a single process (not under torchrun)")
     tok = with_mask_token(tokenizer)

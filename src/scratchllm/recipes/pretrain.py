@@ -2,17 +2,20 @@
 
 `PretrainTask` is the objective as a task of the shared loop (training/loop.py): random windows of
 the token stream, the chunked next-token loss, validation loss, perplexity and bits per byte.
-`pretrain` resolves a run's settings (flags, a run file, or the run directory being resumed), builds
-the model and hands it to `fit`; the other objectives, a BERT-style encoder (`mlm`) and an
-encoder-decoder (`seq2seq`), are looked up in `OBJECTIVES` and run on the same settings.
+`pretrain` takes a recipes/config.py `PretrainConfig` (or the earlier data, model, out and keywords),
+resolves it against a run file and the run directory being resumed (`resolve_pretrain`, on
+core/options.py's one order of precedence), builds the model and hands it to `fit` with its
+TrainConfig; the other objectives, a BERT-style encoder (`mlm`) and an encoder-decoder (`seq2seq`),
+are looked up in `OBJECTIVES` and run on the same settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import torch
 from scratchllm.checkpoint.loader import load_tokenizer, read_config, resolve_tokenizer
 from scratchllm.core.console import log, warn
 from scratchllm.core.device import init_distributed
+from scratchllm.core.options import changed_values, flat_values, resolve
 from scratchllm.data.loaders import RandomWindowLoader, eval_batches
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
@@ -30,9 +34,9 @@ from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
 from scratchllm.recipes.config import PretrainConfig
 from scratchllm.recipes.mlm import pretrain_mlm
 from scratchllm.recipes.seq2seq import pretrain_seq2seq
-from scratchllm.training.config import TrainConfig, read_run_file
+from scratchllm.training.config import read_run_file
 from scratchllm.training.loop import Task, fit
-from scratchllm.training.run_dir import checkpoint_dirs, read_run_config, run_tokenizer
+from scratchllm.training.run_dir import RUN_CONFIG_FILE, checkpoint_dirs, read_run_config, run_tokenizer
 
 class PretrainTask(Task):
     """Next-token prediction on random windows of a token stream (the pretraining objective).
@@ -112,84 +116,97 @@ class PretrainTask(Task):
 
 
 
-# What a run started with the library's or the CLI's defaults gets (on a resume, None means "the run's own").
-DEFAULT_TOKENIZER = "gpt2"
-DEFAULT_VAL_FRACTION = 0.1
+def pretrain(cfg: PretrainConfig | str | os.PathLike[str] | None = None, model: Any = None,
+             out: str | os.PathLike[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Pretrain a GPT (or, by cfg.objective, an encoder or encoder-decoder) on a text file or prepared
+    data directory as the PretrainConfig `cfg` says; returns fit's summary.
 
-
-def pretrain(data: str | os.PathLike[str] | None = None, model: Any = None, out: str | os.PathLike[str] | None = None,
-             **options: Any) -> dict[str, Any]:
-    """Pretrain a GPT on a text file or prepared data directory; returns fit's summary.
-
+    The earlier form still works: `pretrain(data, model, out, **options)` with PretrainConfig fields
+    and its TrainConfig's by name (`pretrain("the-verdict.txt", "gpt-tiny", "runs/v", max_steps=200)`).
     model: a preset name, a config.json path, a GPTConfig or a dict (vocab_size always comes from the
-    tokenizer; train context_length, if set, replaces the model's). `options` are PretrainConfig
-    fields (tokenizer, config, val_fraction, resume, objective) and TrainConfig fields (max_steps,
-    lr, ...). config: a run file (run.toml / .yaml / .json) holding train config fields and
-    optionally data, model, tokenizer, out; keyword arguments win over the file. objective: "lm"
-    (next token, the default), "mlm" (a BERT-style encoder, recipes/mlm.py) or "seq2seq" (an
-    encoder-decoder on source<TAB>target pairs, recipes/seq2seq.py).
+    tokenizer; train context_length, if set, replaces the model's).
 
-    resume=True (or a run directory) continues the newest checkpoint of `out`. The run keeps what it
-    started with: its tokenizer (from the checkpoint, or before the first checkpoint from
-    RUNDIR/tokenizer.json / run_config.json), model, objective, validation split and data; a model,
-    tokenizer or objective given again must be the same. Train settings not given again come from
-    its run_config.json. A run killed before its first checkpoint starts again from step 0 (it says so).
+    What is given (keywords, or the fields of `cfg` that differ from the defaults) wins over the run
+    being resumed, which wins over the run file cfg.config, which wins over the defaults
+    (`resolve_pretrain`). resume=True (or a run directory) continues the newest checkpoint of `out`:
+    the run keeps what it started with, its tokenizer (from the checkpoint, or before the first
+    checkpoint from RUNDIR/tokenizer.json / run_config.json), model, objective, validation split and
+    data; a model, tokenizer or objective given again must be the same. A run killed before its first
+    checkpoint starts again from step 0 (it says so).
     """
-    run_fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"data", "model", "out"}
-    run = PretrainConfig(**{k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
-                            for k, v in options.items() if k in run_fields})
-    train_flags = {k: v for k, v in options.items() if k not in run_fields}
-    tokenizer, resume, config_file, val_fraction, objective = run.tokenizer, run.resume, run.config, run.val_fraction, run.objective
+    if isinstance(cfg, PretrainConfig):
+        if model is not None or out is not None or options:
+            raise ScratchLLMError("pretrain: give a PretrainConfig alone, or data, model, out and keywords")
+        given = changed_values(cfg)
+    else:
+        given = {k: v for k, v in {"data": cfg, "model": model, "out": out, **options}.items() if v is not None}
+    cfg, tok, resume = resolve_pretrain(given)
+    return OBJECTIVES[cfg.objective](cfg, tok, resume=resume)
+
+
+def resolve_pretrain(given: Mapping[str, Any]) -> tuple[PretrainConfig, Any, bool]:
+    """(config, tokenizer, whether a checkpoint is resumed) of a pretraining run from what was given
+    (flags or keywords, by flat name: "max_steps", "data"), the run being resumed (its run_config.json)
+    and the run file, in that order of precedence, over the defaults (core/options.py `resolve`)."""
+    given = dict(given)
+    resume = given.pop("resume", False)
     if isinstance(resume, (str, os.PathLike)):
-        out = out or resume
+        given.setdefault("out", resume)
         resume = True
-    settings: dict[str, Any] = {}
-    if config_file is not None:
-        settings = read_run_file(config_file)
-    data = data if data is not None else settings.pop("data", None)
-    model = model if model is not None else settings.pop("model", None)
-    out = out if out is not None else settings.pop("out", None)
-    tokenizer = tokenizer if tokenizer is not None else settings.pop("tokenizer", None)
-    val_fraction = val_fraction if val_fraction is not None else settings.pop("val_fraction", None)
-    objective = objective or settings.pop("objective", None)
-    for key in ("tokenizer", "val_fraction", "objective"):  # given as keywords, they win over the file
-        settings.pop(key, None)
+    config_file = given.pop("config", None)
+    settings = read_run_file(config_file) if config_file is not None else {}
+    out = given.get("out", settings.get("out"))
     if out is None:
         raise ScratchLLMError("pretrain: an output run directory is required (--out RUNDIR)")
     out = Path(out)
+    layers = [(str(config_file), settings)] if config_file is not None else []
     previous: dict[str, Any] = {}
     if resume:
         found = read_run_config(out)
-        if found is None and (data is None or model is None):
+        stated = {**settings, **given}
+        if found is None and (stated.get("data") is None or stated.get("model") is None):
             raise ScratchLLMError(f"pretrain --resume {out}: no run to resume there (no run_config.json, no "
                                   "checkpoints); start one with --data and --model")
         if found is None:
             log(f"{out}: no run to resume yet; starting a new one")
             resume = False
         previous = found or {}
-    train_settings = {**previous.get("train", {}), **settings,
-                      **{k: v for k, v in train_flags.items() if v is not None}}
-    cfg = TrainConfig.from_dict(train_settings, source=str(config_file) if config_file else "pretrain")
+        layers.append((str(out / RUN_CONFIG_FILE), previous_settings(previous)))
+    layers.append(("pretrain", given))
+    cfg, sources = resolve(PretrainConfig, layers, what="train config", where=str(config_file) if config_file else None,
+                           exclude=("config", "resume"))
+    cfg = replace(cfg, config=None if config_file is None else str(config_file), resume=resume)
     if resume:
-        tok, data, model, val_fraction, objective = _resume_settings(out, previous, tokenizer, data, model,
-                                                                     val_fraction, objective, cfg)
+        stated = {k: v for k, v in {**settings, **given}.items() if k in ("tokenizer", "model", "data", "val_fraction",
+                                                                           "objective")}
+        tok = check_resumed_run(out, previous, stated, cfg)
+        for key, value in settings.items():
+            if sources.get(key) == str(out / RUN_CONFIG_FILE) and value != flat_values(cfg).get(key) and key not in stated:
+                warn(f"{config_file}: {key} = {value!r} is not the resumed run's {flat_values(cfg)[key]!r}; the run keeps "
+                     "its own (a flag changes it)")
     else:
-        tok = resolve_tokenizer(tokenizer or DEFAULT_TOKENIZER)
-    if data is None:
+        tok = resolve_tokenizer(cfg.tokenizer)
+    if cfg.data is None:
         raise ScratchLLMError("pretrain: training data is required (--data FILE.txt or DATADIR)")
-    if model is None:
+    if cfg.model is None:
         raise ScratchLLMError("pretrain: a model is required (--model PRESET or config.json)")
-    objective = objective or "lm"
-    if objective not in OBJECTIVES:
-        raise ScratchLLMError(f"pretrain: objective {objective!r}: expected {', '.join(OBJECTIVES)}")
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-    return OBJECTIVES[objective](data, model, out, tok, cfg, resume=resume, val_fraction=val_fraction)
+    return cfg, tok, resume
 
 
-def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: Any, model: Any,
-                     val_fraction: float | None, objective: str | None, cfg: TrainConfig):
-    """(tokenizer, data, model, val_fraction, objective) of the run being resumed: the run's own, so
-    that a resume never trains a different model; what is given again must agree with them."""
+def previous_settings(previous: Mapping[str, Any]) -> dict[str, Any]:
+    """A resumed run's run_config.json as flat PretrainConfig settings: its train config, model,
+    data, validation share and objective."""
+    run_data = previous.get("data") if isinstance(previous.get("data"), dict) else {}
+    out = dict(previous.get("train", {}))
+    found = {"model": previous.get("model"), "data": run_data.get("path"), "val_fraction": run_data.get("val_fraction"),
+             "objective": previous.get("objective", "lm" if previous else None)}
+    out.update({k: v for k, v in found.items() if v is not None})
+    return out
+
+
+def check_resumed_run(out: Path, previous: Mapping[str, Any], stated: Mapping[str, Any], cfg: PretrainConfig):
+    """The tokenizer of the run being resumed, after checking that what is given again agrees with the
+    run (a resume never trains a different model); a different --data is a warning, not an error."""
     where = f"pretrain --resume {out}"
     checkpoints = checkpoint_dirs(out)
     if checkpoints:
@@ -198,6 +215,7 @@ def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: 
         tok = run_tokenizer(out, previous)
         log(f"{out}: no checkpoint yet (the run stopped before its first save); starting again from step 0 "
             "with the settings in its run_config.json")
+    tokenizer = stated.get("tokenizer")
     if tokenizer is not None:
         given = resolve_tokenizer(tokenizer)
         same = given.merges == tok.merges and given.pattern == tok.pattern and all(
@@ -205,9 +223,9 @@ def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: 
         if not same:
             raise ScratchLLMError(f"{where}: --tokenizer {tokenizer} is not the run's tokenizer ({tok.vocab_size} ids); "
                                   "a resumed run keeps its own (leave --tokenizer out)")
-    run_model = previous.get("model")
+    model, run_model = stated.get("model"), previous.get("model")
     if model is not None and run_model is not None:
-        overrides = {"vocab_size": tok.vocab_size, "context_length": cfg.context_length}
+        overrides = {"vocab_size": tok.vocab_size, "context_length": cfg.train.context_length}
         mine = read_config(run_model, **overrides).to_dict()
         theirs = read_config(model, **overrides).to_dict()
         differ = [k for k in mine if k != "causal" and mine[k] != theirs.get(k)]  # mlm sets causal itself
@@ -216,25 +234,23 @@ def _resume_settings(out: Path, previous: dict[str, Any], tokenizer: Any, data: 
             raise ScratchLLMError(f"{where}: --model {model} has {k}={theirs.get(k)!r}, the run has {mine[k]!r}; "
                                   "a resumed run keeps its model (leave --model out)")
     run_data = previous.get("data") if isinstance(previous.get("data"), dict) else {}
-    if data is None:
-        data = run_data.get("path")
-    elif run_data.get("path") and Path(data).resolve() != Path(run_data["path"]):
+    data = stated.get("data")
+    if data is not None and run_data.get("path") and Path(data).resolve() != Path(run_data["path"]):
         warn(f"{where}: --data {data} is not the run's {run_data['path']}; continuing on {data}")
-    run_fraction = run_data.get("val_fraction")
+    val_fraction, run_fraction = stated.get("val_fraction"), run_data.get("val_fraction")
     if val_fraction is not None and run_fraction is not None and val_fraction != run_fraction:
         raise ScratchLLMError(f"{where}: --val-fraction {val_fraction} is not the run's {run_fraction}; "
                               "a resumed run keeps its validation split (leave --val-fraction out)")
-    if run_fraction is not None:
-        val_fraction = run_fraction
-    run_objective = previous.get("objective", "lm" if previous else None)
+    objective, run_objective = stated.get("objective"), previous.get("objective", "lm" if previous else None)
     if objective is not None and run_objective is not None and objective != run_objective:
         raise ScratchLLMError(f"{where}: --objective {objective} is not the run's {run_objective}")
-    return tok, data, model if model is not None else run_model, val_fraction, objective or run_objective
+    return tok
 
 
-def pretrain_lm(data, model, out, tok, cfg: TrainConfig, resume: bool = False, val_fraction: float = 0.1) -> dict[str, Any]:
+def pretrain_lm(run: PretrainConfig, tok, resume: bool = False) -> dict[str, Any]:
     """Next-token pretraining of a GPT once `pretrain` has resolved the run's settings."""
-    model_cfg = read_config(model, vocab_size=tok.vocab_size, context_length=cfg.context_length)
+    data, out, val_fraction, cfg = run.data, Path(run.out), run.val_fraction, run.train
+    model_cfg = read_config(run.model, vocab_size=tok.vocab_size, context_length=cfg.context_length)
     env, device = init_distributed(cfg.device)
     check_fits(model_cfg, device, TRAINING_BYTES_PER_PARAMETER, what="pretrain")
     corpus = load_corpus(data, tok, val_fraction=val_fraction)

@@ -24,6 +24,7 @@ from scratchllm.data.loaders import SequentialLoader
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.encoder_decoder import IGNORE_INDEX, EncoderDecoder, greedy_decode, pad_sources
 from scratchllm.models.size import TRAINING_BYTES_PER_PARAMETER, check_fits
+from scratchllm.recipes.config import PretrainConfig
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.loop import Task, fit
 
@@ -191,12 +192,12 @@ def exact_match(model: EncoderDecoder, pairs: Sequence[tuple[list[int], list[int
     return hits / len(pairs)
 
 
-def pretrain_seq2seq(data, model, out, tokenizer: Tokenizer, cfg, resume: bool = False,
-                     val_fraction: float = 0.1) -> dict[str, Any]:
-    """Train an encoder-decoder on a `source<TAB>target` file; what `scratchllm.train.pretrain(
-    objective="seq2seq")` runs once it has resolved the run's settings. model: a preset, config.json,
-    dict or GPTConfig (vocab_size comes from the tokenizer). A seeded val_fraction of the pairs is
-    held out for validation loss and exact match."""
+def pretrain_seq2seq(run: PretrainConfig, tokenizer: Tokenizer, resume: bool = False) -> dict[str, Any]:
+    """Train an encoder-decoder on a `source<TAB>target` file; what `pretrain` runs for objective
+    "seq2seq" once it has resolved the run's settings. run.model: a preset, config.json, dict or
+    GPTConfig (vocab_size comes from the tokenizer). A seeded run.val_fraction of the pairs is held
+    out for validation loss and exact match."""
+    data, model, out, val_fraction, cfg = run.data, run.model, Path(run.out), run.val_fraction, run.train
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ScratchLLMError("pretrain --objective seq2seq: runs in a single process (not under torchrun)")
     if Path(data).is_dir():

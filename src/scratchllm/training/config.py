@@ -1,5 +1,6 @@
 """How to train: `TrainConfig` (every option of the loop, declared once: the CLI's flags are generated
-from its fields) and run files (TOML, JSON or YAML). Torch-free, so `scratchllm --help` stays fast.
+from its fields, and each training verb composes it with its own defaults) and run files (TOML, JSON or
+YAML). Torch-free, so `scratchllm --help` stays fast.
 """
 
 from __future__ import annotations
@@ -7,21 +8,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from scratchllm.core.options import check_fields, from_mapping
+from scratchllm.core.options import check_fields, device_field, resolve
 from scratchllm.errors import ScratchLLMError
+
+# The precision of training: "auto" is bf16 autocast on CUDA when supported, float32 elsewhere.
+AutocastDtype = Literal["auto", "float32", "bfloat16"]
+
+# The fields a recipe may leave None for `derive` to fill from its data or model.
+DERIVED = ("max_steps", "lr", "eval_every")
+
 
 @dataclass
 class TrainConfig:
     """Everything about *how* to train (the model's shape lives in GPTConfig, the data in the task).
-    Each field is a `scratchllm pretrain` flag (--max-steps, ...) and a key of a run file."""
+    Each field is a `scratchllm pretrain` flag (--max-steps, ...) and a key of a run file; the
+    fine-tuning verbs offer some of them with defaults of their own. max_steps, lr and eval_every
+    may be None in a recipe's config: the recipe derives them (`derive`) before `fit`."""
 
     # how long
-    max_steps: int = 1000
+    max_steps: int | None = 1000
     """optimizer steps"""
     max_time: float | None = None
     """seconds of wall time (all resumes together); stops early, cleanly, with a checkpoint"""
@@ -35,10 +44,10 @@ class TrainConfig:
     tokens_per_step: int | None = None
     """derive grad_accum from the tokens per optimizer step (printed at start)"""
     # optimizer and schedule
-    lr: float = 6e-4
+    lr: float | None = 6e-4
     """peak learning rate, reached after warmup"""
-    min_lr: float = 6e-5
-    """floor of the cosine decay, reached at max_steps"""
+    min_lr: float | None = 6e-5
+    """floor of the cosine decay, reached at max_steps (none: no decay, lr after warmup)"""
     warmup_steps: int = 100
     """linear warmup steps"""
     weight_decay: float = 0.1
@@ -60,7 +69,7 @@ class TrainConfig:
     muon_momentum: float = 0.95
     """Muon's Nesterov momentum"""
     # evaluation, logging, samples, checkpoints (every N optimizer steps; 0 = only at the end)
-    eval_every: int = 200
+    eval_every: int | None = 200
     """evaluate every N steps (0: only at the end)"""
     eval_batches: int = 20
     """validation batches per evaluation (0: the whole split)"""
@@ -82,9 +91,8 @@ class TrainConfig:
     # execution
     seed: int = 1337
     """random seed (initial weights, batches, dropout)"""
-    device: str = "auto"
-    """auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    device: str = device_field()
+    dtype: AutocastDtype = "auto"
     """auto: bf16 autocast on CUDA when supported, else float32; bfloat16: autocast, also on CPU"""
     compile: bool = False
     """torch.compile the loss computation"""
@@ -97,18 +105,18 @@ class TrainConfig:
         check_fields(self, "train config")
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "sample_tokens")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ScratchLLMError(f"train config field {name!r} must be >= 1, got {getattr(self, name)!r}")
         non_negative = ("warmup_steps", "eval_every", "eval_batches", "patience", "save_every", "sample_every",
                         "weight_decay", "grad_clip", "min_lr")
         for name in non_negative:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ScratchLLMError(f"train config field {name!r} must be >= 0, got {getattr(self, name)!r}")
         if self.keep_last < 1:
             raise ScratchLLMError(f"train config field 'keep_last' must be >= 1, got {self.keep_last!r}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ScratchLLMError(f"train config field 'lr' must be > 0, got {self.lr!r}")
-        if self.min_lr > self.lr:
+        if self.lr is not None and self.min_lr is not None and self.min_lr > self.lr:
             raise ScratchLLMError(f"train config: min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -117,7 +125,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ScratchLLMError(f"train config field {name!r} must be > 0 (or unset), got {value!r}")
-        if self.patience and not self.eval_every:
+        if self.patience and self.eval_every == 0:
             raise ScratchLLMError("train config: patience counts evaluations; it needs eval_every > 0")
         if self.patience and self.fsdp:
             raise ScratchLLMError("train config: patience puts best/'s weights back, which FSDP runs cannot yet; use DDP")
@@ -130,17 +138,28 @@ class TrainConfig:
         if self.optimizer == "muon" and self.fsdp:
             raise ScratchLLMError("train config: optimizer 'muon' does not work with fsdp (Muon orthogonalises whole "
                                   "matrices, which FSDP shards across processes); use DDP (no fsdp) or optimizer adamw")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ScratchLLMError(f"train config field 'device' must be auto, cpu, mps or cuda[:N], got {self.device!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        return from_mapping(cls, data, source, "train config")
+        return resolve(cls, [(source, data)], what="train config", where=source)[0]
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         """Read run.toml / run.yaml / run.json (a flat mapping of fields); `overrides` (e.g. CLI flags) win."""
-        return cls.from_dict({**read_run_file(path), **overrides}, source=str(path))
+        return resolve(cls, [(str(path), read_run_file(path)), ("overrides", overrides)], what="train config",
+                       where=str(path))[0]
+
+    def derive(self, **values: Any) -> TrainConfig:
+        """A copy whose None fields among `values` take those values: what a recipe works out from
+        its data or model (max_steps from epochs, lr from the model's width) unless it was given."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if getattr(self, k) is None})
+
+    def check_derived(self) -> None:
+        """`fit` needs every derived field set."""
+        for name in DERIVED:
+            if getattr(self, name) is None:
+                raise ScratchLLMError(f"train config field {name!r} is not set (a recipe derives it; set it to train "
+                                      "with `fit` directly)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

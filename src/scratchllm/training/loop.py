@@ -404,6 +404,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
     the step; the checkpoints written before it stay. extra_config is saved in run_config.json.
     """
     cfg = TrainConfig.from_dict(cfg.to_dict() if isinstance(cfg, TrainConfig) else cfg)
+    cfg.check_derived()
     env, device = init_distributed(cfg.device)
     context = Context(device, autocast_dtype(cfg.dtype, device))
     run = RunDir(out_dir, main=env.is_main)

@@ -22,12 +22,13 @@ def learning_rate(step: float, cfg: TrainConfig) -> float:
     run with a wall-clock budget decays fully whatever its speed (warmup is then the fraction
     warmup_steps / max_steps of the budget). That run depends on timing, so it is not reproducible.
     """
+    floor = cfg.lr if cfg.min_lr is None else cfg.min_lr  # None: no decay (the book's constant rate)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.max_steps:
-        return cfg.min_lr
+        return floor
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
 def weight_decay_groups(model: nn.Module) -> tuple[list[str], list[str]]:
