@@ -436,6 +436,22 @@ def test_finetune_instruct_full_and_lora_then_dpo(tmp_path, model_dir, records, 
     assert read_model_config(tmp_path / "dpo")["prompt_style"] == "alpaca"  # taken from the starting model
 
 
+def test_the_readme_python_call_trains_lora_with_its_settings(tmp_path, model_dir, records):
+    """README's `finetune_instruct(InstructConfig(model=..., lora_rank=16, lora_alpha=32, lr=1e-3))`:
+    the flat keywords reach the LoRA and training groups, and the run records them."""
+    from scratchllm.recipes.config import InstructConfig
+    from scratchllm.recipes.instruct import finetune_instruct
+
+    data = write(tmp_path / "data.json", records[:12])
+    summary = finetune_instruct(InstructConfig(model=str(model_dir), data=data, out=str(tmp_path / "sft"), lora_rank=2,
+                                               lora_alpha=8, lr=1e-3, epochs=1, batch_size=4, device="cpu"))
+    assert summary["exit_code"] == 0 and summary["steps"] == 2  # 10 training records, batches of 4
+    run = json.loads((tmp_path / "sft" / "run_config.json").read_text())
+    assert (run["train"]["lr"], run["train"]["min_lr"], run["train"]["batch_size"]) == (1e-3, 1e-3, 4)
+    assert (run["lora"]["rank"], run["lora"]["alpha"]) == (2, 8.0)
+    assert read_model_config(tmp_path / "sft")["lora_merged"]["rank"] == 2
+
+
 def test_finetune_instruct_rejects_bad_data_on_one_line(tmp_path, model_dir, capsys):
     data = write(tmp_path / "bad.json", [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}])
     assert main(["finetune", "instruct", "--model", str(model_dir), "--data", data, "--out", str(tmp_path / "o")]) == 2

@@ -199,22 +199,28 @@ class OptionField:
 
 
 @cache
+def class_docs(klass: type) -> dict[str, str]:
+    """The help text of the fields a dataclass body declares: the string literal right below each
+    field (as attribute docstrings are written)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source (e.g. a class made at run time)
+        return {}
+    docs = {}
+    body = ast.parse(source).body[0].body
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def field_docs(cls: type) -> dict[str, str]:
-    """The help text of each field: the string literal right below it in the class body (as
-    attribute docstrings are written), for `cls` and its dataclass bases."""
+    """The help text of each field of `cls` and its dataclass bases (a subclass's own text wins)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):  # no source (e.g. a class made at run time)
-            continue
-        body = ast.parse(source).body[0].body
-        for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
-                docs[node.target.id] = " ".join(after.value.value.split())
+        if dataclasses.is_dataclass(klass):
+            docs.update(class_docs(klass))
     return docs
 
 
