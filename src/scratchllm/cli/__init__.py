@@ -3,8 +3,9 @@
 Each verb is a small `add_<verb>` function that declares its arguments and a `run` function that calls
 the library, in the module of its group (`text`, `training`, `using` and `chat`, `evaluating` and
 `measuring`, `converting`; the shared machinery in `base`); all the work lives in the library so notebooks and
-tests use the same path. Options with many settings come from the library's config dataclasses (`add_options`: one flag per field,
-its type, default and help declared once, beside the field). Bad input raises ScratchLLMError,
+tests use the same path. Every flag comes from a field of the library's config dataclasses (`add_config`:
+one flag per field, its groups' fields included, with its type, default and help declared once, beside
+the field). Bad input raises ScratchLLMError,
 printed here as one line on stderr with exit code 2. Results go to stdout so they can be piped;
 progress and logs go to stderr. The package is imported inside the `run` functions, so that
 `scratchllm --help` stays fast and needs no torch.
