@@ -33,8 +33,10 @@ VERBS = {
     "finetune classify": ["finetune", "classify", "--data", "d.tsv"],
     "finetune instruct": ["finetune", "instruct", "--model", "m", "--data", "d.json", "--out", "o"],
     "finetune dpo": ["finetune", "dpo", "--model", "m", "--data", "d.json", "--out", "o"],
+    **{f"evaluate {task}": ["evaluate", task, "--model", "m", "--data", "d"] for task in ("perplexity", "fewshot", "choice")},
 }
-WEIGHT_DTYPE = ["generate", "chat", "serve", "respond"]  # LoadConfig.dtype: how the weights are cast
+EVALUATE = ["evaluate perplexity", "evaluate fewshot", "evaluate choice"]
+WEIGHT_DTYPE = ["generate", "chat", "serve", "respond", *EVALUATE]  # LoadConfig.dtype: how the weights are cast
 AUTOCAST_DTYPE = ["pretrain", "demo", "finetune classify", "finetune instruct", "finetune dpo"]  # TrainConfig.dtype
 PROMPT_STYLE = ["chat", "serve", "respond", "finetune instruct", "finetune dpo"]
 
@@ -94,14 +96,14 @@ def test_the_python_api_checks_the_same_values(value, message):
 
 def test_every_device_option_has_the_one_help():
     helps = {verb: flag_help(p, "--device") for verb, p in walk(build_parser())}
-    offered = {verb: h for verb, h in helps.items() if h is not None and not verb.startswith("evaluate")}
+    offered = {verb: h for verb, h in helps.items() if h is not None}
     assert set(VERBS) <= set(offered)
     assert all(h.startswith(DEVICE_HELP) for h in offered.values()), offered
 
 
 # A field of each group, and the verbs that offer it as a flag with the group's own help.
 GROUP_FIELDS = [
-    (LoadConfig, "dtype", "--dtype", {"generate", "chat", "serve", "respond"}),
+    (LoadConfig, "dtype", "--dtype", {"generate", "chat", "serve", "respond", *EVALUATE}),
     (SamplingConfig, "top_p", "--top-p", {"generate", "chat", "respond"}),
     (TrainConfig, "grad_clip", "--grad-clip", {"pretrain", "finetune classify"}),
     (TrainConfig, "weight_decay", "--weight-decay", {"pretrain", "finetune classify", "finetune instruct", "finetune dpo"}),

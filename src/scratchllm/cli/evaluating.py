@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Callable
 
-from scratchllm.cli.base import add_group, add_options, options_of, parser_for, verb
+from scratchllm.cli.base import add_config, add_group, parser_for, verb
 from scratchllm.evaluation.tasks import (ChoiceTask, EvaluateConfig, FewshotTask, PerplexityTask, ReportConfig,
                                          ResponsesTask)
 
@@ -36,18 +36,18 @@ def add_scored_task(tasks: argparse._SubParsersAction, name: str, task_class: ty
     evaluation/lm.py `evaluate`, prints the table and, with --out, writes the JSON report (whose path
     is checked before the evaluation starts: an existing file needs --overwrite)."""
     p = parser_for(tasks, name, help)
-    run_flags = add_options(p, EvaluateConfig)
-    task_flags = add_options(p, task_class)
-    report_flags = add_options(p, ReportConfig)
+    run_flags = add_config(p, EvaluateConfig)
+    task_flags = add_config(p, task_class)
+    report_flags = add_config(p, ReportConfig)
 
     def run(args):
         from scratchllm.core.files import check_overwrite
         from scratchllm.evaluation.lm import evaluate
         from scratchllm.evaluation.report import format_report, write_report
 
-        cfg = options_of(args, EvaluateConfig, run_flags)
-        task = options_of(args, task_class, task_flags)
-        out = options_of(args, ReportConfig, report_flags)
+        cfg = run_flags.config(args)
+        task = task_flags.config(args)
+        out = report_flags.config(args)
         if out.out:
             check_overwrite(out.out, out.overwrite, "report file")
         report = evaluate(task, cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
@@ -80,16 +80,16 @@ def add_evaluate_choice(tasks):
 @evaluate_task
 def add_evaluate_responses(tasks):
     p = parser_for(tasks, "responses", "Score model responses: ROUGE-L F1, exact match, and optionally an LLM judge (0-100).")
-    task_flags = add_options(p, ResponsesTask)
-    report_flags = add_options(p, ReportConfig)
+    task_flags = add_config(p, ResponsesTask)
+    report_flags = add_config(p, ReportConfig)
 
     def run(args):
         import os
 
         from scratchllm.evaluation.responses import evaluate_responses, format_evaluation
 
-        task = options_of(args, ResponsesTask, task_flags)
-        report = options_of(args, ReportConfig, report_flags)
+        task = task_flags.config(args)
+        report = report_flags.config(args)
         result = evaluate_responses(task.data, judge_url=task.judge_url, judge_model=task.judge_model, out=report.out,
                                     timeout=task.timeout, api_key=os.environ.get("OPENAI_API_KEY"),
                                     progress=sys.stderr.isatty(), overwrite=report.overwrite)

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from scratchllm.checkpoint.config import LoadConfig
 from scratchllm.core.options import check_fields
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import LoadConfig
 
 
 def _at_least(value: int | float | None, low: int, what: str) -> None:
