@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import DECODERS, SEED_MAX, SEED_MIN, check_sampling, check_seed  # noqa: F401 (as before)
+from scratchllm.inference.config import check_sampling, check_seed
 from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
 from scratchllm.inference.static_decode import acquire_decoder, release_decoder
