@@ -1,5 +1,6 @@
 """The machinery every verb module uses: the verb registry (grouped for `scratchllm --help`), the
-parser of one verb, verbs made of sub-verbs, and flags generated from a config dataclass."""
+parser of one verb, verbs made of sub-verbs, and `add_config`: every flag of a verb generated from
+its config dataclass (core/options.py reads the fields, the groups' included), no flag written by hand."""
 
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ def _argument(f: OptionField, plain: bool, given_only: bool) -> dict[str, Any]:
     if f.value_type is bool:
         if plain:
             kwargs.update(action="store_true", default=False)
+            if f.default is True:  # --no-progress turns the progress bar off
+                kwargs["help"] = f"no {help}"
         else:
             kwargs["action"] = argparse.BooleanOptionalAction
     elif f.value_type == "flag_or_str":  # --resume, or --resume RUNDIR

@@ -70,7 +70,7 @@ class PrepareConfig:
     overwrite: bool = False
     """replace an existing DATADIR (only once the new one is complete)"""
     progress: bool = True
-    """a progress bar on stderr (--no-progress: none)"""
+    """progress bar on stderr"""
 
     def __post_init__(self) -> None:
         check_fields(self, "prepare")

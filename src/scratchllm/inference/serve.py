@@ -694,9 +694,7 @@ def serve(cfg: ServeConfig) -> int:
         import uvicorn
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
-    settings = cfg.settings
-    settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
-    settings.check()
-    app = create_app(cfg.load.model, settings, device=cfg.load.device, dtype=cfg.load.dtype)
-    uvicorn.Server(server_config(app, settings, cfg.log_level)).run()
+    cfg.settings.api_key = cfg.settings.api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(cfg.load.model, cfg.settings, device=cfg.load.device, dtype=cfg.load.dtype)  # checks the settings
+    uvicorn.Server(server_config(app, cfg.settings, cfg.log_level)).run()
     return 0
