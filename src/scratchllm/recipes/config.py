@@ -171,6 +171,7 @@ class FinetuneConfig:
     """test file (default: 10% of data)"""
     resume: bool = False
     """continue the newest checkpoint in out"""
+    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     train: TrainConfig = _tuning(lr=5e-5)
 
     def __post_init__(self) -> None:
@@ -182,7 +183,6 @@ class FinetuneConfig:
 class InstructConfig(FinetuneConfig):
     """Instruction fine-tuning on {instruction, input, output} or {messages} records."""
 
-    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     mask_prompt: bool = False
     """learn the response only (the prompt's targets are ignored)"""
 
@@ -194,7 +194,6 @@ class DPOConfig(FinetuneConfig):
 
     beta: float = 0.1
     """how far the policy may move from the reference"""
-    prompt_style: PromptStyleName | None = prompt_style_field("alpaca")
     epochs: int = 1
     """passes over the training split"""
     train: TrainConfig = _tuning(lr=5e-6, weight_decay=0.01)
