@@ -19,7 +19,7 @@ import sys
 
 # each module registers its verbs
 from scratchllm.cli import chat, converting, evaluating, measuring, text, training, using  # noqa: F401
-from scratchllm.cli.base import GROUPS, VERBS
+from scratchllm.cli.base import GROUPS, VERBS, Parser
 from scratchllm.cli.chat import chat_piped, chat_repl
 from scratchllm.errors import ScratchLLMError
 
@@ -29,13 +29,13 @@ __all__ = ["build_parser", "chat_piped", "chat_repl", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from scratchllm import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="scratchllm", usage="scratchllm [-h] [--version] VERB ...", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build, train, fine-tune, evaluate and serve GPT-style language models from scratch.",
         epilog="`scratchllm VERB --help` shows a verb's options.",
     )
     parser.add_argument("--version", action="version", version=f"scratchllm {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", help=argparse.SUPPRESS, prog="scratchllm")
     listed = [name for _, names in GROUPS for name in names]
     assert sorted(listed) == sorted(VERBS), "every verb belongs to one group"
     lines = []

@@ -38,9 +38,19 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show a flag's default in --help, except when there is none to show (None, False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        # `is`, not `in`: 0 == False, and a default of 0 (--shots 0, --seed 0) is worth showing.
+        nothing = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if nothing or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line, `scratchllm VERB: error: MESSAGE`, and exit code 2,
+    as every other bad input (argparse's own prints the whole usage above the line)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parser_for(sub: argparse._SubParsersAction, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
