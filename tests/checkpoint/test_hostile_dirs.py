@@ -17,7 +17,6 @@ from scratchllm.checkpoint.convert import merge_lora_dir
 from scratchllm.checkpoint.model_dir import save_model
 from scratchllm.cli import main
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.generation import generate
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "v0_1_layout"
 
@@ -107,7 +106,16 @@ def test_merge_lora_never_replaces_a_classifier_directory(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier"]
     classifier, _ = load(target, kind="classifier")  # still a working classifier
     assert classifier.labels == ["ham", "spam"]
-    # A GPT directory (the same kind) is what it may replace.
+    # A GPT directory (the same kind) is what it may replace, and what it writes is the merged model:
+    # the logits of lora-step run with its adapters beside the base weights (W x + alpha/r B A x),
+    # not those of its base (gpt/), which differ by up to 0.63 here.
+    step, tok = load(FIXTURES / "lora-step", merge=False)
+    base, _ = load(FIXTURES / "gpt")
+    ids = torch.tensor([tok.encode("KING RICHARD II:\nWhat")])
     merged = merge_lora_dir(tmp_path / "merged", model=FIXTURES / "lora-step")
-    assert generate(*load(merged), "KING", max_new_tokens=3, temperature=0) is not None
-    merge_lora_dir(merged, model=FIXTURES / "lora-step")
+    merge_lora_dir(merged, model=FIXTURES / "lora-step")  # replaces the directory it wrote
+    with torch.no_grad():
+        want, unmerged, got = step(ids), base(ids), load(merged)[0](ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got - unmerged).abs().max() > 0.1
+    assert sorted(p.name for p in merged.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
