@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,12 +209,37 @@ def test_run_directory_layout(run):
     d = config["derived"]
     assert d["tokens_per_step"] == 512 and d["grad_accum"] == 1 and d["flops_per_token"] > 0
     assert d["parameters"] == sum(p.numel() for p in GPT(GPTConfig(vocab_size=384, **RUN_MODEL)).parameters())
-    samples = (out / "samples.txt").read_text()
-    assert [line for line in samples.splitlines() if line.startswith("--- step")] == [
-        "--- step 0 ---", "--- step 40 ---", "--- step 80 ---"]
+    assert list(_samples(out)) == [0, 40, 80]
     state = torch.load(out / "checkpoints/step-0000080/trainer.pt", weights_only=True)
     assert state["step"] == 80 and state["tokens"] == 80 * 512 and state["world_size"] == 1
     assert {"optimizer", "ranks", "best", "train_config"} <= set(state)
+
+
+def _samples(run_dir: Path) -> dict[int, str]:
+    """samples.txt as {step: text}: each entry is "--- step N ---\\n" + text + "\\n\\n"."""
+    parts = re.split(r"^--- step (\d+) ---\n", (run_dir / "samples.txt").read_text(), flags=re.M)
+    assert parts[0] == ""
+    return {int(step): text.removesuffix("\n\n") for step, text in zip(parts[1::2], parts[2::2])}
+
+
+def test_samples_are_the_weights_of_their_step_sampled_with_the_run_seed(run):
+    """Each sample is the prompt ("\\n") and sample_tokens=8 tokens drawn at temperature 0.8, top-k 50,
+    with the run's seed, from the weights of its step: step 0's are the seeded initial weights,
+    step 80's the final ones."""
+    from scratchllm.checkpoint import load
+    from scratchllm.inference.generation import generate
+
+    out, _ = run
+    model, tok = load(out)  # final/: the weights of step 80
+    torch.manual_seed(1337)  # the run's seed, as pretrain seeds the initial weights
+    initial = GPT(GPTConfig(vocab_size=384, **RUN_MODEL)).eval()
+    samples = _samples(out)
+
+    def sample(m: GPT) -> str:
+        return "\n" + generate(m, tok, "\n", max_new_tokens=8, temperature=0.8, top_k=50, seed=1337)
+
+    assert samples[0] == sample(initial) and samples[80] == sample(model)
+    assert len(set(samples.values())) == 3  # the weights moved between samples
 
 
 def test_run_directory_loads_for_generation(run):
@@ -225,10 +251,15 @@ def test_run_directory_loads_for_generation(run):
     out, _ = run
     model, tok = load(out)  # resolves RUNDIR/final/
     final = load_file(str(out / "final/model.safetensors"))
-    assert torch.equal(model.tok_emb.weight, final["tok_emb.weight"])
+    assert set(final) == set(model.state_dict()) - {"out_head.weight"}  # tied to tok_emb.weight
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
     assert tok.vocab_size == 384
-    text = generate(model, tok, "I had", max_new_tokens=5, temperature=0)
-    assert isinstance(text, str) and text
+    # Greedy decoding is the argmax of the logits, token by token.
+    ids = tok.encode("I had")
+    with torch.no_grad():
+        for _ in range(5):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert generate(model, tok, "I had", max_new_tokens=5, temperature=0) == tok.decode(ids[2:])
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(run, verdict, tok_file):
