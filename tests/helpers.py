@@ -63,3 +63,11 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def drawn_bars(ax) -> list[tuple[str, float]]:
+    """The horizontal bars of a matplotlib Axes as (y tick label, width), top bar first: what a
+    reader of the chart sees, read from the Figure rather than from the PNG."""
+    labels = {round(y, 6): t.get_text() for y, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    bars = sorted(ax.patches, key=lambda b: -(b.get_y() + b.get_height() / 2))
+    return [(labels.get(round(b.get_y() + b.get_height() / 2, 6), ""), b.get_width()) for b in bars]

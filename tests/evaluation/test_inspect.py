@@ -6,6 +6,7 @@ The attention weights drawn must be the model's own: each row a probability dist
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -18,6 +19,7 @@ from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import GPT
 from scratchllm.tokenizer import Tokenizer
+from tests.helpers import drawn_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEXT = "The quick brown fox jumps over the lazy dog"
@@ -146,6 +148,25 @@ def test_attention_layer_and_head_selection(tmp_path, model, gpt2_tok):
     assert_png(tmp_path / "a.png")
 
 
+def test_attention_figure_draws_each_chosen_layer_and_head(model, gpt2_tok):
+    """Panel (row r, column c) is layer layers[r], head heads[c]: its pixels are that head's weights
+    (queries down, keys across), the tokens on both axes of the outer panels."""
+    ids, w = im.attention_maps(model, gpt2_tok, TEXT)
+    tokens = [gpt2_tok.decode([i]) for i in ids]
+    layers, heads = [1, 0], [3, 0, 2]
+    fig = im.attention_figure(w, tokens, layers, heads)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_title()]  # not the colour bar
+    chosen = list(itertools.product(layers, heads))
+    assert [ax.get_title() for ax in panels] == [f"layer {layer}, head {head}" for layer, head in chosen]
+    for k, (ax, (layer, head)) in enumerate(zip(panels, chosen)):
+        assert torch.equal(torch.as_tensor(ax.images[0].get_array()), w[layer, head])
+        row, column = divmod(k, len(heads))
+        x_labels = [t.get_text() for t in ax.get_xticklabels()]
+        y_labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert x_labels == (tokens if row == len(layers) - 1 else [""] * len(tokens))
+        assert y_labels == (tokens if column == 0 else [""] * len(tokens))
+
+
 def test_attention_cli_writes_png(tmp_path, capsys, model_dir):
     out = tmp_path / "att.png"
     rc = main(["inspect", "attention", "--model", str(model_dir), "--text", TEXT, "--out", str(out),
@@ -191,6 +212,13 @@ def test_next_token_probabilities_are_the_softmax_of_the_logits(tmp_path, model,
     assert_png(tmp_path / "bars.png")
 
 
+def test_next_token_figure_draws_the_top_k_most_likely_on_top(model, gpt2_tok):
+    result = im.next_token_distribution(model, gpt2_tok, "Hello, my name is", top_k=5)
+    drawn = drawn_bars(im.next_token_figure(result).axes[0])
+    assert drawn == [(repr(r["token"]), pytest.approx(r["prob"])) for r in result["top"]]
+    assert [p for _, p in drawn] == sorted((p for _, p in drawn), reverse=True)
+
+
 def test_next_token_cli_table(tmp_path, capsys, model_dir):
     out = tmp_path / "bars.png"
     rc = main(["inspect", "next-token", "--model", str(model_dir), "--text", "Hello", "--top-k", "3",
@@ -212,6 +240,18 @@ def test_info_out_draws_the_parameter_breakdown(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("model: gpt-tiny") and f"wrote {out}" in captured.err
     assert_png(out)
+
+
+def test_parameter_breakdown_figure_draws_each_group_with_its_count():
+    from scratchllm.evaluation.info import model_info
+
+    info = model_info("gpt-tiny")
+    ax = im.parameter_breakdown_figure(info).axes[0]
+    assert drawn_bars(ax) == list(info["breakdown"].items())  # in the breakdown's order, first on top
+    total = sum(info["breakdown"].values())
+    shares = [t.get_text().split()[1] for t in ax.texts]  # the bar labels: "1.2M  31.0%"
+    assert shares == [f"{100 * n / total:.1f}%" for n in info["breakdown"].values()]
+    assert ax.get_title() == f"gpt-tiny: {total / 1e6:.3g}M parameters"
 
 
 def test_plot_parameter_breakdown_rejects_a_missing_breakdown(tmp_path):

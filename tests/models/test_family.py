@@ -12,6 +12,7 @@ from scratchllm.models.config import GPTConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.info import model_info, parameter_breakdown
 from scratchllm.models.gpt import GPT, KVCache
+from tests.helpers import drawn_bars
 
 import transformers  # noqa: E402  (a test dependency: never skipped)
 
@@ -106,6 +107,27 @@ def test_info_compare_prints_a_row_per_model_and_draws_the_chart(tmp_path, capsy
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["info"]) == 2
     assert "give either --model or --compare" in capsys.readouterr().err
+
+
+def test_the_comparison_chart_draws_each_models_total_and_its_shares():
+    from scratchllm.evaluation.inspect import parameter_comparison_figure
+
+    names = ["gpt2-small", "gpt3-175b", "llama-tiny"]
+    infos = [model_info(name) for name in names]
+    totals = [sum(i["breakdown"].values()) for i in infos]
+    ax_total, ax_share = parameter_comparison_figure(infos).axes[:2]
+    assert drawn_bars(ax_total) == list(zip(names, totals))  # first model on top
+    assert ax_total.get_xscale() == "log"
+    groups = list(infos[0]["breakdown"])
+    assert [t.get_text() for t in ax_share.get_legend().get_texts()] == groups
+    # ax_share holds one bar per group and model, drawn group by group, left to right within a row
+    segments = [b.get_width() for b in ax_share.patches]
+    for g, group in enumerate(groups):
+        for m, (info, total) in enumerate(zip(infos, totals)):
+            bar = ax_share.patches[g * len(infos) + m]
+            assert bar.get_y() + bar.get_height() / 2 == pytest.approx(len(infos) - 1 - m)
+            assert bar.get_width() == pytest.approx(100 * info["breakdown"][group] / total)
+            assert bar.get_x() == pytest.approx(sum(segments[h * len(infos) + m] for h in range(g)))
 
 
 @pytest.mark.parametrize(

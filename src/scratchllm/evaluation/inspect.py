@@ -9,10 +9,12 @@ library's module of that name.)
   text, as a grid of heat maps with the tokens on the axes (recorded by hooks on the attention
   kernels during one forward pass, with the formula of Vaswani et al. 2017, eq. 1).
 - `next_token_distribution` / `inspect_next_token`: the top-k candidates for the next token.
-- `plot_parameter_breakdown`: where a model's parameters are (embeddings, attention, MLP, ...).
+- `plot_parameter_breakdown` / `plot_parameter_comparison`: where a model's parameters are
+  (embeddings, attention, MLP, ...), for one model or several.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no display, no global
-state) and written atomically.
+state) and written atomically. Each `plot_*` saves the Figure of its `*_figure` builder, which a
+notebook can show and a test can read (what is drawn, not only that a PNG was written).
 """
 
 from __future__ import annotations
@@ -160,9 +162,10 @@ def attention_maps(model: Any, tokenizer: Any, text: str) -> tuple[list[int], to
     return ids, torch.stack(maps)  # (L, H, T, T)
 
 
-def plot_attention(weights: torch.Tensor, tokens: Sequence[str], out: str | os.PathLike[str],
-                   layers: Sequence[int], heads: Sequence[int], title: str = "") -> Path:
-    """A grid of heat maps: one row per layer, one column per head; keys on x, queries on y."""
+def attention_figure(weights: torch.Tensor, tokens: Sequence[str], layers: Sequence[int], heads: Sequence[int],
+                     title: str = ""):
+    """A grid of heat maps of `weights` (n_layers, n_heads, T, T): one row per chosen layer, one column
+    per chosen head; keys on x, queries on y. Returns the matplotlib Figure (`plot_attention` saves it)."""
     T = len(tokens)
     cell = max(1.6, min(0.28 * T, 6.0))  # inches per panel: readable labels, bounded size
     fig = _figure(cell * len(heads) + 1.0, cell * len(layers) + 0.8)
@@ -183,7 +186,13 @@ def plot_attention(weights: torch.Tensor, tokens: Sequence[str], out: str | os.P
             ax.tick_params(length=0)
     fig.colorbar(image, ax=grid, shrink=0.6, label="attention weight")
     fig.suptitle(title or "attention weights (rows: queries, columns: keys)", fontsize=10)
-    return _save(fig, out)
+    return fig
+
+
+def plot_attention(weights: torch.Tensor, tokens: Sequence[str], out: str | os.PathLike[str],
+                   layers: Sequence[int], heads: Sequence[int], title: str = "") -> Path:
+    """`attention_figure` written to the PNG `out`."""
+    return _save(attention_figure(weights, tokens, layers, heads, title), out)
 
 
 def inspect_attention(model: ModelSource, text: str, out: str | os.PathLike[str], *, tokenizer: Any = None,
@@ -230,8 +239,9 @@ def next_token_distribution(model: Any, tokenizer: Any, text: str, top_k: int = 
             "entropy": float(-(probs * logprobs).nan_to_num().sum())}
 
 
-def plot_next_token(result: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Horizontal bars of the top-k next-token probabilities, most likely on top."""
+def next_token_figure(result: dict[str, Any]):
+    """Horizontal bars of the top-k next-token probabilities of `next_token_distribution`'s result,
+    most likely on top. Returns the matplotlib Figure (`plot_next_token` saves it)."""
     rows = result["top"]
     fig = _figure(6.5, 0.35 * len(rows) + 1.2)
     ax = fig.subplots()
@@ -245,7 +255,12 @@ def plot_next_token(result: dict[str, Any], out: str | os.PathLike[str]) -> Path
     ax.set_xlabel("probability")
     shown = result["text"] if len(result["text"]) <= 60 else "..." + result["text"][-57:]
     ax.set_title(f"next token after {shown!r}", fontsize=9)
-    return _save(fig, out)
+    return fig
+
+
+def plot_next_token(result: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """`next_token_figure` written to the PNG `out`."""
+    return _save(next_token_figure(result), out)
 
 
 def inspect_next_token(model: ModelSource, text: str, *, tokenizer: Any = None, top_k: int = 10,
@@ -276,8 +291,9 @@ def format_next_token(result: dict[str, Any]) -> str:
 # Parameters
 
 
-def plot_parameter_breakdown(info: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Bars of parameters per group ("breakdown" of `scratchllm.info.model_info`), with shares."""
+def parameter_breakdown_figure(info: dict[str, Any]):
+    """Bars of parameters per group ("breakdown" of `evaluation.info.model_info`), first group on top,
+    with shares. Returns the matplotlib Figure (`plot_parameter_breakdown` saves it)."""
     breakdown = info.get("breakdown")
     if not isinstance(breakdown, dict) or not breakdown:
         raise ScratchLLMError("info: expected a 'breakdown' dict of parameter counts per group")
@@ -296,7 +312,12 @@ def plot_parameter_breakdown(info: dict[str, Any], out: str | os.PathLike[str]) 
     ax.set_xlim(0, max(counts) * 1.35 + 1)
     ax.set_xlabel("parameters")
     ax.set_title(f"{info.get('model', 'model')}: {_count(sum(counts))} parameters", fontsize=10)
-    return _save(fig, out)
+    return fig
+
+
+def plot_parameter_breakdown(info: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """`parameter_breakdown_figure` written to the PNG `out`."""
+    return _save(parameter_breakdown_figure(info), out)
 
 
 def _count(n: float) -> str:
@@ -306,9 +327,10 @@ def _count(n: float) -> str:
     return str(int(n)) if math.isfinite(n) else str(n)
 
 
-def plot_parameter_comparison(infos: list[dict[str, Any]], out: str | os.PathLike[str]) -> Path:
-    """Two panels for several models (`info --compare`): total parameters on a log scale (so GPT-2
-    small and GPT-3 175B fit on one chart), and each model's split into groups as shares."""
+def parameter_comparison_figure(infos: list[dict[str, Any]]):
+    """Two panels for several models (`info --compare`), first model on top: total parameters on a log
+    scale (so GPT-2 small and GPT-3 175B fit on one chart), and each model's split into groups as
+    shares. Returns the matplotlib Figure (`plot_parameter_comparison` saves it)."""
     if not infos:
         raise ScratchLLMError("info --compare: expected at least one model")
     names = [i["model"] for i in infos]
@@ -335,4 +357,9 @@ def plot_parameter_comparison(infos: list[dict[str, Any]], out: str | os.PathLik
     ax_share.legend(fontsize=7, loc="lower right", ncol=5, bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Parameters per model", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def plot_parameter_comparison(infos: list[dict[str, Any]], out: str | os.PathLike[str]) -> Path:
+    """`parameter_comparison_figure` written to the PNG `out`."""
+    return _save(parameter_comparison_figure(infos), out)
