@@ -320,6 +320,87 @@ def test_resume_after_sigkill_then_sigterm_matches_an_uninterrupted_run(tmp_path
     assert (run / "final").is_dir()
 
 
+def _start_pretrain(tmp_path: Path, verdict: Path, tok_file: Path, dropout_model: Path, launcher: list[str]):
+    """A run that would take 100,000 steps, logging each, with no periodic checkpoint. Returns the
+    process, the list its stderr is read into line by line, and the thread that reads it."""
+    import threading
+
+    args = ["pretrain", "--data", str(verdict), "--model", str(dropout_model), "--tokenizer", str(tok_file),
+            "--max-steps", "100000", "--batch-size", "4", "--eval-every", "0", "--log-every", "1",
+            "--save-every", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen([*launcher, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+def _wait_until(proc: subprocess.Popen, lines: list[str], done) -> None:
+    deadline = time.time() + 120
+    while not done():
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-2000:]
+        time.sleep(0.01)
+
+
+def _logged_step(run_dir: Path) -> int:
+    try:
+        return max(_losses(run_dir), default=0)
+    except (OSError, json.JSONDecodeError):  # not written yet, or a line being written
+        return 0
+
+
+def test_sigint_saves_a_checkpoint_at_its_step_and_exits_130(tmp_path, verdict, tok_file, dropout_model):
+    run = tmp_path / "run"
+    proc, lines, reader = _start_pretrain(tmp_path, verdict, tok_file, dropout_model, [sys.executable, "-m", "scratchllm"])
+    try:
+        _wait_until(proc, lines, lambda: _logged_step(run) >= 3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, "".join(lines)[-2000:]
+    finally:
+        proc.kill()
+    reader.join(10)  # it has read the last lines
+    err = "".join(lines)
+    stopped_at = max(_losses(run))
+    assert "SIGINT: saving a checkpoint after this step, then stopping (send it again to stop at once)" in err
+    assert f"stopped by SIGINT at step {stopped_at}: " in err and f"(resume with --resume {run})" in err
+    assert [s for s, _ in checkpoint_dirs(run)] == [stopped_at] and not (run / "final").exists()
+
+
+# The CLI in a process whose checkpoint save takes a minute: a second signal must not wait for it.
+SLOW_SAVE = """
+import sys, time
+from scratchllm.cli import main
+from scratchllm.training.loop import Checkpointer
+
+def slow_save(self, progress, elapsed):
+    print("slow save started", file=sys.stderr, flush=True)
+    time.sleep(60)
+
+Checkpointer.save = slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_sigint_stops_at_once_without_the_checkpoint(tmp_path, verdict, tok_file, dropout_model):
+    run = tmp_path / "run"
+    proc, lines, reader = _start_pretrain(tmp_path, verdict, tok_file, dropout_model, [sys.executable, "-c", SLOW_SAVE])
+    try:
+        _wait_until(proc, lines, lambda: _logged_step(run) >= 2)
+        proc.send_signal(signal.SIGINT)
+        _wait_until(proc, lines, lambda: "slow save started\n" in lines)  # the first signal ended the loop; it is saving
+        proc.send_signal(signal.SIGINT)
+        second = time.time()
+        code = proc.wait(timeout=120)
+        waited = time.time() - second
+    finally:
+        proc.kill()
+    reader.join(10)
+    err = "".join(lines)
+    assert code == 130 and waited < 30, err[-2000:]  # not after the 60 s save
+    assert err.endswith("scratchllm pretrain: interrupted\n") and "stopped by SIGINT" not in err
+    assert checkpoint_dirs(run) == [] and not (run / "final").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # Failures
 
