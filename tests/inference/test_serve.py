@@ -283,8 +283,8 @@ def test_serve_cli_starts_a_loopback_server(model_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--device", "cpu", "--api-key", KEY], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             "--device", "cpu", "--api-key", KEY, "--max-connections", "2"], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -296,6 +296,15 @@ def test_serve_cli_starts_a_loopback_server(model_dir):
                 time.sleep(0.1)
         assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny"
         assert call(port, "GET", "/v1/models", key=None)[0] == 401
+        # --max-connections 2: with two connections open, a request on a third gets 503.
+        held = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(3)]
+        statuses = []
+        for conn in held:  # each stays open (keep-alive)
+            conn.request("GET", "/health")
+            statuses.append(conn.getresponse().status)
+        assert statuses == [200, 200, 503]
+        for conn in held:
+            conn.close()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)

@@ -159,6 +159,33 @@ def test_slow_headers_are_cut_off_and_slow_bodies_get_408(loaded):
         assert closed_by_server(conn.sock, 3.0)
 
 
+def test_max_connections_are_served_and_one_more_gets_503(loaded):
+    """--max-connections 3: three keep-alive connections are answered, a request on a fourth gets
+    uvicorn's plain-text 503, and once one of the three closes a new one is answered again."""
+
+    def get(conn: http.client.HTTPConnection) -> tuple[int, bytes]:
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    with limited_server(loaded, max_connections=3) as port:
+        held = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(3)]
+        assert [get(conn)[0] for conn in held] == [200, 200, 200]
+        assert [get(conn)[0] for conn in held] == [200, 200, 200]  # kept open, still served
+        extra = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert get(extra) == (503, b"Service Unavailable")
+        extra.close()
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while (answer := get(fresh := http.client.HTTPConnection("127.0.0.1", port, timeout=10)))[0] != 200:
+            fresh.close()  # the server has not yet seen the close
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.05)
+        assert json.loads(answer[1])["status"] == "ok"
+        for conn in (*held, fresh):
+            conn.close()
+
+
 def test_a_uvicorn_without_the_hooks_serves_without_the_header_deadline(monkeypatch, capsys):
     """The header deadline extends uvicorn internals; if a uvicorn lacks them, serving still works."""
     from uvicorn.protocols.http.h11_impl import H11Protocol

@@ -27,7 +27,7 @@ context gets 400. Every error is JSON in OpenAI's shape {"error": {"message", "t
 a 500 says only that something failed (the details go to the server log, not to the client).
 Connections: a request's headers must arrive within header_timeout_s and its body within
 body_timeout_s (slow clients would otherwise hold connections for ever), and at most
-max_connections are served at once (uvicorn answers 503 beyond). Bytes that are not HTTP at all
+max_connections are served at once (a request on one more gets uvicorn's plain-text 503). Bytes that are not HTTP at all
 get uvicorn's own plain-text 400, before any of this code runs.
 """
 
@@ -681,9 +681,11 @@ def server_config(app, settings: ServeSettings, log_level: str = "info"):
     numerous connections (header deadline, connection cap)."""
     import uvicorn
 
+    # uvicorn answers 503 to a request when its open connections, that request's own included,
+    # reach limit_concurrency: the limit max_connections + 1 serves max_connections of them.
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                           http=header_timeout_protocol(settings.header_timeout_s),
-                          limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=5,
                           timeout_graceful_shutdown=5)
 
 
