@@ -195,6 +195,36 @@ def test_run_loss_falls_and_metrics_are_logged(run, verdict, tok_file):
     assert data["val_bytes_per_token"] == corpus.split_bytes_per_token("val") != data["bytes_per_token"]
 
 
+@pytest.mark.parametrize("given", ["the data's", "none", "another"])
+def test_bits_per_byte_are_exact_with_the_datas_tokenizer_else_an_estimate_under_its_own_key(
+        verdict, tok_file, given, capsys):
+    """val_bpb: the loss in bits over the UTF-8 bytes of exactly the evaluated targets. Without the
+    data's tokenizer those are unknown: the split's average bytes per token give val_bpb_est instead."""
+    from scratchllm.data import eval_batches, load_corpus
+    from scratchllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tok_file)
+    corpus = load_corpus(verdict, tok)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=384, **TINY)).eval()
+    tokenizer = {"the data's": tok, "none": None, "another": Tokenizer.gpt2()}[given]
+    task = PretrainTask(corpus, batch_size=4, context_length=32, eval_batches=3, tokenizer=tokenizer)
+    with torch.no_grad():
+        metrics = task.evaluate(model)
+    targets = np.concatenate([y.numpy().ravel() for _, y in eval_batches(corpus.val, 4, 32, 3)])
+    bits = metrics["val_loss"] * len(targets) / math.log(2)
+    warning = capsys.readouterr().err
+    if given == "the data's":
+        assert set(metrics) == {"val_loss", "val_ppl", "val_bpb"} and warning == ""
+        assert metrics["val_bpb"] == pytest.approx(bits / tok.token_byte_lengths()[targets].sum())
+    else:
+        assert set(metrics) == {"val_loss", "val_ppl", "val_bpb_est"}
+        assert metrics["val_bpb_est"] == pytest.approx(bits / (corpus.split_bytes_per_token("val") * len(targets)))
+        assert warning == ("" if given == "none" else
+                           "warning: the tokenizer has 50257 ids but the data 384: bits per byte are estimated from "
+                           "the average bytes per token (val_bpb_est), not val_bpb\n")
+
+
 def test_run_directory_layout(run):
     out, _ = run
     assert [s for s, _ in checkpoint_dirs(out)] == [60, 80]  # keep_last=2

@@ -44,8 +44,10 @@ class PretrainTask(Task):
     Each process draws its own share of every global batch (rank / world_size); validation loss is
     averaged over up to `eval_batches` fixed batches, also split across processes. Reported too:
     perplexity exp(loss) and bits per byte, which compares models with different tokenizers: the
-    summed loss in bits over the UTF-8 bytes of the evaluated target tokens (when the tokenizer is
-    known; else over validation's own bytes per token times the tokens).
+    summed loss in bits over the UTF-8 bytes of the evaluated target tokens, `val_bpb`. Without the
+    data's tokenizer those bytes are unknown, and the figure over the validation split's average
+    bytes per token times the tokens is an estimate, reported as `val_bpb_est` (never as val_bpb:
+    a run's figures stay comparable with other runs' exact ones only under the same name).
     """
 
     best_metric = "val_loss"
@@ -67,6 +69,9 @@ class PretrainTask(Task):
         self.token_bytes = None  # id -> UTF-8 bytes of its text, for exact bits per byte
         if tokenizer is not None and getattr(tokenizer, "vocab_size", None) == getattr(data, "vocab_size", None):
             self.token_bytes = torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.float64, device=self.device)
+        elif tokenizer is not None:
+            warn(f"the tokenizer has {tokenizer.vocab_size} ids but the data {getattr(data, 'vocab_size', None)}: "
+                 "bits per byte are estimated from the average bytes per token (val_bpb_est), not val_bpb")
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loader.next_batch()  # x, y: (B, T) on device
@@ -95,11 +100,12 @@ class PretrainTask(Task):
             return {}  # validation split shorter than one window
         loss = (total[0] / total[1]).item()
         metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        n_bytes = total[2].item()
-        if not n_bytes and hasattr(self.data, "split_bytes_per_token"):
-            n_bytes = (self.data.split_bytes_per_token("val") or 0.0) * total[1].item()
-        if n_bytes:
-            metrics["val_bpb"] = total[0].item() / math.log(2) / n_bytes
+        bits = total[0].item() / math.log(2)
+        if self.token_bytes is not None:
+            if total[2].item():
+                metrics["val_bpb"] = bits / total[2].item()
+        elif hasattr(self.data, "split_bytes_per_token") and self.data.split_bytes_per_token("val"):
+            metrics["val_bpb_est"] = bits / (self.data.split_bytes_per_token("val") * total[1].item())
         return metrics
 
     def sample(self, model) -> str:
