@@ -48,6 +48,7 @@ def test_uniform_model_has_loss_ln_vocab_and_counts_every_token_once(tmp_path, g
     report = evaluate_perplexity(model, path, tokenizer=gpt2_tok, stride=stride, batch_size=batch_size)
     V = gpt2_tok.vocab_size
     assert report["tokens"] == len(gpt2_tok.encode(text))  # end-of-text first, so every token is a target
+    assert report["first_token_scored"] is True
     assert report["bytes"] == len(text.encode("utf-8"))
     assert report["loss"] == pytest.approx(math.log(V), abs=1e-5)
     assert report["perplexity"] == pytest.approx(V, rel=1e-4)
@@ -77,6 +78,31 @@ def test_stride_one_equals_brute_force_with_full_context(tmp_path, small_tok):
     assert coarse["tokens"] == report["tokens"] and coarse["bytes"] == report["bytes"]
 
 
+def test_without_bos_or_end_of_text_the_first_token_is_context_and_a_warning_says_so(tmp_path, capsys):
+    """A byte-level tokenizer with no special token has nothing to predict the first token from: it is
+    left out of the tokens, the bytes and the loss, and the run says so (it used to be silent)."""
+    from scratchllm.tokenizer import BPETokenizer
+
+    tok = BPETokenizer([], {})  # the 256 bytes, no special tokens
+    text = "Tokens after the first."
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    model = tiny_gpt(tok.vocab_size, seed=1, context_length=8)
+    report = evaluate_perplexity(model, path, tokenizer=tok, stride=1)
+    assert capsys.readouterr().err == (f"warning: data file {path}: the tokenizer has neither a BOS nor an end-of-text "
+                                       "token to start the text from, so its first token (b'T') is context only, "
+                                       "not scored\n")
+    seq = list(text.encode("utf-8"))
+    nats = 0.0
+    with torch.no_grad():
+        for p in range(1, len(seq)):
+            logp = torch.log_softmax(model(torch.tensor([seq[max(0, p - 8):p]]))[0, -1], dim=-1)
+            nats -= float(logp[seq[p]])
+    assert report["first_token_scored"] is False
+    assert (report["tokens"], report["bytes"]) == (len(seq) - 1, len(seq) - 1)
+    assert report["nats"] == pytest.approx(nats, rel=1e-5)
+
+
 def test_perplexity_on_a_data_directory_scores_its_val_split(tmp_path, small_tok, shared_data):
 
     tok_file = small_tok.save(tmp_path / "tok.json")
@@ -90,6 +116,7 @@ def test_perplexity_on_a_data_directory_scores_its_val_split(tmp_path, small_tok
     first = int(val.window(0, 1)[0])
     assert report["source"] == "val split"
     assert report["tokens"] == len(val) - 1  # all but the first token have a left context
+    assert report["first_token_scored"] is False
     assert report["bytes"] == val.bytes - (0 if first == small_tok.eot_id else len(small_tok.token_bytes(first)))
     assert report["loss"] == pytest.approx(math.log(small_tok.vocab_size), abs=1e-5)
     # A model whose tokenizer is not the data's is refused.

@@ -18,6 +18,7 @@ from typing import Any, Protocol, overload
 
 import numpy as np
 
+from scratchllm.core.console import warn
 from scratchllm.core.files import read_text
 from scratchllm.data.tokens import load_corpus
 from scratchllm.errors import ScratchLLMError
@@ -71,11 +72,16 @@ def sliding_windows(n_tokens: int, context_length: int, stride: int) -> list[tup
     return windows
 
 
-def open_stream(data: str | os.PathLike[str], tokenizer: Tokenizer) -> tuple[Stream, str]:
-    """The token stream to score and a word for where it came from: a data directory's validation
-    split (tokenized with `tokenizer`'s vocabulary, else an error), or a text file encoded whole after
-    the document start (BOS, else end-of-text), so every token of the file is a target and the scored
-    bytes are exactly the file's bytes."""
+def open_stream(data: str | os.PathLike[str], tokenizer: Tokenizer) -> tuple[Stream, str, bool]:
+    """The token stream to score, a word for where it came from, and whether the first token of the
+    text is scored.
+
+    A data directory's validation split (tokenized with `tokenizer`'s vocabulary, else an error): its
+    first token is context only. A text file: encoded whole after the document start (BOS, else
+    end-of-text), so every token of the file is a target and the scored bytes are exactly the file's
+    bytes, as lm-evaluation-harness scores a document (its rolling windows start from that prefix
+    token). A tokenizer with neither has no token to predict the first from: that one token is left
+    out, with a warning (Hugging Face's "perplexity of fixed-length models" leaves it out always)."""
     path = Path(data)
     if path.is_dir():
         corpus = load_corpus(path, tokenizer, 0.0)
@@ -86,16 +92,18 @@ def open_stream(data: str | os.PathLike[str], tokenizer: Tokenizer) -> tuple[Str
         if len(corpus.val) < 2:
             raise ScratchLLMError(f"data directory {path}: the validation split has {len(corpus.val)} tokens; "
                                   "prepare it with a larger --val-fraction")
-        return corpus.val, "val split"
+        return corpus.val, "val split", False
     text = read_text(path, "data file")
     ids = tokenizer.encode(text, disallowed_special=())
     if not ids:
         raise ScratchLLMError(f"data file {path}: no text to score (the file is empty)")
     try:
-        ids = tokenizer.document_start + ids
-    except ScratchLLMError:  # neither BOS nor end-of-text: the first token has nothing to be scored after
-        pass
-    return ArrayStream(np.asarray(ids, dtype=np.int64)), "text file"
+        start = tokenizer.document_start
+    except ScratchLLMError:  # neither BOS nor end-of-text
+        warn(f"data file {path}: the tokenizer has neither a BOS nor an end-of-text token to start the text "
+             f"from, so its first token ({tokenizer.token_bytes(ids[0])!r}) is context only, not scored")
+        return ArrayStream(np.asarray(ids, dtype=np.int64)), "text file", False
+    return ArrayStream(np.asarray(start + ids, dtype=np.int64)), "text file", True
 
 
 class WindowRequests(Sequence[Request]):
@@ -138,9 +146,9 @@ class PerplexityEvaluation(Evaluation):
             raise ScratchLLMError(f"context_length {self.context_length}: the model takes at most {limit} tokens")
         self.stride = self.task.stride or max(1, self.context_length // 2)
         if self.given is not None:
-            stream, self.source = self.given, "stream"
+            stream, self.source, self.first_token_scored = self.given, "stream", False
         else:
-            stream, self.source = open_stream(self.task.data, model.tokenizer)
+            stream, self.source, self.first_token_scored = open_stream(self.task.data, model.tokenizer)
         max_tokens = self.task.max_tokens
         n = len(stream) if max_tokens is None else min(len(stream), max_tokens + 1)
         self.windows = sliding_windows(n, self.context_length, self.stride)
@@ -157,6 +165,7 @@ class PerplexityEvaluation(Evaluation):
         return {
             "data": None if self.given is not None else self.task.data,
             "source": self.source,
+            "first_token_scored": self.first_token_scored,
             "context_length": self.context_length,
             "stride": self.stride,
             "windows": len(self.windows),
