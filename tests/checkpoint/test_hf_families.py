@@ -191,8 +191,20 @@ def test_export_refuses_a_model_no_family_holds(tmp_path, overrides, message):
      "unsupported Qwen2 setting layer_types ['full_attention', 'sliding_attention'] (only full_attention)"),
     ("qwen3", {"attention_bias": True}, "unsupported Qwen3 setting attention_bias true (biases on q/k/v/o but not the MLP)"),
     ("qwen3", {"num_key_value_heads": 3}, "config: n_heads (4) must be a multiple of n_kv_heads (3)"),
-    ("qwen3", {"head_dim": "32"}, "config field 'head_dim' must be a positive integer, got '32'"),
+    # types as transformers' config classes check them: a string is not a bool, a float not an int
+    ("qwen3", {"head_dim": "32"}, "field 'head_dim' is '32' (str); expected an integer"),
+    ("llama", {"tie_word_embeddings": "false"}, "field 'tie_word_embeddings' is 'false' (str); expected true or false"),
+    ("qwen2", {"attention_bias": 1}, "field 'attention_bias' is 1 (int); expected true or false"),
+    ("llama", {"hidden_size": 64.0}, "field 'hidden_size' is 64.0 (float); expected an integer"),
+    ("llama", {"num_key_value_heads": True}, "field 'num_key_value_heads' is True (bool); expected an integer"),
+    ("llama", {"rms_norm_eps": "1e-6"}, "field 'rms_norm_eps' is '1e-6' (str); expected a number"),
+    ("qwen2", {"layer_types": 5}, "field 'layer_types' is 5 (int); expected a list"),
+    ("qwen2", {"layer_types": [{"a": 1}]}, "field 'layer_types' is [{'a': 1}]; expected a list of strings"),
+    ("gpt2", {"scale_attn_weights": "no"}, "field 'scale_attn_weights' is 'no' (str); expected true or false"),
+    ("gpt2", {"n_embd": 64.0}, "field 'n_embd' is 64.0 (float); expected an integer"),
     ("mistral", {}, "model_type is 'mistral'; only 'gpt2', 'llama', 'qwen2', 'qwen3' models can be imported"),
+    ("llama", {"model_type": ["llama"]},
+     "model_type is ['llama']; only 'gpt2', 'llama', 'qwen2', 'qwen3' models can be imported"),
 ])
 def test_unsupported_settings_are_one_line_errors(family, setting, message):
     h = {"model_type": family, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100,

@@ -23,6 +23,24 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def check_hf_types(hf_config: Mapping[str, Any], types: Mapping[str, type], source: str) -> None:
+    """Raise a one-line error for the first field of `types` whose value in config.json has another JSON
+    type, as transformers' config classes refuse it: "false" is not false, 1 is not true, 64.0 is not
+    an integer (null means the default, and an integer is also a number)."""
+    for name, kind in types.items():
+        value = hf_config.get(name)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if not ok or (kind is not bool and isinstance(value, bool)):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ScratchLLMError(f"{source}: field {name!r} is {shown} ({type(value).__name__}); expected "
+                                  f"{_TYPE_NAMES[kind]}")
+
+
 class HFAdapter:
     """What one Hugging Face model family needs: config.json <-> GPTConfig, tensor names <-> ours,
     and which of our configs the family can hold (`mismatches`, used to pick the family on export)."""
@@ -30,6 +48,7 @@ class HFAdapter:
     model_type: str = ""  # config.json's "model_type"
     family: str = ""  # for messages
     architecture: str = ""  # config.json's "architectures"
+    field_types: dict[str, type] = {}  # the config.json fields this family reads, and their JSON types
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
         raise NotImplementedError
@@ -75,6 +94,10 @@ class GPT2Adapter(HFAdapter):
     model_type = "gpt2"
     family = "GPT-2"
     architecture = "GPT2LMHeadModel"
+    field_types = {**dict.fromkeys(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"), int),
+                   **dict.fromkeys(("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "scale_attn_weights",
+                                    "add_cross_attention", "tie_word_embeddings"), bool),
+                   "layer_norm_epsilon": float, "activation_function": str}
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
         """GPTConfig of a Hugging Face GPT-2 config.json; settings our model lacks are errors.
@@ -83,6 +106,7 @@ class GPT2Adapter(HFAdapter):
         pretrained weights are used for inference first.
         """
         h = hf_config
+        check_hf_types(h, self.field_types, source)
         unsupported = [
             (h.get("activation_function", "gelu_new") not in _GPT2_GELU,
              f"activation_function {h.get('activation_function')!r} (only gelu_new)"),
@@ -111,7 +135,7 @@ class GPT2Adapter(HFAdapter):
                 n_heads=h.get("n_head", 12),
                 drop_rate=0.0,
                 qkv_bias=True,
-                tie_embeddings=bool(h.get("tie_word_embeddings", True)),
+                tie_embeddings=h.get("tie_word_embeddings", True),
                 mlp_ratio=mlp_ratio,
                 layer_norm_eps=h.get("layer_norm_epsilon", 1e-5),  # checked by GPTConfig (no float("x") traceback)
             )
@@ -248,6 +272,13 @@ class LlamaAdapter(HFAdapter):
     family = "Llama"
     architecture = "LlamaForCausalLM"
     qk_norm = False  # Qwen3 normalises queries and keys
+    field_types = {**dict.fromkeys(("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                    "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"),
+                                   int),
+                   **dict.fromkeys(("attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window", "use_mrope"),
+                                   bool),
+                   **dict.fromkeys(("rms_norm_eps", "rope_theta", "partial_rotary_factor"), float),
+                   "hidden_act": str, "layer_types": list}
     # transformers' defaults for keys a config.json leaves out
     defaults: dict[str, Any] = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                                     num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
@@ -258,17 +289,20 @@ class LlamaAdapter(HFAdapter):
     def biases_from_hf(self, h: Mapping[str, Any]) -> tuple[bool, bool, list[tuple[bool, str]]]:
         """(qkv_bias, bias, unsupported settings) of a config.json. Llama: attention_bias puts a bias
         on q, k, v and o, mlp_bias on the MLP; our `bias` covers o and the MLP together."""
-        attention, mlp = bool(h.get("attention_bias", False)), bool(h.get("mlp_bias", False))
+        attention, mlp = h.get("attention_bias", False), h.get("mlp_bias", False)
         return attention, attention, [(attention != mlp, f"attention_bias {str(attention).lower()} with mlp_bias "
                                                          f"{str(mlp).lower()} (only both or neither)")]
 
     def config_from_hf(self, hf_config: Mapping[str, Any], source: str = "config.json") -> GPTConfig:
         """GPTConfig of a Hugging Face config.json of this family; settings our model lacks are errors
         naming them. Dropout is 0 (a training choice; recipes set their own)."""
+        check_hf_types(hf_config, self.field_types, source)
         h = {**self.defaults, **{k: v for k, v in hf_config.items() if v is not None}}
         theta, scaling, rope_problems = rope_from_hf(hf_config)
         qkv_bias, bias, bias_problems = self.biases_from_hf(h)
         layer_types = h.get("layer_types") or []
+        if not all(isinstance(t, str) for t in layer_types):
+            raise ScratchLLMError(f"{source}: field 'layer_types' is {str(layer_types)[:60]}; expected a list of strings")
         unsupported = [
             (h.get("hidden_act", "silu") != "silu", f"hidden_act {h.get('hidden_act')!r} (only silu)"),
             (bool(h.get("use_sliding_window")), "use_sliding_window true (sliding-window attention)"),
@@ -294,7 +328,7 @@ class LlamaAdapter(HFAdapter):
                 drop_rate=0.0,
                 qkv_bias=qkv_bias,
                 bias=bias,
-                tie_embeddings=bool(h.get("tie_word_embeddings", False)),
+                tie_embeddings=h.get("tie_word_embeddings", False),
                 layer_norm_eps=h["rms_norm_eps"],
                 norm="rmsnorm",
                 position="rope",
@@ -488,7 +522,7 @@ class Qwen3Adapter(LlamaAdapter):
                     num_attention_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6, head_dim=128)
 
     def biases_from_hf(self, h):
-        attention = bool(h.get("attention_bias", False))
+        attention = h.get("attention_bias", False)
         return False, False, [(attention, "attention_bias true (biases on q/k/v/o but not the MLP)")]
 
     def bias_mismatches(self, config: GPTConfig) -> list[str]:
@@ -522,7 +556,7 @@ def adapter_for_model(config: GPTConfig) -> HFAdapter:
 def adapter_for(hf_config: Mapping[str, Any], source: str = "config.json") -> HFAdapter:
     """The adapter of a Hugging Face config.json's model_type (a one-line error for other families)."""
     model_type = hf_config.get("model_type")
-    if model_type not in ADAPTERS:
+    if not isinstance(model_type, str) or model_type not in ADAPTERS:
         known = ", ".join(map(repr, ADAPTERS))
         raise ScratchLLMError(f"{source}: model_type is {model_type!r}; only {known} models can be imported")
     return ADAPTERS[model_type]

@@ -173,12 +173,38 @@ def json_lines(text: str, source: str | os.PathLike[str]) -> list[tuple[int, Any
     return items
 
 
+# JSON nested deeper than this is refused: real config and tokenizer files nest about 6 levels, and code
+# that walks a parsed file (Python's json itself, past about 1,000 levels) would exhaust the stack.
+MAX_JSON_DEPTH = 100
+
+
+def parse_json(text: str | bytes, label: str) -> Any:
+    """`json.loads(text)` with its nesting bounded by MAX_JSON_DEPTH (a one-line error naming `label`);
+    invalid JSON raises json.JSONDecodeError as json.loads does, for the caller to word."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        data = None
+    else:
+        stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+        while stack:  # iterative: a recursive walk would hit the limit it checks
+            value, depth = stack.pop()
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+        else:
+            return data
+    raise ScratchLLMError(f"{label}: JSON nested more than {MAX_JSON_DEPTH} levels deep; expected a config or "
+                          "tokenizer file (about 6)")
+
+
 def read_json(path: str | os.PathLike[str], what: str = "") -> dict[str, Any]:
     """The JSON object in `path` (a file that holds anything else is an error naming it)."""
     path = Path(path)
     label = _label(path, what)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"), label)
     except FileNotFoundError:
         raise ScratchLLMError(f"{label}: not found") from None
     except IsADirectoryError:

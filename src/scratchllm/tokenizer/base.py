@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import regex
 
-from scratchllm.core.files import write_atomic
+from scratchllm.core.files import parse_json, write_atomic
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.batch import cpu_count, encode_in_parallel
 from scratchllm.tokenizer.bpe import GPT2_PATTERN
@@ -82,7 +82,7 @@ def read_tokenizer_file(path: str | os.PathLike[str]) -> tuple[bytes, Any]:
     except OSError as exc:
         raise ScratchLLMError(f"tokenizer file {path}: cannot read: {exc}") from exc
     try:
-        return blob, json.loads(blob.decode("utf-8"))
+        return blob, parse_json(blob.decode("utf-8"), f"tokenizer file {path}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScratchLLMError(f"tokenizer file {path}: not valid JSON: {exc}") from None
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import regex
 
+from scratchllm.core.files import parse_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.bpe import BYTE_PIECES, GPT2_PATTERN, bytes_to_unicode
 from scratchllm.tokenizer.hf_pipeline import SPLIT_BEHAVIORS, AddedToken, PrefixSpace, Split
@@ -138,7 +139,7 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
     template, origin = _chat_template(files, config, source)
     result = HFTokenizerData(
         files=dict(files), source=source, vocab=vocab, id_to_bytes=id_to_bytes, pair_ranks=pair_ranks, merges=merges,
-        ignore_merges=bool(model.get("ignore_merges", False)), added=added,
+        ignore_merges=_field(model, "ignore_merges", bool, False, source, "model"), added=added,
         normalization=_normalizer(data.get("normalizer"), source),
         pre_tokenizer=_pre_tokenizer(data.get("pre_tokenizer"), source),
         prefix=prefix, suffix=suffix, named_tokens=named, chat_template=template, chat_template_origin=origin,
@@ -155,9 +156,28 @@ def parse_hf_tokenizer(files: Mapping[str, bytes], source: str, stop_ids: Collec
 
 def _load_json(blob: bytes, source: str) -> Any:
     try:
-        return json.loads(blob.decode("utf-8"))
+        return parse_json(blob.decode("utf-8"), source)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScratchLLMError(f"{source}: not valid JSON: {exc}") from None
+
+
+_JSON_TYPES = {bool: "true or false", int: "an integer", str: "a string", list: "a list", dict: "an object"}
+
+
+def _field(section: Mapping[str, Any], key: str, kind: type, default: Any, source: str, where: str) -> Any:
+    """section[key] (`default` when absent or null), checked to be of JSON type `kind`: a hostile or
+    hand-edited file is a one-line error naming the field, not a TypeError deep in the pipeline."""
+    value = section.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ScratchLLMError(f"{source}: {where}.{key} is {_short(value)}; expected {_JSON_TYPES[kind]}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _beside(source: str, name: str) -> str:
@@ -188,16 +208,21 @@ def _model_kind(model: dict[str, Any], source: str) -> None:
 def _added_tokens(entries: Any, source: str) -> list[AddedToken]:
     """"added_tokens": the tokens cut out of the text before anything else."""
     added = []
+    if entries is not None and not isinstance(entries, list):
+        raise ScratchLLMError(f"{source}: added_tokens is {_short(entries)}; expected a list of tokens")
     for k, entry in enumerate(entries or []):
-        if not (isinstance(entry, dict) and isinstance(entry.get("id"), int) and isinstance(entry.get("content"), str)
-                and entry["content"]):
-            raise ScratchLLMError(f"{source}: added_tokens[{k}] is {entry!r}; expected an object with an int 'id' and a 'content'")
-        if entry.get("single_word"):
+        if not (isinstance(entry, dict) and _field(entry, "id", int, None, source, f"added_tokens[{k}]") is not None
+                and entry["id"] >= 0 and isinstance(entry.get("content"), str) and entry["content"]):
+            raise ScratchLLMError(f"{source}: added_tokens[{k}] is {_short(entry)}; expected an object with an int 'id' "
+                                  "and a 'content'")
+        where = f"added_tokens[{k}]"
+        if _field(entry, "single_word", bool, False, source, where):
             raise ScratchLLMError(f"{source}: added token {entry['content']!r} has single_word true, which is not supported")
-        special = bool(entry.get("special", False))
+        special = _field(entry, "special", bool, False, source, where)
         added.append(AddedToken(id=entry["id"], content=entry["content"], special=special,
-                                normalized=bool(entry.get("normalized", not special)),
-                                lstrip=bool(entry.get("lstrip", False)), rstrip=bool(entry.get("rstrip", False))))
+                                normalized=_field(entry, "normalized", bool, not special, source, where),
+                                lstrip=_field(entry, "lstrip", bool, False, source, where),
+                                rstrip=_field(entry, "rstrip", bool, False, source, where)))
     return added
 
 
@@ -206,8 +231,9 @@ def _vocabulary(raw_vocab: Any, added: list[AddedToken],
     """"model.vocab" with the added tokens: (token bytes -> id, id -> bytes, the vocabulary's token
     strings -> their bytes, which the merges name tokens by). Ids run from 0 without gaps, and all 256
     single bytes are tokens."""
-    if not isinstance(raw_vocab, dict) or not all(isinstance(i, int) for i in raw_vocab.values()):
-        raise ScratchLLMError(f"{source}: model.vocab must map token strings to ids")
+    if not isinstance(raw_vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                  for i in raw_vocab.values()):
+        raise ScratchLLMError(f"{source}: model.vocab must map token strings to ids (integers >= 0)")
     added_text = {t.content: t.id for t in added}
     vocab: dict[bytes, int] = {}
     id_to_bytes: dict[int, bytes] = {}
@@ -270,7 +296,8 @@ def _normalizer(spec: Any, source: str) -> tuple[str, ...]:
     if kind in ("NFC", "NFD", "NFKC", "NFKD"):
         return (kind,)
     if kind == "Sequence":
-        return tuple(form for part in spec.get("normalizers", []) for form in _normalizer(part, source))
+        parts = _field(spec, "normalizers", list, [], source, "normalizer")
+        return tuple(form for part in parts for form in _normalizer(part, source))
     raise ScratchLLMError(f"{source}: normalizer {kind!r} is not supported (only NFC, NFD, NFKC, NFKD and a "
                           "Sequence of them)")
 
@@ -280,30 +307,21 @@ def _pre_tokenizer(spec: Any, source: str) -> tuple[Callable[[str], list[str]], 
     if not isinstance(spec, dict):
         raise ScratchLLMError(f"{source}: no pre_tokenizer; only byte-level BPE tokenizers (ending with ByteLevel) "
                               "are supported")
-    parts = spec.get("pretokenizers", []) if spec.get("type") == "Sequence" else [spec]
-    steps: list[Callable[[str], list[str]]] = []
+    parts = _field(spec, "pretokenizers", list, [], source, "pre_tokenizer") if spec.get("type") == "Sequence" else [spec]
+    steps: list[Callable[..., list[str]]] = []
     for k, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         last = k == len(parts) - 1
+        where = f"pre_tokenizer step {k}"
         if kind == "ByteLevel" and last:
-            if part.get("add_prefix_space", False):
+            if _field(part, "add_prefix_space", bool, False, source, where):
                 steps.append(PrefixSpace())
-            if part.get("use_regex", True):
+            if _field(part, "use_regex", bool, True, source, where):
                 steps.append(Split(GPT2_PATTERN))
         elif kind == "Split":
-            pattern = part.get("pattern") or {}
-            text = pattern.get("Regex") if "Regex" in pattern else regex.escape(pattern.get("String", ""))
-            behavior = part.get("behavior", "Isolated")
-            if not text or behavior not in SPLIT_BEHAVIORS:
-                raise ScratchLLMError(f"{source}: pre_tokenizer Split {part!r}: expected a Regex or String pattern "
-                                      f"and a behavior among {', '.join(SPLIT_BEHAVIORS)}")
-            try:
-                regex.compile(text)
-            except regex.error as exc:
-                raise ScratchLLMError(f"{source}: pre_tokenizer Split pattern {text!r} is not a valid regex: {exc}") from None
-            steps.append(Split(text, behavior, bool(part.get("invert", False))))
+            steps.append(_split(part, source, where))
         elif kind == "Digits":
-            steps.append(Split(r"\p{N}" if part.get("individual_digits", False) else r"\p{N}+"))
+            steps.append(Split(r"\p{N}" if _field(part, "individual_digits", bool, False, source, where) else r"\p{N}+"))
         else:
             raise ScratchLLMError(f"{source}: pre_tokenizer step {kind!r}{'' if last else ' before the last'} is not "
                                   "supported; expected Split and Digits steps followed by one ByteLevel step")
@@ -311,6 +329,25 @@ def _pre_tokenizer(spec: Any, source: str) -> tuple[Callable[[str], list[str]], 
         raise ScratchLLMError(f"{source}: the pre_tokenizer does not end with ByteLevel; only byte-level BPE "
                               "tokenizers are supported")
     return tuple(steps)
+
+
+def _split(part: Mapping[str, Any], source: str, where: str) -> Split:
+    """A Split step: its pattern ({"Regex": ...} or {"String": ...}), behavior and invert flag."""
+    pattern = part.get("pattern")
+    text = None
+    if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
+        text = pattern["Regex"]
+    elif isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
+        text = regex.escape(pattern["String"])
+    behavior = part.get("behavior", "Isolated")
+    if not text or not isinstance(behavior, str) or behavior not in SPLIT_BEHAVIORS:
+        raise ScratchLLMError(f"{source}: {where} Split {_short(part)}: expected a pattern {{\"Regex\": ...}} or "
+                              f"{{\"String\": ...}} and a behavior among {', '.join(SPLIT_BEHAVIORS)}")
+    try:
+        regex.compile(text)
+    except (regex.error, RecursionError, OverflowError) as exc:
+        raise ScratchLLMError(f"{source}: {where} Split pattern {_short(text)} is not a valid regex: {exc}") from None
+    return Split(text, behavior, _field(part, "invert", bool, False, source, where))
 
 
 def _post_processor(spec: Any, id_to_bytes: Mapping[int, bytes], source: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -323,20 +360,25 @@ def _post_processor(spec: Any, id_to_bytes: Mapping[int, bytes], source: str) ->
     if kind == "Sequence":
         prefix: tuple[int, ...] = ()
         suffix: tuple[int, ...] = ()
-        for part in spec.get("processors", []):
+        for part in _field(spec, "processors", list, [], source, "post_processor"):
             before, after = _post_processor(part, id_to_bytes, source)
             prefix, suffix = prefix + before, suffix + after
         return prefix, suffix
     if kind == "TemplateProcessing":
-        specials = spec.get("special_tokens", {})
+        specials = _field(spec, "special_tokens", dict, {}, source, "post_processor")
         around: list[list[int]] = [[], []]
         side = 0
-        for item in spec.get("single", []):
-            if "Sequence" in item:
+        for k, item in enumerate(_field(spec, "single", list, [], source, "post_processor")):
+            if isinstance(item, dict) and "Sequence" in item:
                 side = 1
                 continue
-            name = item.get("SpecialToken", {}).get("id")
-            ids = specials.get(name, {}).get("ids")
+            token = item.get("SpecialToken") if isinstance(item, dict) else None
+            name = token.get("id") if isinstance(token, dict) else None
+            if not isinstance(name, str):
+                raise ScratchLLMError(f"{source}: post_processor.single[{k}] is {_short(item)}; expected "
+                                      '{"SpecialToken": {"id": NAME}} or {"Sequence": ...}')
+            entry = specials.get(name)
+            ids = entry.get("ids") if isinstance(entry, dict) else None
             if not isinstance(ids, list) or not all(isinstance(i, int) and i in id_to_bytes for i in ids):
                 raise ScratchLLMError(f"{source}: post_processor special token {name!r} has no ids in this vocabulary")
             around[side].extend(ids)
@@ -347,10 +389,14 @@ def _post_processor(spec: Any, id_to_bytes: Mapping[int, bytes], source: str) ->
 
 def _decoder(spec: Any, source: str) -> None:
     """"decoder": ByteLevel (alone or as the only step of a Sequence), the inverse of the byte map."""
-    kinds = [p.get("type") for p in spec.get("decoders", [])] if isinstance(spec, dict) and spec.get("type") == "Sequence" \
-        else [spec.get("type") if isinstance(spec, dict) else None]
+    if isinstance(spec, dict) and spec.get("type") == "Sequence":
+        kinds = [p.get("type") if isinstance(p, dict) else None
+                 for p in _field(spec, "decoders", list, [], source, "decoder")]
+    else:
+        kinds = [spec.get("type") if isinstance(spec, dict) else None]
     if kinds != ["ByteLevel"]:
-        raise ScratchLLMError(f"{source}: decoder {kinds} is not supported; byte-level BPE tokenizers decode with ByteLevel")
+        raise ScratchLLMError(f"{source}: decoder {_short(kinds)} is not supported; byte-level BPE tokenizers decode "
+                              "with ByteLevel")
 
 
 # ---- the files beside it -------------------------------------------------------------------------
@@ -396,11 +442,14 @@ def _chat_template(files: Mapping[str, bytes], config: Mapping[str, Any], source
     origin = f"{_beside(source, TOKENIZER_CONFIG)} field 'chat_template'"
     value = config.get("chat_template")
     if isinstance(value, list):
-        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in value):
+            raise ScratchLLMError(f"{origin}: expected a template string or a list of {{\"name\": STRING, \"template\": "
+                                  f"STRING}}, got {_short(value)}")
+        named = {t["name"]: t.get("template") for t in value}
         value = named.get("default")
         origin += " ('default')"
         if value is None:
-            raise ScratchLLMError(f"{origin}: the list of templates has none named 'default' (names: {sorted(map(str, named))})")
+            raise ScratchLLMError(f"{origin}: the list of templates has none named 'default' (names: {sorted(named)})")
     if value is not None and not isinstance(value, str):
         raise ScratchLLMError(f"{origin}: expected a Jinja template string")
     return value, origin
