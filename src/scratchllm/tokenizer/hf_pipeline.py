@@ -22,6 +22,12 @@ pipeline"), written from scratch; hf_files.py reads which steps a file uses, hf_
 Regexes run on the `regex` module here and on Oniguruma in the `tokenizers` library; the two agree on
 every character Python's Unicode database knows, but characters assigned by a later Unicode version
 than one of them knows may be classified differently.
+
+A regex comes with the file, so it is untrusted: both engines backtrack, and a pattern such as
+`(a|aa)+$` takes time exponential in the length of a text that almost matches. Here each split runs
+under a time limit (`Split.__call__`'s timeout, set per text by hf_encoders.py), and `repeated_ambiguity`
+finds the shape that backtracks exponentially (a repeated group holding an alternation or a repetition)
+when the file is read, so that such a pattern never reaches the library, which cannot be stopped.
 """
 
 from __future__ import annotations
@@ -70,10 +76,16 @@ class Split:
     def compiled(self) -> regex.Pattern[str]:
         return regex.compile(self.pattern)
 
-    def __call__(self, text: str) -> list[str]:
+    @functools.cached_property
+    def backtracks(self) -> str | None:
+        """The part of the pattern that can backtrack exponentially (`repeated_ambiguity`), or None."""
+        return repeated_ambiguity(self.pattern)
+
+    def __call__(self, text: str, timeout: float | None = None) -> list[str]:
+        """The pieces of `text`; TimeoutError when the regex takes longer than `timeout` seconds."""
         segments: list[tuple[str, bool]] = []  # (text, is a match), in order
         end = 0
-        for m in self.compiled.finditer(text):
+        for m in self.compiled.finditer(text, timeout=timeout):
             if m.start() > end:
                 segments.append((text[end : m.start()], False))
             segments.append((m.group(), True))
@@ -100,6 +112,97 @@ class Split:
                     pieces.append(t)
                 before = is_match
         return [p for p in pieces if p]
+
+
+_QUANTIFIER = regex.compile(r"\{(\d*)(,(\d*))?\}")
+# What may follow a group's "(": (?:, (?=, (?!, (?<=, (?<!, (?>, (?<name>, (?P<name>, (?i: or flags alone (?i)
+_GROUP_PREFIX = regex.compile(r"\?(?:P?<[A-Za-z_]\w*>|<[=!]|[=!>:|]|[a-zA-Z^-]*[:)])")
+
+
+def repeated_ambiguity(pattern: str) -> str | None:
+    """The first part of `pattern` that can backtrack exponentially or as a high power of the text's
+    length, else None: a group that is repeated (by *, + or {m,n} with n > 1) and holds an alternation,
+    an optional part or a repetition itself, such as (a|aa)+, (a?a)+ or (a+)*, or a run of three or more
+    repetitions in one branch, such as \\w+\\w+\\w+$.
+
+    The first is the shape of exponential backtracking (Kirrage, Rathnayake and Thielecke 2013, "Static
+    analysis for regular expression denial-of-service attacks"): on a text that almost matches, the
+    engine tries every way of dividing it among the repetitions; k repetitions in a row that overlap
+    try every way of dividing it k ways. Pre-tokenizer patterns of real models (GPT-2's, Llama 3's,
+    Qwen's) repeat single characters and classes, at most two in a branch. Two that overlap (a*a*$) can
+    still take time quadratic in a run's length; the time limit bounds those.
+    """
+    groups: list[list] = []  # open groups: [start, holds an alternation, holds a quantifier, repetitions in its branch]
+    outer = [0]  # repetitions in the current top-level branch
+    last: list | None = None  # the group that just closed, if the previous atom was one
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":  # an escape; \p{..}, \x{..}, \k<..> and the like run to their closing bracket
+            close = {"{": "}", "<": ">"}.get(pattern[i + 2:i + 3]) if pattern[i + 1:i + 2] in ("p", "P", "x", "k", "g", "N") else None
+            i = (pattern.find(close, i + 3) + 1 or n) if close else i + 2
+            last = None
+        elif c == "[":  # a character class, perhaps with nested classes ([[:alpha:]], [a-z&&[^aeiou]])
+            depth, i = 1, i + 1
+            i += pattern[i:i + 1] == "^"
+            i += pattern[i:i + 1] == "]"  # a leading ] is a literal
+            while i < n and depth:
+                if pattern[i] == "\\":
+                    i += 1
+                elif pattern[i] == "[":
+                    depth += 1
+                elif pattern[i] == "]":
+                    depth -= 1
+                i += 1
+            last = None
+        elif c == "(":
+            prefix = _GROUP_PREFIX.match(pattern, i + 1)
+            if prefix and pattern[prefix.end() - 1] == ")":  # (?i): flags, no group
+                i, last = prefix.end(), None
+                continue
+            groups.append([i, False, False, 0])
+            i, last = prefix.end() if prefix else i + 1, None
+        elif c == ")":
+            last = groups.pop() if groups else [i, False, False, 0]
+            if groups:  # what a group holds, its enclosing groups hold too
+                groups[-1][1] |= last[1]
+                groups[-1][2] |= last[2]
+            i += 1
+        elif c == "|":
+            if groups:
+                groups[-1][1] = True
+                groups[-1][3] = 0
+            else:
+                outer[0] = 0
+            i, last = i + 1, None
+        elif c in "*+?" or (c == "{" and _QUANTIFIER.match(pattern, i)):
+            m = _QUANTIFIER.match(pattern, i) if c == "{" else None
+            end = m.end() if m else i + 1
+            if m:  # {m}, {m,} or {m,n}: a repetition unless it allows at most one
+                low, comma, high = m.group(1), m.group(2), m.group(3)
+                repeats = bool(comma) and (not high or int(high) > 1) or (not comma and low.isdigit() and int(low) > 1)
+            else:
+                repeats = c != "?"
+            unbounded = c in "*+" or bool(m and m.group(2) and not m.group(3))
+            if pattern[end:end + 1] in ("?", "+"):  # lazy or possessive
+                end += 1
+            if repeats and last is not None and (last[1] or last[2]):
+                return pattern[last[0]:end]
+            if groups:
+                groups[-1][2] = True
+            branch = groups[-1] if groups else None
+            if unbounded:
+                count = (branch[3] if branch else outer[0]) + 1
+                if count >= 3:
+                    return pattern
+                if branch:
+                    branch[3] = count
+                else:
+                    outer[0] = count
+            i, last = end, None
+        else:
+            i, last = i + 1, None
+    return None
 
 
 def _merge_matches(segments: list[tuple[str, bool]]) -> list[str]:
