@@ -60,3 +60,44 @@ def mutations(directory: Path, files: tuple[str, ...], values: list[Any]) -> Ite
                 yield name, f"{name} {'.'.join(map(str, path))} = {shown}", \
                     json.dumps(replaced(data, path, value)).encode()
         yield name, f"{name} nested 100,000 deep", nested().encode()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face model directories of each family, with a vocabulary padded past the tokenizer's
+
+# family -> (our GPTConfig switches, the test tokenizer of tests/hf_tokenizers.py it pairs with)
+FAMILIES = {
+    "gpt2": ({}, "gpt2"),
+    "llama": (dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, qkv_bias=False), "llama3"),
+    "qwen2": (dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, qkv_bias=True), "qwen2"),
+    "qwen3": (dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, qkv_bias=False, qk_norm=True), "qwen2"),
+}
+
+
+def padded_hf_dir(tokenizer_dir: Path, out: Path, family: str, pad_to: int = 128) -> Path:
+    """A Hugging Face directory of `family` whose config.json vocab_size is the tokenizer's rounded up
+    to a multiple of `pad_to` (at least two rows more), as Qwen2.5 pads 151,665 tokens to 151,936
+    rows, and whose head prefers the padding: the final norm keeps one channel and two padded rows
+    of the (tied) head are +-100 along it, so one of them has the largest logit after any prompt, by far.
+    A decoder that lets padded rows be sampled picks them; a correct one picks among the real tokens."""
+    import torch
+
+    from scratchllm.checkpoint.convert import export_hf
+    from scratchllm.checkpoint.model_dir import save_model
+    from scratchllm.models.config import GPTConfig
+    from scratchllm.models.gpt import GPT
+    from scratchllm.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_hf(tokenizer_dir)
+    vocab = -(-(tok.vocab_size + 2) // pad_to) * pad_to
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab, context_length=64, emb_dim=32, n_layers=1, n_heads=2, **FAMILIES[family][0])
+    model = GPT(config).eval()
+    with torch.no_grad():
+        model.final_norm.weight.zero_()[0] = 1.0
+        if getattr(model.final_norm, "bias", None) is not None:
+            model.final_norm.bias.zero_()
+        model.tok_emb.weight[tok.vocab_size:] = 0.0
+        model.tok_emb.weight[tok.vocab_size, 0], model.tok_emb.weight[tok.vocab_size + 1, 0] = 100.0, -100.0
+    export_hf(save_model(model, out / "ours", tok), out / family)
+    return out / family

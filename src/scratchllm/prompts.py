@@ -10,17 +10,24 @@ is stored with the model (`prompt_style` in its config.json) and reused by `resp
   tokenizer; tokenizer/chat_template.py), rendered as transformers' `apply_chat_template` renders it.
   It is the default for a model whose tokenizer has one (`choose_style`).
 The response itself is followed by the end-of-text token during training, so generation stops there
-(for a model with a template also at the token that closes its turns: `Tokenizer.stop_ids`).
+(for a prompt laid out by a template also at the special token that closes its turns: `stop_strings`).
+
+Every layout is a `ChatText` (tokenizer/chat_template.py): the text, plus what `Tokenizer.encode_chat`
+needs to make control tokens only from the layout's own markup. Text inside a message that spells a
+special token (<|im_end|>, <|endoftext|>) is encoded as text, so a user cannot end its turn and write
+the next one; the alpaca, phi3 and plain styles write no control tokens at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scratchllm.core.limits import TemplateLimits
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer.chat_template import ChatTemplate
+from scratchllm.tokenizer.chat_template import ChatTemplate, ChatText
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -38,7 +45,16 @@ class PromptStyle:
         ...): it is then encoded with special-token text allowed, as transformers encodes it."""
         return self.template is not None
 
-    def format_instruction(self, instruction: str, input: str = "") -> str:
+    def with_limits(self, limits: TemplateLimits) -> PromptStyle:
+        """This style with its template (if any) under `limits`, checked to compile (a one-line error
+        if it does not): what `chat` and `serve` run with."""
+        if self.template is None:
+            return self
+        style = dataclasses.replace(self, template=self.template.with_limits(limits))
+        style.template.check()
+        return style
+
+    def format_instruction(self, instruction: str, input: str = "") -> ChatText:
         """The prompt for one record; the response text follows it directly."""
         if self.template is not None:  # one user message, the input below the instruction
             body = f"{instruction}\n{input}" if input else instruction
@@ -47,13 +63,13 @@ class PromptStyle:
             text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}"
             if input:
                 text += f"\n\n### Input:\n{input}"
-            return text + "\n\n### Response:\n"
+            return ChatText(text + "\n\n### Response:\n")
         if self.name == "phi3":
             body = f"{instruction}\n{input}" if input else instruction
-            return f"<|user|>\n{body}\n\n<|assistant|>\n"
-        return f"{instruction}\n{input}" if input else instruction
+            return ChatText(f"<|user|>\n{body}\n\n<|assistant|>\n")
+        return ChatText(f"{instruction}\n{input}" if input else instruction)
 
-    def format_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def format_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> ChatText:
         """A conversation [{"role": "system"|"user"|"assistant", "content": ...}, ...] as one prompt.
 
         Turns are separated by blank lines, as in single-turn records; with `add_generation_prompt`
@@ -85,15 +101,19 @@ class PromptStyle:
         if self.name == "alpaca":
             if not messages or messages[0].get("role") != "system":
                 text = f"{ALPACA_PREAMBLE}\n\n" + text
-            return text + ("### Response:\n" if add_generation_prompt else "")
+            return ChatText(text + ("### Response:\n" if add_generation_prompt else ""))
         if self.name == "phi3":
-            return text + ("<|assistant|>\n" if add_generation_prompt else "")
-        return text
+            return ChatText(text + ("<|assistant|>\n" if add_generation_prompt else ""))
+        return ChatText(text)
 
     @property
     def stop_strings(self) -> list[str]:
-        """Text that marks the start of the next turn: generation stops before it. (A template's turns
-        end with a special token, which stops generation as an id: `Tokenizer.stop_ids`.)"""
+        """Text that marks the end of an answer: generation stops before it. For a template, the special
+        token that closes its turns (<|im_end|>, <|eot_id|>; found by rendering a short conversation the
+        first time it is asked); for alpaca and phi3 the start of the next turn."""
+        if self.template is not None:
+            end = self.template.turn_end_token()
+            return [end] if end else []
         if self.name == "alpaca":
             return ["\n\n### Instruction:", "\n### Instruction:"]
         if self.name == "phi3":
@@ -117,6 +137,7 @@ def get_style(name: str | None, tokenizer: Any = None) -> PromptStyle:
             raise ScratchLLMError("prompt style 'template': the model's tokenizer has no chat template "
                                   "(tokenizer_config.json 'chat_template' or chat_template.jinja); "
                                   f"choose one of: {', '.join(STYLES)}")
+        template.check()  # a template that does not compile is refused now, not at the first prompt
         return PromptStyle("template", template)
     if name not in STYLES:
         raise ScratchLLMError(f"unknown prompt style {name!r}; choose one of: {', '.join(STYLE_NAMES)}")

@@ -119,3 +119,78 @@ def test_merge_lora_never_replaces_a_classifier_directory(tmp_path, capsys):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert (got - unmerged).abs().max() > 0.1
     assert sorted(p.name for p in merged.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face directories: config.json types, nesting, and a chat template that is a hostile program
+
+
+@pytest.fixture(scope="module")
+def hf_dir(hf_tokenizer_dir, tmp_path_factory):
+    """A small Qwen2 Hugging Face directory with the ChatML test tokenizer (and a padded vocabulary)."""
+    from tests.hostile import padded_hf_dir
+
+    return padded_hf_dir(hf_tokenizer_dir("qwen2"), tmp_path_factory.mktemp("hf"), "qwen2")
+
+
+def hf_copy(tmp_path: Path, source: Path, name: str, content: str | None = None, **fields) -> Path:
+    """A copy of `source` whose file `name` is `content`, or its JSON with `fields` changed."""
+    d = tmp_path / "hfcopy"
+    shutil.copytree(source, d)
+    if content is None:
+        data = json.loads((d / name).read_text()) if (d / name).is_file() else {}
+        content = json.dumps({**data, **fields})
+    (d / name).write_text(content)
+    return d
+
+
+@pytest.mark.parametrize("name, fields, message", [
+    ("config.json", {"tie_word_embeddings": "false"}, "field 'tie_word_embeddings' is 'false' (str); expected true or false"),
+    ("config.json", {"model_type": ["qwen2"]},
+     "model_type is ['qwen2']; only 'gpt2', 'llama', 'qwen2', 'qwen3' models can be imported"),
+    ("config.json", {"layer_types": 5}, "field 'layer_types' is 5 (int); expected a list"),
+    ("config.json", {"layer_types": [{"a": 1}]}, "field 'layer_types' is [{'a': 1}]; expected a list of strings"),
+    ("generation_config.json", {"eos_token_id": "2"}, "eos_token_id is '2'; expected an id or a list of ids"),
+])
+def test_wrong_types_in_a_hugging_face_directory_are_one_line(hf_dir, tmp_path, capsys, name, fields, message):
+    d = hf_copy(tmp_path, hf_dir, name, **fields)
+    assert one_line_error(capsys, ["generate", "--model", str(d), "--prompt", "hi"], "generate") == f"{d / name}: {message}"
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"])
+def test_json_nested_100000_deep_is_one_line(hf_dir, tmp_path, capsys, name):
+    from tests.hostile import nested
+
+    d = hf_copy(tmp_path, hf_dir, name, nested())
+    assert one_line_error(capsys, ["generate", "--model", str(d), "--prompt", "hi"], "generate") == \
+        f"{d / name}: JSON nested more than 100 levels deep; expected a config or tokenizer file (about 6)"
+
+
+LOOPING = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def test_generate_never_runs_the_chat_template(hf_dir, tmp_path, capsys):
+    """Before, the stop ids rendered the template, so a template that loops hung `generate --prompt hello`."""
+    d = hf_copy(tmp_path, hf_dir, "chat_template.jinja", LOOPING)
+    start = time.perf_counter()
+    assert main(["generate", "--model", str(d), "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert time.perf_counter() - start < 30 and capsys.readouterr().out.startswith("hello")
+
+
+def test_chat_refuses_a_template_that_does_not_compile_at_start(hf_dir, tmp_path, capsys):
+    d = hf_copy(tmp_path, hf_dir, "chat_template.jinja", "{% if messages %}{{ messages[0] }")
+    message = one_line_error(capsys, ["chat", "--model", str(d)], "chat")
+    assert message == f"{d / 'chat_template.jinja'}: Jinja syntax error on line 1: unexpected '}}'"
+
+
+def test_chat_with_a_template_that_loops_answers_each_line_with_one_error(hf_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    d = hf_copy(tmp_path, hf_dir, "chat_template.jinja", LOOPING)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nagain\n"))
+    start = time.perf_counter()
+    assert main(["chat", "--model", str(d), "--template-timeout-s", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    assert time.perf_counter() - start < 30 and out == ""
+    assert err.splitlines() == [f"scratchllm chat: {d / 'chat_template.jinja'}: it ran longer than the time limit of "
+                                "0.5 s (template_timeout_s)"] * 2

@@ -152,12 +152,13 @@ def prompt_and_response(record: dict, style: PromptStyle, response: str = "outpu
 def encode_example(tokenizer, style: PromptStyle, record: dict, response: str = "output") -> tuple[list[int], int]:
     """(prompt + response ids, number of prompt ids). Prompt and response are encoded separately,
     the way `respond` encodes the prompt alone; special-token text in them stays plain text, except
-    the control tokens a chat template writes into the prompt (as transformers' apply_chat_template
-    encodes it). Other styles' prompts start with the tokenizer's BOS (Llama 3's; GPT-2 has none),
+    the control tokens a chat template's markup writes into the prompt (`Tokenizer.encode_chat`; as
+    transformers' apply_chat_template encodes it, except that it also makes control tokens of a message's
+    special-token text). Other styles' prompts start with the tokenizer's BOS (Llama 3's; GPT-2 has none),
     as `generation.encode_prompt` starts them at inference."""
     prompt, answer = prompt_and_response(record, style, response)
     if style.writes_special_tokens:
-        prompt_ids = tokenizer.encode(prompt, allowed_special="all")
+        prompt_ids = tokenizer.encode_chat(prompt)
     else:
         prompt_ids = [*tokenizer.bos_ids, *tokenizer.encode_ordinary(prompt)]
     return prompt_ids + tokenizer.encode_ordinary(answer or ""), len(prompt_ids)

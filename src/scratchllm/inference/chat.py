@@ -90,8 +90,8 @@ class TextStream:
         delay: float = 0.0,
         on_end: Callable[["TextStream"], None] | None = None,
     ):
-        self.tokens_iter = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p,
-                                           generator=generator, stop_ids=tokenizer.stop_ids)
+        self.tokens_iter = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
+                                           stop_ids=tokenizer.stop_ids, vocab_limit=tokenizer.vocab_size)
         self.assembler = TextAssembler(tokenizer, stops)
         self.max_new_tokens = max_new_tokens
         self.cancel = cancel
@@ -158,8 +158,9 @@ class ChatSession:
     def __init__(self, model, tokenizer, style: PromptStyle | str | None = None, settings: ChatSettings | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.style = style if isinstance(style, PromptStyle) else get_style(style, tokenizer)
         self.settings = settings or ChatSettings()
+        style = style if isinstance(style, PromptStyle) else get_style(style, tokenizer)
+        self.style = style.with_limits(self.settings)  # a template that does not compile is refused here
         s = self.settings
         check_sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p)
         device = model.tok_emb.weight.device

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scratchllm.checkpoint.config import LoadConfig
+from scratchllm.core.limits import TemplateLimits
 from scratchllm.core.options import check_fields, composed, group, option
 from scratchllm.errors import ScratchLLMError
 
@@ -128,8 +129,9 @@ class RespondConfig:
 
 
 @dataclass(kw_only=True)
-class ChatSettings(SamplingConfig):
-    """A conversation's settings (inference/chat.py `ChatSession`): how it samples, and its system prompt."""
+class ChatSettings(SamplingConfig, TemplateLimits):
+    """A conversation's settings (inference/chat.py `ChatSession`): how it samples, its system prompt, and
+    the limits on the model's chat template (core/limits.py)."""
 
     system: str | None = None
     """system prompt, kept when old turns are dropped; /system TEXT changes it"""
@@ -139,6 +141,7 @@ class ChatSettings(SamplingConfig):
     def __post_init__(self) -> None:
         check_fields(self, "chat")
         super().__post_init__()
+        self.check_template_limits()
 
 
 @composed
@@ -155,8 +158,9 @@ class ChatConfig:
 
 
 @dataclass(kw_only=True)
-class ServeSettings:
-    """How `scratchllm serve` answers (inference/serve.py `create_app`)."""
+class ServeSettings(TemplateLimits):
+    """How `scratchllm serve` answers (inference/serve.py `create_app`), with the limits on the model's
+    chat template (core/limits.py)."""
 
     host: str = "127.0.0.1"
     """address to listen on (0.0.0.0 serves the network: set an API key)"""
@@ -200,13 +204,31 @@ class ServeSettings:
             raise ScratchLLMError(f"serve setting queue_size must be an integer >= 0, got {self.queue_size!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ScratchLLMError(f"serve setting port must be in 0..65535, got {self.port!r}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
         if not self.token_delay >= 0:
             raise ScratchLLMError(f"serve setting token_delay must be >= 0, got {self.token_delay!r}")
         for name in ("header_timeout_s", "body_timeout_s"):
             if isinstance(getattr(self, name), bool) or not 0 < getattr(self, name) < float("inf"):
                 raise ScratchLLMError(f"serve setting {name} must be a number of seconds > 0, got {getattr(self, name)!r}")
+        self.check_template_limits()
+
+
+def check_api_key(key: str) -> str:
+    """The API key a server compares requests with: `key` without surrounding whitespace (a key read from a
+    file or a variable often ends in a newline), the same stripping a request's header gets. A key that is
+    empty, holds a control character (which no HTTP header can carry) or a non-ASCII character (which the
+    openai client and browsers refuse to send, and others send in differing encodings) is a one-line error."""
+    if not isinstance(key, str) or not key.strip():
+        raise ScratchLLMError("serve setting api_key is empty; give a key or leave it out")
+    key = key.strip()
+    bad = next((c for c in key if not " " <= c <= "~"), None)
+    if bad is not None:
+        what = "a control character" if ord(bad) < 32 or ord(bad) == 127 else "a non-ASCII character"
+        raise ScratchLLMError(f"serve setting api_key holds {what}, {bad!r}, at index {key.index(bad)}; HTTP clients "
+                              "send only printable ASCII keys (the openai client and browsers refuse others): choose "
+                              "one, e.g. openssl rand -hex 16")
+    return key
 
 
 @composed

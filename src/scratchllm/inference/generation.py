@@ -4,7 +4,8 @@ This sits after the model and training in the pipeline: a prompt is encoded, the
 next token, a token is chosen from its logits (greedy, temperature, top-k, top-p), appended, and the
 loop repeats. Three layers, each reusable on its own:
 
-- `sample_next`: logits (B, V) -> next ids (B,). The sampling rules, nothing else.
+- `sample_next` (sampling.py): logits (B, V) -> next ids (B,). The sampling rules, nothing else; the
+  one place every decode path chooses a token, so rows of a padded head (`vocab_limit`) are cut there.
 - `generate_tokens` / `generate_ids`: the token-level decode loop (KV cache, left-padded batches,
   a context window that jumps when the sequence outgrows the model). Chat, serving and evaluation
   build on these.
@@ -35,8 +36,10 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import check_sampling, check_seed
 from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
+from scratchllm.inference.sampling import GREEDY_BELOW, make_generators, sample_next  # noqa: F401  (and from here)
 from scratchllm.inference.static_decode import acquire_decoder, release_decoder
 from scratchllm.models.gpt import GPT, KVCache
+from scratchllm.tokenizer.chat_template import ChatText
 
 # ------------------------------------------------------------------------------------------------
 # The context window
@@ -63,69 +66,6 @@ def window_start(n: int, ctx: int, keep: int) -> int:
     period = ctx + 1 - keep
     jumps = (n - ctx - 1) // period  # jumps before the latest one
     return ctx + 1 + jumps * period - keep
-
-
-# ------------------------------------------------------------------------------------------------
-# Choosing the next token
-
-# Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
-# e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
-GREEDY_BELOW = 1e-6
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generators: Sequence[torch.Generator | None] | None = None,
-) -> torch.Tensor:
-    """Next token of each row of logits (B, V) -> (B,) int64.
-
-    temperature == 0 (or below GREEDY_BELOW) is greedy (argmax). Otherwise the logits are divided by
-    the temperature and softmaxed; top_k keeps the k most likely tokens (Fan et al. 2018; ties at the k-th value are
-    all kept); top_p keeps the nucleus, the smallest set of most likely tokens whose probability
-    sums to >= top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"); one
-    token is then drawn from what is left. `generators` has one torch.Generator per row (None: the
-    global RNG), so a row's draws never depend on the other rows of the batch. Scores that are NaN
-    or infinite (a model whose weights are) are a one-line error.
-    """
-    logits = logits.float()  # exact for bfloat16 logits, and argmax is 4x faster in float32
-    if not torch.isfinite(logits).all():
-        raise ScratchLLMError("the model's next-token scores are NaN or infinite: its weights hold non-finite values "
-                              "(a diverged or corrupt checkpoint)")
-    if temperature < GREEDY_BELOW:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature  # (B, V)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
-        # Drop a token when the more likely tokens before it already reach top_p; what stays is
-        # the smallest prefix of the sorted list with mass >= top_p (never empty).
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop_sorted = mass_before >= top_p
-        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range is 0)
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-    if generators is None:
-        return torch.multinomial(probs, 1).squeeze(-1)  # multinomial renormalises each row
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
-
-
-def make_generators(seed: int | None, n: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One RNG per batch row: row i is seeded with seed + i.
-
-    So `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`: what a prompt samples
-    does not depend on which other prompts share its batch. With seed=None a base seed is drawn
-    from torch's global RNG, so `torch.manual_seed` still makes a run reproducible.
-    """
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    check_seed(seed, n)
-    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,16 +126,18 @@ def _decode(
     stop_ids: Collection[int],
     finished: list[bool],
     decoder: str = "auto",
+    vocab_limit: int | None = None,
 ) -> Iterator[dict[int, int]]:
     """The decode loop behind every entry point; yields {row: new token} for the running rows.
 
     rows: each sequence's token ids (extended here). A row stops running once it samples one of
     stop_ids or once the caller sets finished[row] = True between steps (for a stop string): its
     cache rows are dropped and it is never extended again. decoder: see the module docstring.
+    vocab_limit: the tokenizer's size; `sample_next` never picks a row of the head past it.
     """
     if use_cache and _static_decoding(model, decoder):
         yield from _decode_static(model, rows, max_new_tokens, temperature, top_k, top_p, generators, keep, stop_ids,
-                                  finished)
+                                  finished, vocab_limit)
         return
     ctx = model.config.context_length
     weight = model.tok_emb.weight
@@ -243,7 +185,7 @@ def _decode(
                     h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
                     logits = model.logits(h[:, -1])  # (B, V): the head for the last position only
                 gens = [generators[r] for r in active] if generators is not None else None
-                next_ids = sample_next(logits, temperature, top_k, top_p, gens).tolist()
+                next_ids = sample_next(logits, temperature, top_k, top_p, gens, vocab_limit).tolist()
             yield _extend(rows, zip(active, next_ids), stop_ids, finished)
     finally:
         model.train(was_training)
@@ -282,6 +224,7 @@ def _decode_static(
     keep: int,
     stop_ids: Collection[int],
     finished: list[bool],
+    vocab_limit: int | None = None,
 ) -> Iterator[dict[int, int]]:
     """`_decode` on a `StaticDecoder` (a CUDA graph per step on a GPU): the same windows, the same
     rows sampled with the same generators, hence the same tokens.
@@ -319,7 +262,7 @@ def _decode_static(
                 index = None if len(alive) == len(batch) else torch.tensor(alive, device=device)
                 gens = [generators[batch[k]] for k in alive] if generators is not None else None
                 sampled = sample_next(logits if index is None else logits.index_select(0, index),
-                                      temperature, top_k, top_p, gens)  # (A,)
+                                      temperature, top_k, top_p, gens, vocab_limit)  # (A,)
                 next_ids = sampled if index is None else next_ids.index_copy(0, index, sampled)
                 tokens = sampled.tolist()
             yield _extend(rows, ((batch[k], token) for k, token in zip(alive, tokens)), stop_ids, finished)
@@ -340,14 +283,15 @@ def generate_tokens(
     keep: int | None = None,
     stop_ids: Collection[int] = (),
     decoder: str = "auto",
+    vocab_limit: int | None = None,
 ) -> Iterator[int]:
     """Yield up to max_new_tokens new token ids after `ids`, one per step; stop before any of stop_ids
     (`tokenizer.stop_ids`: the end-of-text token, and a chat model's end-of-turn token).
 
     generator: the RNG for sampling (None: torch's global RNG). keep: tokens kept when the context
     window jumps (see `window_start`; default 3/4 of the context). decoder: "auto", "eager" or
-    "static" (see the module docstring). Parameters are checked here, before the first token is
-    asked for.
+    "static" (see the module docstring). vocab_limit: `tokenizer.vocab_size`, so that rows of a padded
+    head are never sampled. Parameters are checked here, before the first token is asked for.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, [ids], keep)
@@ -357,7 +301,7 @@ def generate_tokens(
         finished = [False]
         gens = [generator] if generator is not None else None
         for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished,
-                            decoder):
+                            decoder, vocab_limit):
             if step[0] in stop_ids:
                 return
             yield step[0]
@@ -377,11 +321,13 @@ def generate_ids(
     keep: int | None = None,
     stop_ids: Collection[int] = (),
     decoder: str = "auto",
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt of a batch (the stop id that ends a row not included), decoded together.
 
     Prompts of different lengths are left-padded with an attention mask; each row gets the same
     tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
+    vocab_limit: as in `generate_tokens`.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
     rows, keep = _prepare(model, batch_ids, keep)
@@ -391,7 +337,7 @@ def generate_ids(
     finished = [False] * len(rows)
     stop_ids = frozenset(stop_ids)
     for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
-                        decoder):
+                        decoder, vocab_limit):
         for r, token in step.items():
             if token not in stop_ids:
                 out[r].append(token)
@@ -462,14 +408,15 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids; special-token text such as <|endoftext|> is allowed. The tokenizer's BOS goes first
-    as transformers' `tokenizer(text)` puts it (Llama 3's <|begin_of_text|>; GPT-2, Qwen and SmolLM2
-    have none), except when the text already starts with it: a chat template writes its own, and a
-    second one (which transformers would add) only puts the model off. An empty prompt without a BOS
-    starts from the end-of-text token, GPT-2's beginning-of-text token."""
+    """Prompt ids. In a raw prompt special-token text such as <|endoftext|> is allowed; a prompt a style
+    laid out from messages (a ChatText) gets control tokens only from its layout (`Tokenizer.encode_chat`).
+    The tokenizer's BOS goes first as transformers' `tokenizer(text)` puts it (Llama 3's <|begin_of_text|>;
+    GPT-2, Qwen and SmolLM2 have none), except when the text already starts with it: a chat template
+    writes its own, and a second one (which transformers would add) only puts the model off. An empty
+    prompt without a BOS starts from the end-of-text token, GPT-2's beginning-of-text token."""
     if not isinstance(prompt, str):
         raise ScratchLLMError(f"prompt must be a str, got {type(prompt).__name__}")
-    ids = tokenizer.encode(prompt, allowed_special="all")
+    ids = tokenizer.encode_chat(prompt) if isinstance(prompt, ChatText) else tokenizer.encode(prompt, allowed_special="all")
     bos = list(tokenizer.bos_ids)
     if bos and ids[: len(bos)] != bos:
         ids = bos + ids
@@ -491,7 +438,7 @@ def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, 
         texts = [TextAssembler(tokenizer, stops) for _ in rows]
         finished = [False] * len(rows)
         for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
-                            decoder):
+                            decoder, tokenizer.vocab_size):
             for r, token in step.items():
                 if token in stop_ids:
                     continue

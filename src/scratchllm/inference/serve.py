@@ -34,7 +34,6 @@ get uvicorn's own plain-text 400, before any of this code runs.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -55,9 +54,10 @@ except ImportError:  # pragma: no cover
 
 from scratchllm.core.console import warn
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import API_KEY_ENV, SEED_MAX, SEED_MIN, ServeConfig, ServeSettings
+from scratchllm.inference.config import API_KEY_ENV, SEED_MAX, SEED_MIN, ServeConfig, ServeSettings, check_api_key
 from scratchllm.inference.chat import TextStream, load_for_chat
-from scratchllm.inference.generation import encode_prompt, make_generators
+from scratchllm.inference.generation import make_generators
+from scratchllm.inference.serve_input import client_error, key_matches, prompt_ids
 from scratchllm.prompts import choose_style
 
 log = logging.getLogger("scratchllm.serve")
@@ -304,7 +304,8 @@ class Guard:
     than body_timeout_s to arrive."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout_s: float = 30.0):
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+        self.app, self.max_body_bytes = app, max_body_bytes
+        self.api_key = check_api_key(api_key) if api_key is not None else None
         self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
@@ -313,8 +314,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
         if self.api_key and (path == "/v1" or path.startswith("/v1/")):
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            if not key_matches(headers.get("authorization", ""), self.api_key):
                 return await _send_error(send, APIError(
                     401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                     code="invalid_api_key", headers={"www-authenticate": "Bearer"}))
@@ -404,6 +404,8 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     else:
         net, tokenizer, style, name = load_for_chat(model, device, dtype, settings.prompt_style)
         name = settings.model_name or name
+    style = style.with_limits(settings)  # a chat template that does not compile is refused here, at start
+    stop_strings = style.stop_strings  # (a template's turn end is found by rendering: once, here)
     ctx = net.config.context_length
     created = int(time.time())
     engine = Engine(net, tokenizer, settings.queue_size, settings.token_delay)
@@ -474,10 +476,17 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     async def read_body(request: Request, kind: type[BaseModel]):
         return _parse(kind, await request.body())
 
+    async def encoded(param: str, **prompt) -> list[int]:
+        try:
+            return await prompt_ids(tokenizer, style=style, **prompt)
+        except ScratchLLMError as exc:
+            status, message, code = client_error(exc)
+            raise APIError(status, message, param=param, code=code) from None
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         body: CompletionRequest = await read_body(request, CompletionRequest)
-        ids = await asyncio.to_thread(encode_prompt, tokenizer, body.prompt)
+        ids = await encoded("prompt", text=body.prompt)
         job = admit(body, ids, body.stop)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": name}
 
@@ -494,9 +503,8 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     async def chat_completions(request: Request):
         body: ChatRequest = await read_body(request, ChatRequest)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
-        prompt = style.format_chat(messages, add_generation_prompt=True)
-        ids = await asyncio.to_thread(encode_prompt, tokenizer, prompt)
-        job = admit(body, ids, style.stop_strings + body.stop)
+        ids = await encoded("messages", messages=messages)
+        job = admit(body, ids, stop_strings + body.stop)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": name}
         if body.stream:
             meta["object"] = "chat.completion.chunk"

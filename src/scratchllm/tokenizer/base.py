@@ -34,7 +34,7 @@ from scratchllm.core.files import parse_json, write_atomic
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.batch import cpu_count, encode_in_parallel
 from scratchllm.tokenizer.bpe import GPT2_PATTERN
-from scratchllm.tokenizer.chat_template import ChatTemplate
+from scratchllm.tokenizer.chat_template import ChatTemplate, ChatText
 from scratchllm.tokenizer.description import (GPT2, INLINE, TOKENIZER_FILE, Description, check_description,
                                               check_sha256, description)
 from scratchllm.tokenizer.gpt2 import ENDOFTEXT
@@ -383,6 +383,18 @@ class Tokenizer(ABC):
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` with special-token text treated as plain text (never raises for it)."""
         return self._encode_checked(check_text(text), frozenset())
+
+    def encode_chat(self, prompt: str) -> list[int]:
+        """Ids of a prompt a prompt style laid out from a conversation (a `ChatText`): special-token text
+        that the layout wrote (a chat template's <|im_start|>, Llama 3's BOS) becomes control tokens, the
+        same text spelled inside a message stays text, so a user cannot close its turn and write the
+        assistant's. A style without control tokens (alpaca, plain), or any other str, is all text."""
+        if not isinstance(prompt, ChatText):
+            return self.encode_ordinary(prompt)
+        ids: list[int] = []
+        for text, layout in prompt.segments():
+            ids.extend(self.encode(text, allowed_special="all") if layout else self.encode_ordinary(text))
+        return ids
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: SpecialSet = frozenset(),
                      disallowed_special: SpecialSet = "all", num_workers: int | None = None) -> list[list[int]]:

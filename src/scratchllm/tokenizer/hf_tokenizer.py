@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.core.files import write_atomic
-from scratchllm.tokenizer.base import Backend, Tokenizer, special_regex
+from scratchllm.tokenizer.base import Backend, Tokenizer
 from scratchllm.tokenizer.chat_template import ChatTemplate
 from scratchllm.tokenizer.description import Description
 from scratchllm.tokenizer.gpt2 import ENDOFTEXT
@@ -129,26 +129,23 @@ class HFTokenizer(Tokenizer, reads=("hf",)):
 
     @functools.cached_property
     def stop_ids(self) -> frozenset[int]:  # type: ignore[override]
-        """Ids that end generation: `eot_id`, the special token its chat template closes an assistant
-        turn with (<|im_end|>, <|eot_id|>), and the model's generation_config.json eos ids (given to
-        `from_hf`)."""
+        """Ids that end generation: `eot_id` and the model's generation_config.json eos ids (given to
+        `from_hf`). A prompt laid out by the chat template also stops at the token that closes the
+        template's turns (prompts.py); the template is not run to find ids here."""
         ids = set(self._data.stop_ids)
         if "eos_token" in self._data.named_tokens or ENDOFTEXT in self._special:
             ids.add(self.eot_id)
-        template = self.chat_template
-        if template is not None and self._all_special:
-            end = special_regex(self._all_special).search(template.turn_end())
-            if end is not None:
-                ids.add(self._special[end.group()])
         return frozenset(ids)
 
     @functools.cached_property
     def chat_template(self) -> ChatTemplate | None:  # type: ignore[override]
         """The model's chat template (tokenizer_config.json "chat_template" or chat_template.jinja),
-        with the named special tokens (bos_token, eos_token, ...) as its variables; None if it has none."""
+        with the named special tokens (bos_token, eos_token, ...) as its variables and the special
+        tokens a message may spell only as text; None if it has none. Nothing runs until it is used."""
         if self._data.chat_template is None:
             return None
-        return ChatTemplate(self._data.chat_template, self._data.named_tokens, self._data.chat_template_origin)
+        return ChatTemplate(self._data.chat_template, self._data.named_tokens, self._data.chat_template_origin,
+                            self._all_special)
 
     # ---- the vocabulary and the encoder -------------------------------------------------------
 
