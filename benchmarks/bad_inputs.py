@@ -3,6 +3,11 @@ in one line on stderr and exit code 2 (or, for valid values at the edge of their
 
 Run from the repository root:  python -m benchmarks.bad_inputs
 
+The cases include hostile Hugging Face model directories (issue 28: config.json and tokenizer files of
+the wrong types or nested 100,000 deep, a backtracking regex, a chat template that loops or does not
+compile, a padded vocabulary, an API key no client can send); `python -m benchmarks.hostile_dirs`
+sweeps every field of such a directory and hostile templates, with time and memory bounds.
+
 Each case runs `scratchllm.cli.main(argv)` in this process (argparse's own usage errors, exit 2,
 count as clean too). A traceback, another exit code, more than one line of error, a file or folder
 changed that should not have been, or a valid edge value refused, is a failure. Reported: cases
@@ -22,6 +27,65 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "v0_1_layout"
 DATA = REPO.parent / "shared" / "data"
+
+
+def hostile_hf_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
+    """Issue 28's cases: a small padded Qwen2 Hugging Face directory (tests/hostile.py) with one file edited."""
+    sys.path.insert(0, str(REPO))
+    from tests.hf_tokenizers import build
+    from tests.hostile import nested, padded_hf_dir
+
+    base = padded_hf_dir(build("qwen2", tmp / "tok-qwen2"), tmp / "hf", "qwen2")
+    dirs = 0
+
+    def variant(name: str, edit=None, text: str | None = None) -> str:
+        nonlocal dirs
+        dirs += 1
+        d = tmp / f"hf-{dirs}"
+        shutil.copytree(base, d)
+        if edit is not None:
+            data = json.loads((d / name).read_text(encoding="utf-8")) if (d / name).is_file() else {}
+            edit(data)
+            text = json.dumps(data)
+        (d / name).write_text(text or "", encoding="utf-8")
+        return str(d)
+
+    def split(pattern):
+        return {"type": "Split", "pattern": pattern, "behavior": "Isolated", "invert": False}
+
+    def gen(d: str, prompt: str = "hi", *more: str) -> list[str]:
+        return ["generate", "--model", d, "--prompt", prompt, "--max-new-tokens", "4", *more]
+
+    backtracking = variant("tokenizer.json", lambda t: t["pre_tokenizer"]["pretokenizers"].insert(0, split({"Regex": "(a|aa)+$"})))
+    looping = variant("chat_template.jinja", text="{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    cases = [
+        ("hf: config tie_word_embeddings 'false'", gen(variant("config.json", lambda c: c.update(tie_word_embeddings="false"))), 2),
+        ("hf: config model_type ['llama']", gen(variant("config.json", lambda c: c.update(model_type=["llama"]))), 2),
+        ("hf: config layer_types 5", gen(variant("config.json", lambda c: c.update(layer_types=5))), 2),
+        ("hf: config layer_types [{'a': 1}]", gen(variant("config.json", lambda c: c.update(layer_types=[{"a": 1}]))), 2),
+        *[(f"hf: {name} nested 100,000 deep", gen(variant(name, text=nested())), 2)
+          for name in ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json")],
+        ("hf: tokenizer normalizers 5", gen(variant("tokenizer.json", lambda t: t.update(
+            normalizer={"type": "Sequence", "normalizers": 5}))), 2),
+        ("hf: tokenizer pretokenizers 5", gen(variant("tokenizer.json", lambda t: t["pre_tokenizer"].update(pretokenizers=5))), 2),
+        ("hf: tokenizer Split pattern a bare string", gen(variant("tokenizer.json", lambda t: t["pre_tokenizer"][
+            "pretokenizers"].insert(0, split("\\s+")))), 2),
+        ("hf: tokenizer TemplateProcessing single [5]", gen(variant("tokenizer.json", lambda t: t.update(post_processor={
+            "type": "TemplateProcessing", "single": [5], "special_tokens": {}}))), 2),
+        ("hf: tokenizer TemplateProcessing special_tokens [1]", gen(variant("tokenizer.json", lambda t: t.update(
+            post_processor={"type": "TemplateProcessing", "single": [], "special_tokens": [1]}))), 2),
+        ("hf: tokenizer decoders 5", gen(variant("tokenizer.json", lambda t: t.update(decoder={"type": "Sequence", "decoders": 5}))), 2),
+        ("hf: chat_template list with a list name", gen(variant("tokenizer_config.json", lambda c: c.update(
+            chat_template=[{"name": ["default"], "template": "x"}]))), 2),
+        ("hf: backtracking Split regex on 42 a's", gen(backtracking, "a" * 42 + "!"), 2),
+        ("hf: backtracking Split regex on plain text (valid)", gen(backtracking, "hello"), 0),
+        ("hf: chat template that does not compile, chat", ["chat", "--model", variant("chat_template.jinja", text="{% for %}")], 2),
+        ("hf: chat template that loops, generate (valid: never runs it)", gen(looping, "hello"), 0),
+        ("hf: chat template that loops, serve (refused at start)", ["serve", "--model", looping, "--port", "0"], 2),
+        ("hf: padded vocabulary, sampled (valid)", gen(str(base), "Hello", "--temperature", "1.0", "--seed", "5"), 0),
+        ("hf: padded vocabulary, greedy (valid)", gen(str(base), "Hello", "--temperature", "0"), 0),
+    ]
+    return cases
 
 
 def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
@@ -117,6 +181,11 @@ def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
         ("info --model bad preset", ["info", "--model", "gpt5"], 2),
         ("serve --queue-size -1", ["serve", "--model", gpt, "--queue-size", "-1"], 2),
         ("serve --header-timeout-s 0", ["serve", "--model", gpt, "--header-timeout-s", "0"], 2),
+        ("serve --api-key with a non-ASCII character", ["serve", "--model", gpt, "--api-key", "clé"], 2),
+        ("serve --api-key with a newline inside", ["serve", "--model", gpt, "--api-key", "ab\ncd"], 2),
+        ("serve --template-timeout-s 0", ["serve", "--model", gpt, "--template-timeout-s", "0"], 2),
+        ("chat --template-memory-mb 1", ["chat", "--model", gpt, "--template-memory-mb", "1"], 2),
+        *hostile_hf_cases(tmp),
     ]
 
 

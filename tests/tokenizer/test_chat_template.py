@@ -115,9 +115,9 @@ ONE_MESSAGE = [{"role": "user", "content": "hi"}]
      "it used more than the memory limit of 256 MB (template_memory_mb)"),
     ("{% for i in range(10**9) %}{% endfor %}", "the template failed on these messages: OverflowError: Range too big. "
                                                 "The sandbox blocks ranges larger than MAX_RANGE (100000)."),
-    ("{{ 2 ** (10 ** 9) }}",
-     "the template failed on these messages: OverflowError: 2 ** 1000000000 is a number of more than 65,536 bits"),
-    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError: it called itself too deeply"),
+    ("{{ 2 ** (10 ** 9) }}", "the template failed on these messages: OverflowError: '**' would build a number of more "
+                             "than 65,536 bits (a 2-bit number to the power 1,000,000,000)"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError: it nests or calls itself too deeply"),
     ("{{ raise_exception('Conversation roles must\nalternate') }}",
      "the template refused these messages: Conversation roles must alternate"),
 ])

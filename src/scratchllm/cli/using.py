@@ -69,18 +69,22 @@ def add_serve(sub):
 
         cfg = flags.config(args, token_delay=token_delay_from_env())
         settings = cfg.settings
-        if settings.api_key is not None:
+        from_flag = settings.api_key is not None
+        settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
+        settings.check()  # a bad setting is one line, before any warning
+        if from_flag:
             print("scratchllm serve: warning: --api-key shows in the process list (ps) of this machine; prefer "
                   f"${API_KEY_ENV}", file=sys.stderr)
-        settings.api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
-        settings.check()
         if not is_loopback(settings.host) and not settings.api_key:
             print(f"scratchllm serve: warning: listening on {settings.host} without an API key; anyone who can reach "
                   f"this port can use the model (set ${API_KEY_ENV})", file=sys.stderr)
         shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"scratchllm serve: chat page at http://{shown}:{settings.port}/ ; OpenAI API at "
-              f"http://{shown}:{settings.port}/v1", file=sys.stderr)
-        return serve(cfg)
+
+        def announce() -> None:  # once the model is loaded: a model that fails to load is one line
+            print(f"scratchllm serve: chat page at http://{shown}:{settings.port}/ ; OpenAI API at "
+                  f"http://{shown}:{settings.port}/v1", file=sys.stderr)
+
+        return serve(cfg, announce)
 
     p.set_defaults(func=run)
 

@@ -159,6 +159,7 @@ class ChatSession:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or ChatSettings()
+        self.settings.check_template_limits()
         style = style if isinstance(style, PromptStyle) else get_style(style, tokenizer)
         self.style = style.with_limits(self.settings)  # a template that does not compile is refused here
         s = self.settings

@@ -697,14 +697,17 @@ def server_config(app, settings: ServeSettings, log_level: str = "info"):
                           timeout_graceful_shutdown=5)
 
 
-def serve(cfg: ServeConfig) -> int:
+def serve(cfg: ServeConfig, announce=None) -> int:
     """Load cfg.load.model and serve it with uvicorn until Ctrl-C (returns 0). The API key is
-    cfg.settings.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe)."""
+    cfg.settings.api_key, else $SCRATCHLLM_API_KEY, else none (then only a loopback host is safe).
+    announce(): called once the model is loaded and the app built, before the server runs."""
     try:
         import uvicorn
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
     cfg.settings.api_key = cfg.settings.api_key or os.environ.get(API_KEY_ENV) or None
     app = create_app(cfg.load.model, cfg.settings, device=cfg.load.device, dtype=cfg.load.dtype)  # checks the settings
+    if announce is not None:
+        announce()
     uvicorn.Server(server_config(app, cfg.settings, cfg.log_level)).run()
     return 0

@@ -109,6 +109,12 @@ class TemplateProcess:
                 pass
         return code
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (to watch its memory)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def close(self) -> None:
         with self._lock:
             self._stop()

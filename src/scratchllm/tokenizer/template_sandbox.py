@@ -119,7 +119,8 @@ def make_environment() -> Any:
                     raise OutputLimit(f"'+' would build {len(left) + len(right):,} items")
             elif isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
                 if right * abs(left).bit_length() > _MAX_EXPONENT_BITS:
-                    raise OverflowError(f"{left} ** {right} is a number of more than {_MAX_EXPONENT_BITS:,} bits")
+                    raise OverflowError(f"'**' would build a number of more than {_MAX_EXPONENT_BITS:,} bits (a "
+                                        f"{abs(left).bit_length():,}-bit number to the power {right:,})")
             return super().call_binop(context, operator, left, right)
 
     def raise_exception(message):
@@ -156,7 +157,7 @@ def describe(exc: BaseException, request: dict, memory_mb: int) -> dict:
     elif isinstance(exc, MemoryError):
         cause = f"it used more than the memory limit of {memory_mb} MB (template_memory_mb)"
     elif isinstance(exc, RecursionError):
-        cause = "RecursionError: it called itself too deeply"
+        cause = "RecursionError: it nests or calls itself too deeply"
     elif isinstance(exc, jinja2.TemplateError):  # a sandbox violation, an undefined name or call
         cause = f"{type(exc).__name__}: {exc}"
     else:  # TypeError, OverflowError (range() over 100,000 items), ... on these messages
