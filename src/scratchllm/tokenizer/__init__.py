@@ -6,7 +6,8 @@
   checked by hf_files.py, its pipeline's steps in hf_pipeline.py, its two encoders in hf_encoders.py.
 
 Also: a tokenizer's description, what directories record to find it again (description.py); encoding
-batches on several cores (batch.py); chat templates (chat_template.py).
+batches on several cores (batch.py); chat templates (chat_template.py), run in a child process under
+limits (template_process.py) inside a Jinja sandbox (template_sandbox.py).
 """
 
 from scratchllm.tokenizer.base import Tokenizer, token_pieces

@@ -222,7 +222,8 @@ def limit_memory(memory_mb: int) -> None:
 
 def die_with_parent(parent: int) -> None:
     """End this process when the parent ends, even in the middle of a render (Linux: PR_SET_PDEATHSIG;
-    elsewhere the end of stdin ends it between renders, and the parent stops it on a timeout)."""
+    elsewhere the end of stdin ends it between renders, and the parent stops it on a timeout). The
+    signal comes when the parent *thread* that started it ends; the parent then starts a new one."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
