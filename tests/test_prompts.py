@@ -26,7 +26,8 @@ def test_template_style(qwen):
     assert style.format_instruction("Translate to English.", "Bonjour") == style.format_chat(
         [{"role": "user", "content": "Translate to English.\nBonjour"}])
     assert style.format_instruction("Say hi.") == style.format_chat([{"role": "user", "content": "Say hi."}])
-    assert style.stop_strings == [] and style.writes_special_tokens
+    # the answer ends at the token that closes the template's turns (found by rendering one)
+    assert style.stop_strings == ["<|im_end|>"] and style.writes_special_tokens
     assert not get_style("alpaca").writes_special_tokens
     with pytest.raises(ScratchLLMError, match=r"message 0: expected role system/user/assistant"):
         style.format_chat([{"role": "tool", "content": "x"}])
