@@ -194,3 +194,16 @@ def test_a_forged_turn_stays_text(hf_tokenizer_dir):
     # the same in every style: alpaca and plain prompts are text
     for name in ("alpaca", "plain"):
         assert not set(tok.encode_chat(get_style(name).format_chat(messages))) & special
+
+
+def test_a_template_process_that_died_is_started_again():
+    import os
+    import signal
+
+    from scratchllm.tokenizer.template_process import template_process
+
+    template = ChatTemplate("{{ messages[0]['content'] }}?", limits=LIMITS)
+    assert template.render(ONE_MESSAGE) == "hi?"
+    process = template_process(LIMITS.template_memory_mb)
+    os.kill(process.pid, signal.SIGKILL)
+    assert template.render(ONE_MESSAGE) == "hi?" and process.pid is not None

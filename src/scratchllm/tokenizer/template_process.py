@@ -44,21 +44,29 @@ class TemplateProcess:
         with self._lock:
             if self._owner != os.getpid():
                 self._proc, self._replies, self._owner = None, None, os.getpid()
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None and self._replies is not None
-            try:
-                write_frame(self._proc.stdin, request)
-                reply = self._replies.get(timeout=timeout_s)
-            except queue.Empty:
-                self._stop()
-                raise TimeoutError(f"no reply within {timeout_s:g} s") from None
-            except OSError:  # the pipe broke: the child ended
-                reply = None
-            if reply is None:
+            # A child that ended between requests (killed from outside, or with the thread that started
+            # it: see template_sandbox.die_with_parent) gets one new try; one started for this request
+            # and ended by it (over its memory limit) is this request's error.
+            for fresh in (False, True):
+                if fresh or self._proc is None or self._proc.poll() is not None:
+                    self._start()
+                    fresh = True
+                assert self._proc is not None and self._proc.stdin is not None and self._replies is not None
+                try:
+                    write_frame(self._proc.stdin, request)
+                    reply = self._replies.get(timeout=timeout_s)
+                except queue.Empty:
+                    self._stop()
+                    raise TimeoutError(f"no reply within {timeout_s:g} s") from None
+                except OSError:  # the pipe broke: the child ended
+                    reply = None
+                if reply is not None:
+                    return reply
                 code = self._stop()
-                raise ChildProcessError(f"its process ended without replying (exit code {code})")
-            return reply
+                if fresh:
+                    raise ChildProcessError(f"its process ended without replying (exit code {code}; over the memory "
+                                            f"limit of {self.memory_mb} MB?)")
+            raise AssertionError("unreachable")
 
     def _start(self) -> None:
         self._stop()
