@@ -56,8 +56,8 @@ def _is_hf_dir(directory: Path) -> bool:
 def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write a scratchllm model (directory, run directory or anything `load` takes) as a Hugging Face
     directory that `transformers.AutoModelForCausalLM.from_pretrained` loads, in the family its
-    switches make it (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM; see
-    `hf_families.adapter_for_model`). The directory's kind must export to "hf" (checkpoint/kinds.py: a
+    switches make it (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or
+    ArceeForCausalLM; see `hf_families.adapter_for_model`). The directory's kind must export to "hf" (checkpoint/kinds.py: a
     LoRA directory goes with its adapters merged, a classifier as its GPT body; an encoder or an
     encoder-decoder is a one-line error).
 
@@ -75,9 +75,6 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         registered(kind_of_config(read_model_config(d))).check_export("hf", d)
     model, tokenizer = load(d, kind="gpt")
     config = model.config
-    if config.logit_softcap is not None:  # no family has it: exporting would change the logits
-        raise ScratchLLMError(f"{d}: logit_softcap={config.logit_softcap!r}: Hugging Face's GPT-2, Llama and Qwen "
-                              "have no logit soft-capping; cannot export")
     adapter = adapter_for_model(config)
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
     eos_id = tokenizer.eot_id if tokenizer.hf_files else tokenizer.special_tokens.get(ENDOFTEXT)

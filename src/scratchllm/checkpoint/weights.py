@@ -19,7 +19,7 @@ from torch import nn
 from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
-from scratchllm.models.gpt import GPT
+from scratchllm.models.gpt import GPT, sinusoidal_table
 from scratchllm.models.size import parameter_count
 
 WEIGHTS_FILE = "model.safetensors"  # a model directory's weights, under our parameter names
@@ -138,6 +138,8 @@ def gpt_from_state_dict(
     model.load_state_dict(state_dict, strict=False, assign=True)
     if config.tie_embeddings:
         model.out_head.weight = model.tok_emb.weight
+    if config.position == "sinusoidal":  # the fixed table is not saved (a non-persistent buffer): computed again
+        model.register_buffer("pos_table", sinusoidal_table(config.context_length, config.emb_dim), persistent=False)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a model change added a tensor that is not saved; better loud than silently empty
         raise RuntimeError(f"tensors not restored from the checkpoint: {left}")
