@@ -1,6 +1,6 @@
 """The options of the checkpoint layer, declared once: `LoadConfig` (which model, where, in what
 precision: the group every verb that loads a model composes) and the options of the converting verbs
-(`import-hf`, `export-hf`, `merge-lora`). Torch-free, so `scratchllm --help` stays fast.
+(`import-hf`, `export-hf`, `export-gguf`, `merge-lora`). Torch-free, so `scratchllm --help` stays fast.
 """
 
 from __future__ import annotations
@@ -54,6 +54,23 @@ class ExportHFConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "export-hf")
+
+
+@dataclass(kw_only=True)
+class ExportGGUFConfig:
+    """`scratchllm export-gguf`: a scratchllm model out as one GGUF file for llama.cpp (gguf_file.py `export_gguf`)."""
+
+    model: str
+    """scratchllm model directory, run directory, Hugging Face directory or hub name"""
+    out: str
+    """GGUF file to write (e.g. model.gguf)"""
+    type: Literal["f32", "f16", "bf16", "q8_0"] = "f32"
+    """the matrices' number format: f32 (exact), f16 or bf16 (half the size), q8_0 (8-bit blocks, about 27% of f32)"""
+    overwrite: bool = False
+    """replace an existing --out file"""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "export-gguf")
 
 
 @dataclass(kw_only=True)

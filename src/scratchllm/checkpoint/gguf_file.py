@@ -92,9 +92,18 @@ def _pairs_adjacent(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
-def _tensor_name(kind: str, block: int | None = None, suffix: str = "weight") -> str:
-    import gguf
+def gguf_package() -> Any:
+    """The `gguf` package (llama.cpp's writer), or a one-line error saying how to install it."""
+    try:
+        import gguf
+    except ImportError:
+        raise ScratchLLMError("export-gguf needs the gguf package (llama.cpp's writer): "
+                              "pip install 'scratchllm[gguf]'") from None
+    return gguf
 
+
+def _tensor_name(kind: str, block: int | None = None, suffix: str = "weight") -> str:
+    gguf = gguf_package()
     return f"{gguf.TENSOR_NAMES[getattr(gguf.MODEL_TENSOR, kind)].format(bid=block)}.{suffix}"
 
 
@@ -156,8 +165,7 @@ def gguf_tensors(model: nn.Module, arch: str) -> Iterator[tuple[str, torch.Tenso
 
 def _encoded(name: str, tensor: torch.Tensor, type: str) -> tuple[np.ndarray, Any]:
     """(the bytes or floats to write, gguf.GGMLQuantizationType) of one tensor in file type `type`."""
-    import gguf
-
+    gguf = gguf_package()
     Q = gguf.GGMLQuantizationType
     data = tensor.numpy()
     # norms, biases, position tables and the rotary divisors stay float32 (llama.cpp's kernels expect it)
@@ -178,8 +186,7 @@ def save_gguf(model: nn.Module, path: str | os.PathLike[str], tokenizer: Tokeniz
               type: str = "f32", overwrite: bool = False, name: str | None = None) -> Path:
     """Write `model` (a GPT decoder; its tokenizer, None meaning GPT-2's) as a GGUF file of llama.cpp
     at `path`, its matrices as `type` (f32, f16, bf16 or q8_0). Returns the path."""
-    import gguf
-
+    gguf = gguf_package()
     model = getattr(model, "_orig_mod", model)
     kind_of_model(model, "save_gguf").check_export("gguf", "save_gguf")
     if type not in GGUF_TYPES:

@@ -45,7 +45,7 @@ from scratchllm.tokenizer import Tokenizer
 
 # Outside formats a model directory may be written to, as messages name them. "hf": checkpoint/convert.py
 # `export_hf` (the family is read from the model's switches, checkpoint/hf_families.py); "gguf": llama.cpp's
-# format, for the same decoders (its exporter is still to be written).
+# format, checkpoint/gguf_file.py `export_gguf`, for the same decoders.
 EXPORT_FORMATS = {"hf": "a Hugging Face directory", "gguf": "a GGUF file"}
 
 Files = dict[str, dict[str, torch.Tensor]]  # file name in the directory -> the tensors it holds

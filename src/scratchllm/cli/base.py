@@ -19,7 +19,7 @@ GROUPS = [
     ("training", ["pretrain", "demo", "finetune"]),
     ("using a model", ["generate", "chat", "serve", "classify", "fill-mask", "translate", "respond"]),
     ("measuring", ["evaluate", "inspect", "info"]),
-    ("converting", ["import-hf", "export-hf", "merge-lora"]),
+    ("converting", ["import-hf", "export-hf", "export-gguf", "merge-lora"]),
 ]
 VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 

@@ -1,6 +1,6 @@
 """Verbs that convert weights: `import-hf` (GPT-2 / Hugging Face weights in), `export-hf`
-(a Hugging Face directory out) and `merge-lora` (adapters folded into the base weights). Their flags
-come from checkpoint/config.py."""
+(a Hugging Face directory out), `export-gguf` (a GGUF file for llama.cpp out) and `merge-lora`
+(adapters folded into the base weights). Their flags come from checkpoint/config.py."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def add_export_hf(sub):
 
         cfg = flags.config(args)
         print(export_hf(cfg.model, cfg.out))
+
+    p.set_defaults(func=run)
+
+
+@verb('export-gguf')
+def add_export_gguf(sub):
+    p = parser_for(sub, "export-gguf", "Write a scratchllm decoder as a GGUF file (its tokenizer and chat template inside) "
+                   "that llama.cpp, Ollama and LM Studio run.")
+    from scratchllm.checkpoint.config import ExportGGUFConfig
+
+    flags = add_config(p, ExportGGUFConfig, plain=True)
+
+    def run(args):
+        from scratchllm.checkpoint.gguf_file import export_gguf
+
+        cfg = flags.config(args)
+        print(export_gguf(cfg.model, cfg.out, type=cfg.type, overwrite=cfg.overwrite))
 
     p.set_defaults(func=run)
 

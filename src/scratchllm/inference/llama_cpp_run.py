@@ -54,9 +54,28 @@ def decode_logits(block: dict[str, Any]) -> Any:
     return np.frombuffer(base64.b64decode(block["float32"]), dtype="<f4").reshape(block["shape"])
 
 
+def _plain_weight_buffers() -> None:
+    """Keep llama.cpp's weights in plain CPU buffers: its extra CPU layouts (AMX tiles, repacked q8_0
+    blocks) crash q8_0 files on the machines this project runs on (a segfault on the first matrix
+    product, also for a file llama.cpp quantized itself). llama-cpp-python has no argument for it, so
+    its default model parameters are wrapped."""
+    import llama_cpp.llama as wrapper
+
+    default = wrapper.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    wrapper.llama_cpp.llama_model_default_params = params
+
+
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from llama_cpp import Llama
+
+    _plain_weight_buffers()
 
     needs_model = bool(request["greedy"] or request["logits"])
     longest = max([len(g["prompt"]) + g["max_tokens"] for g in request["greedy"]] +
