@@ -7,15 +7,16 @@ float32 KV cache). On the held-out 10%:
 
 - next-token agreement: the share of positions of `--windows` windows of the model's context where
   llama.cpp's most likely next token is ours (teacher forcing: both read the same text);
-- greedy: `--prompts` prompts cut from the held-out text, 32 new tokens each; the share of prompts whose
-  32 tokens are all ours, and the mean number of tokens before the first difference;
+- greedy: `--prompts` prompts cut from the held-out text, `--new-tokens` (32) new tokens each; the share
+  of prompts whose new tokens are all ours, and the mean number of tokens before the first difference;
 - logits: the largest and the mean absolute difference from ours;
 - the file's size.
 
 Agreement is not timing: it can be measured on a loaded machine.
 
     python -m benchmarks.gguf_agreement                      # about 15 minutes on 2 cores
-    python -m benchmarks.gguf_agreement --steps 20 --families demo --types f32 q8_0   # a quick look
+    python -m benchmarks.gguf_agreement --tiny --steps 60                # 2 x 64 models: a quick look
+    python -m benchmarks.gguf_agreement --steps 20 --families demo --types f32 q8_0
 
 Writes OUT/results.json and prints one row per family and format.
 """
@@ -48,6 +49,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2": dict(**{**_ROPE, "qkv_bias": True}, mlp="swiglu", n_kv_heads=2, mlp_hidden_dim=352, tie_embeddings=True),
     "qwen3": dict(**_ROPE, mlp="swiglu", qk_norm=True, head_dim=64, n_kv_heads=2, mlp_hidden_dim=352),
     "demo": {},  # the recipe itself: RMSNorm, RoPE, squared ReLU, untied head (Arcee)
+    "starcoder2": dict(norm="layernorm", position="rope", mlp="gelu", bias=True, qkv_bias=True, n_kv_heads=2),
+    "stablelm": dict(norm="layernorm", position="rope", mlp="swiglu", bias=False, qkv_bias=True, mlp_hidden_dim=352),
 }
 
 
@@ -67,7 +70,7 @@ def measure(model, tokenizer, path: Path, windows: list[list[int]], prompts: lis
     same_prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new_tokens)
                    for x, y in zip(ours_greedy, answer["greedy"])]
     every = np.concatenate([d.ravel() for d in diffs])
-    return {"next_token_agreement": agree / total, "greedy_all_32_same": float(np.mean([n == new_tokens for n in same_prefix])),
+    return {"next_token_agreement": agree / total, "greedy_all_same": float(np.mean([n == new_tokens for n in same_prefix])),
             "greedy_tokens_before_first_difference": float(np.mean(same_prefix)),
             "max_abs_logit_diff": float(every.max()), "mean_abs_logit_diff": float(every.mean()),
             "file_bytes": path.stat().st_size}
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--types", nargs="+", default=list(GGUF_TYPES), choices=list(GGUF_TYPES))
     p.add_argument("--steps", type=int, default=100, help="training steps of each family's model")
     p.add_argument("--batch-size", type=int, default=8, help="windows per step (the recipe's is 32)")
+    p.add_argument("--tiny", action="store_true", help="a quarter of the recipe's model: 2 layers of 64, context 64")
     p.add_argument("--windows", type=int, default=8, help="held-out windows scored with teacher forcing")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts continued greedily")
     p.add_argument("--new-tokens", type=int, default=32)
@@ -89,10 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = Path(args.data).read_text(encoding="utf-8")
     train, val = split_text(text)
     out = Path(args.out)
-    results: dict[str, Any] = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "rows": {}}
+    results: dict[str, Any] = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "tiny": args.tiny,
+                               "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            recipe = SMALL_BUDGET.replace(model=FAMILIES[family], train={"batch_size": args.batch_size})
+            shape = dict(emb_dim=64, n_layers=2, context_length=64, mlp_hidden_dim=None) if args.tiny else {}
+            recipe = SMALL_BUDGET.replace(model={**FAMILIES[family], **shape}, train={"batch_size": args.batch_size})
             run = Path(tmp) / family
             summary = train_recipe(recipe, [train], [val], run, max_steps=args.steps, device="cpu")
             model, tokenizer = load(run, device="cpu")
@@ -107,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row = {"family": family, "type": kind, "val_loss": summary.get("val_loss"),
                        **measure(model, tokenizer, path, windows, prompts, args.new_tokens)}
                 results["rows"][f"{family}/{kind}"] = row
-                print(f"{family:6s} {kind:5s} next-token {row['next_token_agreement']:.3f}  greedy all-32 "
-                      f"{row['greedy_all_32_same']:.2f} (first difference after {row['greedy_tokens_before_first_difference']:.1f})  "
+                print(f"{family:6s} {kind:5s} next-token {row['next_token_agreement']:.3f}  greedy all-{args.new_tokens} "
+                      f"{row['greedy_all_same']:.2f} (first difference after {row['greedy_tokens_before_first_difference']:.1f})  "
                       f"max|dlogit| {row['max_abs_logit_diff']:.2e}  mean {row['mean_abs_logit_diff']:.2e}  "
                       f"{row['file_bytes'] / 1e6:.2f} MB", flush=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,3 +55,16 @@ def test_speedrun_reads_the_demo_corpus_and_refuses_bad_fractions(verdict, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["--data", str(verdict), "--fractions", "0,1"])
     assert exit_info.value.code == 2 and "--fractions '0,1': expected positive numbers" in capsys.readouterr().err
+
+
+def test_gguf_agreement_runs_end_to_end_and_f32_agrees(tmp_path, verdict):
+    """The GGUF agreement report (benchmarks/gguf_agreement.py) on the-verdict, one training step: the
+    demo recipe's model at f32 and q8_0 in llama.cpp; f32 is ours, q8_0 a quarter of its size."""
+    from benchmarks.gguf_agreement import main
+
+    rows = main(["--data", str(verdict), "--steps", "1", "--families", "demo", "--types", "f32", "q8_0",
+                 "--windows", "1", "--prompts", "2", "--new-tokens", "8", "--out", str(tmp_path)])["rows"]
+    f32, q8 = rows["demo/f32"], rows["demo/q8_0"]
+    assert (f32["next_token_agreement"], f32["greedy_all_same"]) == (1.0, 1.0) and f32["max_abs_logit_diff"] < 1e-3
+    assert 0.2 < q8["file_bytes"] / f32["file_bytes"] < 0.35
+    assert json.loads((tmp_path / "results.json").read_text())["rows"]["demo/q8_0"] == q8

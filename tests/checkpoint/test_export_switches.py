@@ -1,8 +1,9 @@
 """Every decoder the project trains leaves through `export-hf` into a family transformers ships, read
 from its switches: the demo recipe's model (RMSNorm, RoPE, squared ReLU, untied head) as Arcee, the
 nanoGPT recipe's bias-free GPT as GPT-2 with zero biases, fixed sinusoidal positions and grouped-query
-attention as GPT-2, biases on the output projection and MLP only as Llama. The logits of the export
-equal ours (1e-4) and the directory imports back to the same logits.
+attention as GPT-2, biases on the output projection and MLP only as Llama, LayerNorm with rotary
+positions as Starcoder2 (non-gated MLP) or StableLM (SwiGLU). The logits of the export equal ours
+(1e-4) and the directory imports back to the same logits.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ SWITCHES = {
     "rope-gelu-tied": ({**_SMALL, **_ROPE, "mlp": "gelu", "bias": True, "qkv_bias": True}, "ArceeForCausalLM", True),
     "o-and-mlp-bias-only": ({**_SMALL, **_ROPE, "mlp": "swiglu", "qkv_bias": False, "bias": True, "n_kv_heads": 1},
                             "LlamaForCausalLM", True),
+    "layernorm-rope-gelu-gqa": ({**_SMALL, "position": "rope", "n_kv_heads": 2, "head_dim": 32},
+                                "Starcoder2ForCausalLM", True),
+    "layernorm-rope-relu2-no-bias": ({**_SMALL, "position": "rope", "mlp": "relu2", "bias": False, "qkv_bias": False,
+                                      "tie_embeddings": False}, "Starcoder2ForCausalLM", True),
+    "layernorm-rope-swiglu": ({**_SMALL, "position": "rope", "mlp": "swiglu", "bias": False, "qkv_bias": True,
+                               "n_kv_heads": 2}, "StableLmForCausalLM", True),
     # Arcee has no switch for q/k/v biases alone: attention_bias puts one on o too (written as zeros),
     # and import takes attention_bias only together with mlp_bias
     "relu2-qkv-bias": ({**_SMALL, **_ROPE, "mlp": "relu2", "qkv_bias": True, "bias": False, "tie_embeddings": False},

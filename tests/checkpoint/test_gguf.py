@@ -42,6 +42,9 @@ FAMILIES = {
     "qwen2": ({**_BASE, **_ROPE, "qkv_bias": True, "n_kv_heads": 2}, "hf-qwen2", "qwen2", "qwen2"),
     "qwen3": ({**_BASE, **_ROPE, "qk_norm": True, "head_dim": 32, "n_kv_heads": 2}, "hf-gpt2", "qwen3", "gpt-2"),
     "demo-recipe": ({**SMALL_BUDGET.model, "context_length": 128}, "trained", "arcee", "gpt-2"),
+    "starcoder2": ({**_BASE, "position": "rope", "n_kv_heads": 2, "bias": False}, "trained", "starcoder2", "gpt-2"),
+    "stablelm": ({**_BASE, "position": "rope", "mlp": "swiglu", "bias": False, "qkv_bias": True}, "hf-gpt2",
+                 "stablelm", "gpt-2"),
 }
 PROMPT = "I had always thought Jack Gisburn rather a cheap genius"
 
@@ -129,7 +132,7 @@ def test_llama_cpp_greedy_continuation_and_logits_equal_ours_at_f32(exported):
     with torch.no_grad():
         expected = model(torch.tensor([scored]))[0]
     # llama.cpp's GELU reads a float16 table (ggml's GGML_GELU_FP16); the rest is float32 throughout
-    tolerance = 3e-3 if family == "gpt2" else 1e-4
+    tolerance = 3e-3 if family in ("gpt2", "starcoder2") else 1e-4
     assert (theirs - expected).abs().max().item() < tolerance * expected.abs().max().item()
     assert torch.equal(theirs.argmax(-1), expected.argmax(-1))
 
@@ -192,12 +195,15 @@ def test_a_model_gguf_cannot_hold_is_one_line_and_no_file(tmp_path, capsys, kind
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"mlp": "relu2"}, "export-gguf: a GPT-2 model this one is, but llama.cpp's gpt2 has a GELU MLP only "
+    ({"mlp": "relu2"}, "export-gguf: GPT-2 family (GPT2LMHeadModel): llama.cpp's gpt2 has a GELU MLP only "
                        "(got mlp 'relu2'); export-hf writes it for transformers"),
-    ({**_ROPE, "mlp": "gelu"}, "export-gguf: a Arcee model this one is, but llama.cpp's arcee has a squared-ReLU MLP "
+    ({"position": "rope", "mlp": "relu2"}, "export-gguf: Starcoder2 family (Starcoder2ForCausalLM): llama.cpp's "
+                                           "starcoder2 has a GELU MLP only (got mlp 'relu2'); export-hf writes it for "
+                                           "transformers"),
+    ({**_ROPE, "mlp": "gelu"}, "export-gguf: Arcee family (ArceeForCausalLM): llama.cpp's arcee has a squared-ReLU MLP "
                                "only (got mlp 'gelu'); export-hf writes it for transformers"),
     ({"logit_softcap": 30.0}, "export: logit_softcap=30.0: none of the Hugging Face families (GPT-2, Llama, Qwen2, "
-                              "Qwen3, Arcee) caps logits; train without it to export"),
+                              "Qwen3, Arcee, Starcoder2, StableLM) caps logits; train without it to export"),
 ])
 def test_a_switch_llama_cpp_lacks_is_one_line(tmp_path, fields, message):
     model = GPT(GPTConfig(vocab_size=50257, emb_dim=16, n_layers=1, n_heads=2, context_length=32, **fields))

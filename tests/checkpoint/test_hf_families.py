@@ -154,7 +154,7 @@ def test_export_gives_the_family_back_with_the_same_logits(family_dir, tmp_path)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(norm="layernorm"), "the closest, Llama (LlamaForCausalLM), needs norm 'rmsnorm' (got 'layernorm')"),
+    (dict(norm="layernorm", bias=True), "the closest, Llama (LlamaForCausalLM), needs norm 'rmsnorm' (got 'layernorm')"),
     (dict(qk_norm=True, qkv_bias=False, bias=True),
      "the closest, Qwen3 (Qwen3ForCausalLM), needs no biases (got qkv_bias False, bias True)"),
     (dict(qk_norm=True, mlp="relu2"), "the closest, Qwen3 (Qwen3ForCausalLM), needs mlp 'swiglu' (got 'relu2')"),
@@ -203,9 +203,11 @@ def test_export_refuses_a_model_no_family_holds(tmp_path, overrides, message):
     ("qwen2", {"layer_types": [{"a": 1}]}, "field 'layer_types' is [{'a': 1}]; expected a list of strings"),
     ("gpt2", {"scale_attn_weights": "no"}, "field 'scale_attn_weights' is 'no' (str); expected true or false"),
     ("gpt2", {"n_embd": 64.0}, "field 'n_embd' is 64.0 (float); expected an integer"),
-    ("mistral", {}, "model_type is 'mistral'; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee' models can be imported"),
+    ("mistral", {}, "model_type is 'mistral'; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee', 'starcoder2', 'stablelm' models can be imported"),
+    ("starcoder2", {"use_bias": "yes"}, "field 'use_bias' is 'yes' (str); expected true or false"),
+    ("stablelm", {"layer_norm_eps": "1e-5"}, "field 'layer_norm_eps' is '1e-5' (str); expected a number"),
     ("llama", {"model_type": ["llama"]},
-     "model_type is ['llama']; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee' models can be imported"),
+     "model_type is ['llama']; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee', 'starcoder2', 'stablelm' models can be imported"),
 ])
 def test_unsupported_settings_are_one_line_errors(family, setting, message):
     h = {"model_type": family, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100,

@@ -161,7 +161,7 @@ def test_state_dict_from_hf_transposes_conv1d_and_drops_buffers():
     ({"activation_function": "relu"}, "unsupported GPT-2 setting activation_function 'relu' (only gelu_new and relu2)"),
     ({"scale_attn_by_inverse_layer_idx": True}, "unsupported GPT-2 setting scale_attn_by_inverse_layer_idx true"),
     ({"reorder_and_upcast_attn": True}, "unsupported GPT-2 setting reorder_and_upcast_attn true"),
-    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee' models can be imported"),
+    ({"model_type": "bert"}, "model_type is 'bert'; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee', 'starcoder2', 'stablelm' models can be imported"),
     ({"n_inner": 100}, "n_inner 100 is not a multiple of n_embd 64"),
     ({"n_head": 5}, "config: emb_dim (64) must be divisible by n_heads (5)"),
 ])
@@ -206,7 +206,7 @@ def test_export_hf_loads_in_transformers_with_same_logits(tmp_path, capsys, over
     ({"norm": "rmsnorm"}, "export: no Hugging Face family holds this model; the closest, Arcee \\(ArceeForCausalLM\\), "
                           "needs position 'rope' \\(got 'learned'\\)$"),
     ({"logit_softcap": 15.0}, "export: logit_softcap=15.0: none of the Hugging Face families \\(GPT-2, Llama, Qwen2, "
-                              "Qwen3, Arcee\\) caps logits; train without it to export$"),
+                              "Qwen3, Arcee, Starcoder2, StableLM\\) caps logits; train without it to export$"),
 ])
 def test_export_hf_refuses_what_hugging_face_cannot_express(tmp_path, switch, message):
     save_model(tiny_gpt(**switch), tmp_path / "ours")

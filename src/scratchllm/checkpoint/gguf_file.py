@@ -9,7 +9,8 @@ model with unmerged LoRA adapters). The file holds
 
 - the architecture llama.cpp knows the model as, read from its switches through the Hugging Face
   family that holds it (hf_families.py): GPT-2 -> "gpt2" (GELU only), Llama/SmolLM2 -> "llama",
-  Qwen2 -> "qwen2", Qwen3 -> "qwen3", Arcee (the demo recipe's squared-ReLU MLP) -> "arcee";
+  Qwen2 -> "qwen2", Qwen3 -> "qwen3", Arcee (the demo recipe's squared-ReLU MLP) -> "arcee",
+  Starcoder2 -> "starcoder2" (GELU only), StableLM -> "stablelm";
 - its shape and settings (`{arch}.context_length`, `embedding_length`, `block_count`,
   `feed_forward_length`, `attention.head_count(_kv)`, `attention.key_length`, norm epsilon,
   `rope.freq_base`, `rope.dimension_count`; Llama 3's rotary scaling as the `rope_freqs` tensor of
@@ -18,8 +19,9 @@ model with unmerged LoRA adapters). The file holds
   position tables stay f32, as llama.cpp's converter keeps them; a matrix whose rows are not a
   multiple of 32 values cannot be q8_0 and is f16). llama.cpp's "llama" and "arcee" rotate adjacent
   pairs of a head (2i, 2i+1) where we rotate (i, i + D/2), so the rows of the query and key
-  projections are reordered per head; Qwen2/Qwen3 rotate halves as we do. GPT-2's blocks in llama.cpp
-  always have biases: a model without them gets zero ones;
+  projections are reordered per head; the others rotate halves as we do. GPT-2's and Starcoder2's
+  blocks in llama.cpp always have biases, and LayerNorms always have one: a model without them gets
+  zero ones;
 - the tokenizer (gguf_vocab.py: tokens, merges, llama.cpp's pre-tokenizer, BOS/EOS/end-of-turn ids,
   the chat template).
 
@@ -52,7 +54,10 @@ from scratchllm.tokenizer import Tokenizer
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 # Hugging Face family (hf_families.py) -> llama.cpp's architecture
-ARCHITECTURES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "arcee": "arcee"}
+ARCHITECTURES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "arcee": "arcee",
+                 "starcoder2": "starcoder2", "stablelm": "stablelm"}
+# llama.cpp architectures whose blocks always have biases on the output projection and the MLP
+_ALL_BIASES = ("gpt2", "starcoder2")
 # llama.cpp architectures that rotate adjacent pairs (its LLAMA_ROPE_TYPE_NORM)
 _ROTATE_PAIRS = ("llama", "arcee")
 
@@ -65,18 +70,20 @@ def gguf_architecture(config: GPTConfig) -> str:
     problems = []
     if arch is None:
         problems.append(f"llama.cpp has no {family.family} architecture")
-    elif arch == "gpt2" and config.mlp != "gelu":
-        problems.append(f"llama.cpp's gpt2 has a GELU MLP only (got mlp {config.mlp!r})")
+    elif arch in ("gpt2", "starcoder2") and config.mlp != "gelu":
+        problems.append(f"llama.cpp's {arch} has a GELU MLP only (got mlp {config.mlp!r})")
     elif arch == "arcee" and config.mlp != "relu2":
         problems.append(f"llama.cpp's arcee has a squared-ReLU MLP only (got mlp {config.mlp!r})")
     elif arch == "arcee" and config.bias:
         problems.append("llama.cpp's arcee has no output-projection or MLP biases (got bias True)")
     elif arch in ("qwen2", "qwen3") and config.rope_scaling is not None:
         problems.append(f"llama.cpp's {arch} has no Llama 3 rotary scaling (got rope_scaling)")
-    elif arch == "qwen2" and config.n_heads * config.head_dim != config.emb_dim:
-        problems.append(f"llama.cpp's qwen2 needs head_dim emb_dim / n_heads (got {config.head_dim})")
+    elif arch in ("qwen2", "starcoder2") and config.n_heads * config.head_dim != config.emb_dim:
+        problems.append(f"llama.cpp's {arch} needs head_dim emb_dim / n_heads (got {config.head_dim})")
+    elif arch in ("starcoder2", "stablelm") and config.rope_scaling is not None:
+        problems.append(f"llama.cpp's {arch} has no Llama 3 rotary scaling (got rope_scaling)")
     if problems:
-        raise ScratchLLMError(f"export-gguf: a {family.family} model this one is, but {problems[0]}; "
+        raise ScratchLLMError(f"export-gguf: {family.family} family ({family.architecture}): {problems[0]}; "
                               "export-hf writes it for transformers")
     return arch
 
@@ -150,7 +157,7 @@ def gguf_tensors(model: nn.Module, arch: str) -> Iterator[tuple[str, torch.Tenso
             yield _tensor_name("FFN_GATE", i), sd[p + "mlp.gate.weight"]
         yield _tensor_name("FFN_UP", i), sd[p + "mlp.fc.weight"]
         yield _tensor_name("FFN_DOWN", i), sd[p + "mlp.proj.weight"]
-        if config.bias or arch == "gpt2":
+        if config.bias or arch in _ALL_BIASES:
             yield _tensor_name("ATTN_OUT", i, "bias"), bias(p + "attn.proj.bias", C)
             if config.mlp == "swiglu":
                 yield _tensor_name("FFN_GATE", i, "bias"), bias(p + "mlp.gate.bias", config.hidden_dim)
@@ -161,6 +168,8 @@ def gguf_tensors(model: nn.Module, arch: str) -> Iterator[tuple[str, torch.Tenso
         yield _tensor_name("OUTPUT_NORM", suffix="bias"), bias("final_norm.bias", C)
     if not config.tie_embeddings:
         yield _tensor_name("OUTPUT"), sd["out_head.weight"]
+    elif arch == "stablelm":  # its llama.cpp graph always reads an output matrix: the embedding again
+        yield _tensor_name("OUTPUT"), sd["tok_emb.weight"]
 
 
 def _encoded(name: str, tensor: torch.Tensor, type: str) -> tuple[np.ndarray, Any]:
@@ -241,4 +250,5 @@ def export_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     if where == "scratchllm":  # before loading: an encoder, classifier, seq2seq or LoRA directory
         registered(kind_of_config(read_model_config(d))).check_export("gguf", d)
     model, tokenizer = load(d, kind="gpt", device="cpu")
-    return save_gguf(model, out, tokenizer, type=type, overwrite=overwrite, name=Path(d).name)
+    # general.name: the directory the user named (runs/demo, not its final/)
+    return save_gguf(model, out, tokenizer, type=type, overwrite=overwrite, name=Path(model_dir).name or d.name)

@@ -12,11 +12,14 @@ describe, so nothing needs recording and import then export gives the family bac
     Qwen2        Qwen2ForCausalLM       as Llama, with biases on q/k/v only
     Qwen3        Qwen3ForCausalLM       as Llama, with qk_norm and no biases
     Arcee        ArceeForCausalLM       rmsnorm, rope, relu2 or gelu (not gated): the demo recipe's model
+    Starcoder2   Starcoder2ForCausalLM  layernorm, rope, gelu or relu2 (not gated); any biases
+    StableLM     StableLmForCausalLM    layernorm, rope, swiglu; biases on q/k/v only or none
 
 What no family holds is a one-line error naming the closest family and the switches it needs:
-logit_softcap (no family here caps logits), RMSNorm with absolute positions, query/key norms outside
-Qwen3's switches. The adapters live in hf_gpt2.py and hf_llama.py (base class hf_adapter.py); reading
-directories and downloading from the hub in hf.py.
+logit_softcap (no family here caps logits), RMSNorm with absolute positions, SwiGLU with absolute
+positions, query/key norms outside Qwen3's switches, LayerNorm + rotary + SwiGLU with output and MLP
+biases. The adapters live in hf_gpt2.py, hf_llama.py and hf_layernorm_rope.py (base class
+hf_adapter.py); reading directories and downloading from the hub in hf.py.
 """
 
 from __future__ import annotations
@@ -26,18 +29,20 @@ from typing import Any
 
 from scratchllm.checkpoint.hf_adapter import HFAdapter
 from scratchllm.checkpoint.hf_gpt2 import GPT2Adapter
+from scratchllm.checkpoint.hf_layernorm_rope import StableLMAdapter, Starcoder2Adapter
 from scratchllm.checkpoint.hf_llama import ArceeAdapter, LlamaAdapter, Qwen2Adapter, Qwen3Adapter
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 
 __all__ = ["ADAPTERS", "ArceeAdapter", "GPT2Adapter", "HFAdapter", "LlamaAdapter", "Qwen2Adapter", "Qwen3Adapter",
-           "adapter_for", "adapter_for_model", "config_from_hf"]
+           "StableLMAdapter", "Starcoder2Adapter", "adapter_for", "adapter_for_model", "config_from_hf"]
 
 ADAPTERS: dict[str, HFAdapter] = {a.model_type: a for a in (GPT2Adapter(), LlamaAdapter(), Qwen2Adapter(),
-                                                              Qwen3Adapter(), ArceeAdapter())}
+                                                              Qwen3Adapter(), ArceeAdapter(), Starcoder2Adapter(),
+                                                              StableLMAdapter())}
 
 # The order families are tried on export: the narrower first (Qwen2 is a Llama with q/k/v-only biases).
-EXPORT_ORDER = ("qwen2", "qwen3", "llama", "arcee", "gpt2")
+EXPORT_ORDER = ("qwen2", "qwen3", "llama", "arcee", "gpt2", "starcoder2", "stablelm")
 
 
 def adapter_for_model(config: GPTConfig) -> HFAdapter:

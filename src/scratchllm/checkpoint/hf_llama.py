@@ -20,12 +20,12 @@ from scratchllm.models.config import GPTConfig
 
 
 # Per-block module names, Hugging Face -> ours (q/k/v projections are fused into our attn.qkv).
-_LLAMA_BLOCK = {
+LLAMA_BLOCK = {
     "self_attn.o_proj": "attn.proj", "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.fc",
     "mlp.down_proj": "mlp.proj", "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
     "self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm",
 }
-_LLAMA_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight"}
+LLAMA_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight"}
 
 
 class LlamaAdapter(HFAdapter):
@@ -49,6 +49,8 @@ class LlamaAdapter(HFAdapter):
                                    bool),
                    **dict.fromkeys(("rms_norm_eps", "rope_theta", "partial_rotary_factor"), float),
                    "hidden_act": str, "layer_types": list}
+    top_names = LLAMA_TOP  # Hugging Face -> our names: outside the blocks, and per block
+    block_names = LLAMA_BLOCK
     activations = {"silu": "swiglu"}  # config.json's hidden_act -> our mlp (Arcee's MLP is not gated)
     # transformers' defaults for keys a config.json leaves out
     defaults: dict[str, Any] = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -147,7 +149,7 @@ class LlamaAdapter(HFAdapter):
                        "high_freq_factor": s["high_freq_factor"],
                        "original_max_position_embeddings": s["original_context_length"]}
         rope = {"rope_type": "default", **(scaling or {}), "rope_theta": config.rope_theta}
-        return {
+        return self.finish_hf_config({
             "architectures": [self.architecture],
             "model_type": self.model_type,
             "vocab_size": config.vocab_size,
@@ -172,7 +174,11 @@ class LlamaAdapter(HFAdapter):
             "eos_token_id": eos_id,
             "dtype": str(dtype).removeprefix("torch."),
             "torch_dtype": str(dtype).removeprefix("torch."),  # the key's name before transformers 5
-        }
+        }, config)
+
+    def finish_hf_config(self, hf: dict[str, Any], config: GPTConfig) -> dict[str, Any]:
+        """The config.json of `config_to_hf` with a family's own keys (LayerNorm families rename the epsilon)."""
+        return hf
 
     # -- tensors
 
@@ -184,8 +190,8 @@ class LlamaAdapter(HFAdapter):
             key = name if name.startswith(("model.", "lm_head.")) else f"model.{name}"  # bare LlamaModel names too
             if key.endswith("rotary_emb.inv_freq"):
                 continue  # recomputed from the rotary settings
-            if key in _LLAMA_TOP:
-                out[_LLAMA_TOP[key]] = tensor
+            if key in self.top_names:
+                out[self.top_names[key]] = tensor
                 continue
             if key == "lm_head.weight":
                 if not config.tie_embeddings:
@@ -197,8 +203,8 @@ class LlamaAdapter(HFAdapter):
             layer, module, param = m.groups()
             if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                 qkv.setdefault((layer, param), {})[module[-6]] = tensor
-            elif module in _LLAMA_BLOCK:
-                out[f"blocks.{layer}.{_LLAMA_BLOCK[module]}.{param}"] = tensor
+            elif module in self.block_names:
+                out[f"blocks.{layer}.{self.block_names[module]}.{param}"] = tensor
             else:
                 raise ScratchLLMError(f"{source}: unexpected tensor {name!r} for a {self.family} model")
         for (layer, param), parts in qkv.items():
@@ -209,8 +215,8 @@ class LlamaAdapter(HFAdapter):
 
     def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
         """Our names -> Hugging Face's; our fused qkv is split into q_proj, k_proj, v_proj."""
-        top = {ours: hf for hf, ours in _LLAMA_TOP.items()}
-        block = {ours: hf for hf, ours in _LLAMA_BLOCK.items()}
+        top = {ours: hf for hf, ours in self.top_names.items()}
+        block = {ours: hf for hf, ours in self.block_names.items()}
         sizes = [config.n_heads * config.head_dim, config.kv_heads * config.head_dim, config.kv_heads * config.head_dim]
         out: dict[str, torch.Tensor] = {}
         for name, tensor in sd.items():
@@ -231,6 +237,11 @@ class LlamaAdapter(HFAdapter):
                     out[f"model.layers.{layer}.self_attn.{part}_proj.{param}"] = piece.contiguous()
             else:
                 out[f"model.layers.{layer}.{block[module]}.{param}"] = tensor.contiguous()
+        zero_biases(out, self.zero_biases(config), out["model.embed_tokens.weight"].dtype)
+        return out
+
+    def zero_biases(self, config: GPTConfig) -> dict[str, int]:
+        """The biases this family's switches put where our model has none (name -> length), written as zeros."""
         biases = self.biases_to_hf(config)
         C, q_dim, kv_dim = config.emb_dim, config.n_heads * config.head_dim, config.kv_heads * config.head_dim
         wanted: dict[str, int] = {}
@@ -244,8 +255,7 @@ class LlamaAdapter(HFAdapter):
                 wanted.update({f"{mlp}.up_proj.bias": config.hidden_dim, f"{mlp}.down_proj.bias": C})
                 if config.mlp == "swiglu":
                     wanted[f"{mlp}.gate_proj.bias"] = config.hidden_dim
-        zero_biases(out, wanted, out["model.embed_tokens.weight"].dtype)
-        return out
+        return wanted
 
 
 def rope_from_hf(h: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None, list[tuple[bool, str]]]:
