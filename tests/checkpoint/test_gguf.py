@@ -4,8 +4,9 @@ For each family a small random model (seeded, its matrices scaled up so that eve
 the whole window and greedy decoding does not repeat one token) with a tokenizer of each kind goes out
 through `export-gguf`: GPT-2 with GPT-2's tokenizer, Llama with a Llama 3 tokenizer.json (BOS first),
 SmolLM2's Llama with its tokenizer.json (single digits), Qwen2 with a Qwen2 tokenizer.json (NFC,
-added non-special tokens), Qwen3 with a GPT-2-style tokenizer.json, and the demo recipe's model (Arcee)
-with a tokenizer trained here. llama.cpp must give our token ids on texts of every kind (accents,
+added non-special tokens), Qwen3 with a GPT-2-style tokenizer.json, the demo recipe's model (Arcee)
+and a LayerNorm + RoPE model (Starcoder2) with a tokenizer trained here, StableLM with a GPT-2-style
+tokenizer.json. llama.cpp must give our token ids on texts of every kind (accents,
 CJK, emoji, whitespace runs, special-token text), our greedy continuation of 32 tokens at f32, and
 our logits; at bf16 and q8_0 the agreement has a floor (benchmarks/gguf_agreement.py measures it).
 Bad input is one line and leaves no file.
