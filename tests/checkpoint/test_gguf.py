@@ -117,6 +117,9 @@ def test_the_file_records_the_tokenizer_and_the_model_settings(exported):
     assert meta["tokenizer.ggml.add_bos_token"] == ("true" if family == "llama" else "false")
     template = tokenizer.chat_template
     assert meta.get("tokenizer.chat_template") == (template.source if template is not None else None)
+    # the special token that ends an assistant turn: ChatML's <|im_end|>, Llama 3's <|eot_id|>, none without a template
+    turn_end = {"llama": "<|eot_id|>", "smollm2": "<|im_end|>", "qwen2": "<|im_end|>"}.get(family)
+    assert meta.get("tokenizer.ggml.eot_token_id") == (str(tokenizer.special_tokens[turn_end]) if turn_end else None)
     if family == "qwen2":  # ChatML: the turn ends with <|im_end|>, the eos of this tokenizer
         assert tokenizer.eot_id == tokenizer.special_tokens["<|im_end|>"]
     if family == "llama":  # eos <|eot_id|> ends a turn; <|begin_of_text|> begins a text

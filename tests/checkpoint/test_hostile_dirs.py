@@ -147,7 +147,7 @@ def hf_copy(tmp_path: Path, source: Path, name: str, content: str | None = None,
 @pytest.mark.parametrize("name, fields, message", [
     ("config.json", {"tie_word_embeddings": "false"}, "field 'tie_word_embeddings' is 'false' (str); expected true or false"),
     ("config.json", {"model_type": ["qwen2"]},
-     "model_type is ['qwen2']; only 'gpt2', 'llama', 'qwen2', 'qwen3' models can be imported"),
+     "model_type is ['qwen2']; only 'gpt2', 'llama', 'qwen2', 'qwen3', 'arcee', 'starcoder2', 'stablelm' models can be imported"),
     ("config.json", {"layer_types": 5}, "field 'layer_types' is 5 (int); expected a list"),
     ("config.json", {"layer_types": [{"a": 1}]}, "field 'layer_types' is [{'a': 1}]; expected a list of strings"),
     ("generation_config.json", {"eos_token_id": "2"}, "eos_token_id is '2'; expected an id or a list of ids"),

@@ -71,7 +71,7 @@ class GGUFVocab:
     bos_id: int | None
     eos_id: int | None
     eot_id: int | None
-    """The token that ends a chat turn (the chat template's), where it is not the EOS."""
+    """The special token that ends an assistant turn in the chat template (often the EOS too)."""
     pad_id: int | None
     add_bos: bool
     """A BOS starts every text (Llama 3)."""
@@ -176,13 +176,11 @@ def gguf_vocab(tokenizer: Tokenizer, vocab_size: int, where: str = "tokenizer") 
         eos = named.get("eos_token")
     bos = named.get("bos_token", tokenizer.bos_ids[0] if tokenizer.bos_ids else eos)
     template = tokenizer.chat_template
-    eot = None
-    if template is not None:  # the special token that closes an assistant turn (<|im_end|>, <|eot_id|>)
-        turn_end = template.turn_end()
-        ends = [text for text in tokenizer.special_tokens if text in turn_end]
-        eot = tokenizer.special_tokens[max(ends, key=len)] if ends else None
+    # the special token that closes an assistant turn (<|im_end|>, <|eot_id|>)
+    end = template.turn_end_token() if template is not None else None
+    eot = tokenizer.special_tokens.get(end) if end is not None else None
     return GGUFVocab(tokens=tokens, types=types, merges=merges, pre=pre, bos_id=bos, eos_id=eos,
-                     eot_id=eot if eot != eos else None, pad_id=named.get("pad_token"), add_bos=bool(tokenizer.bos_ids),
+                     eot_id=eot, pad_id=named.get("pad_token"), add_bos=bool(tokenizer.bos_ids),
                      chat_template=template.source if template is not None else None)
 
 
