@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizer import Tokenizer, bytes_to_unicode
+from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.bpe import GPT2_PATTERN
 from scratchllm.tokenizer.hf_files import TOKENIZER_CONFIG, TOKENIZER_JSON, byte_level_tokenizer_json
 
@@ -86,12 +86,9 @@ def tokenizer_description(tokenizer: Tokenizer) -> dict[str, Any]:
         return json.loads(tokenizer.hf_files[TOKENIZER_JSON])
     specials = tokenizer.special_tokens
     ordinary = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size - len(specials))]
-    description = byte_level_tokenizer_json(ordinary, specials, tokenizer.pattern)
-    if kind == "gpt2":  # OpenAI's merges, as every GPT-2 file has them (the same ids on real text)
-        char = bytes_to_unicode()
-        description["model"]["merges"] = [["".join(char[b] for b in left), "".join(char[b] for b in right)]
-                                          for left, right in tokenizer.merges]
-    return description
+    # GPT-2's: OpenAI's merges, as every GPT-2 file has them (the same ids on real text)
+    return byte_level_tokenizer_json(ordinary, specials, tokenizer.pattern,
+                                     merges=tokenizer.merges if kind == "gpt2" else None)
 
 
 def _split_of(pre_tokenizer: Any) -> str:

@@ -459,7 +459,8 @@ def _chat_template(files: Mapping[str, bytes], config: Mapping[str, Any], source
 # Writing: a tokenizer trained here, as files transformers' AutoTokenizer reads
 
 
-def byte_level_tokenizer_json(vocab: Sequence[bytes], special_tokens: Mapping[str, int], pattern: str) -> dict[str, Any]:
+def byte_level_tokenizer_json(vocab: Sequence[bytes], special_tokens: Mapping[str, int], pattern: str,
+                              merges: Sequence[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
     """tokenizer.json for a byte-level BPE whose token i has bytes vocab[i] (merges are id order),
     split by `pattern`, with `special_tokens` (name -> id) after the vocabulary.
 
@@ -470,19 +471,17 @@ def byte_level_tokenizer_json(vocab: Sequence[bytes], special_tokens: Mapping[st
     general: with merges ab, bc, a+bc, our rule turns ab + c into abc and a list of trained pairs
     does not (tests/tokenizer/test_hf.py). One case stays apart: the same token made at two places of
     one piece by different splits (tiktoken takes the leftmost, the list the earlier split).
+    `merges` (pairs in rank order) replaces that list where the ranks are known (OpenAI's GPT-2 merges).
     """
     char = bytes_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(char[b] for b in token)
 
-    ids = {token: i for i, token in enumerate(vocab)}
-    merges = []
-    for token in vocab:
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if ids.get(left, len(vocab)) < ids[token] and ids.get(right, len(vocab)) < ids[token]:
-                merges.append([text(left), text(right)])
+    if merges is None:
+        ids = {token: i for i, token in enumerate(vocab)}
+        merges = [(token[:cut], token[cut:]) for token in vocab for cut in range(1, len(token))
+                  if ids.get(token[:cut], len(vocab)) < ids[token] and ids.get(token[cut:], len(vocab)) < ids[token]]
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
@@ -495,5 +494,6 @@ def byte_level_tokenizer_json(vocab: Sequence[bytes], special_tokens: Mapping[st
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {text(token): i for i, token in enumerate(vocab)}, "merges": merges},
+                  "vocab": {text(token): i for i, token in enumerate(vocab)},
+                  "merges": [[text(left), text(right)] for left, right in merges]},
     }
