@@ -9,6 +9,8 @@ import json
 import pytest
 
 from scratchllm.evaluation import responses
+from scratchllm.inference.generation import generate
+from scratchllm.inference.session import InferenceSession
 from scratchllm.prompts import get_style
 from scratchllm.tokenizer import Tokenizer
 from tests.inference.test_generation import bigram_gpt
@@ -39,12 +41,12 @@ def test_respond_uses_the_chat_template_by_default(prompt_style, expected, answe
     tok = Tokenizer.from_hf(hf_tokenizer_dir("qwen2"))
     prompts = []
 
-    def generate(model, tokenizer, batch, **kw):
+    def generate(session, batch, *args, **kw):  # what respond asks its model for
         prompts.extend(batch)
-        return real(model, tokenizer, batch, **kw)
+        return real(session, batch, *args, **kw)
 
-    real = responses.generate
-    monkeypatch.setattr(responses, "generate", generate)
+    real = InferenceSession.generate
+    monkeypatch.setattr(InferenceSession, "generate", generate)
     out = responses.respond(two_style_model(tok), RECORDS, out=tmp_path / "answers.json", tokenizer=tok,
                             max_new_tokens=10, progress=False, prompt_style=prompt_style)
     style = get_style(expected, tok)
@@ -64,6 +66,6 @@ def test_an_alpaca_answer_stops_before_the_next_instruction():
     out = responses.respond(model, RECORDS, tokenizer=tok, max_new_tokens=20, progress=False, prompt_style="alpaca")
     assert [r["model_response"] for r in out] == ["Hello there!", "Hello there!"]
     # Without the stop strings the same model writes on (what the cut removes):
-    full = responses.generate(model, tok, get_style("alpaca").format_instruction("Greet me.", ""), max_new_tokens=20,
+    full = generate(model, tok, get_style("alpaca").format_instruction("Greet me.", ""), max_new_tokens=20,
                               temperature=0)
     assert full == "Hello there!\n\n### Instruction:Bye"

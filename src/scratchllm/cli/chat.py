@@ -18,14 +18,15 @@ def add_chat(sub):
     flags = add_config(p, ChatConfig, exclude=("token_delay",))
 
     def run(args):
-        from scratchllm.inference.chat import ChatSession, load_for_chat, token_delay_from_env
+        from scratchllm.inference.chat import ChatSession, token_delay_from_env
+        from scratchllm.inference.session import load_session
 
         cfg = flags.config(args, token_delay=token_delay_from_env())
-        net, tokenizer, style, name = load_for_chat(cfg.load.model, cfg.load.device, cfg.load.dtype, cfg.prompt_style)
-        session = ChatSession(net, tokenizer, style, cfg.settings)
+        loaded = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, cfg.prompt_style)
+        session = ChatSession(loaded.model, loaded.tokenizer, loaded.style, cfg.settings)
         if not sys.stdin.isatty():
             return chat_piped(session, sys.stdin, sys.stdout)
-        return chat_repl(session, name)
+        return chat_repl(session, loaded.name)
 
     p.set_defaults(func=run)
 

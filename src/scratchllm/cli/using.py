@@ -22,9 +22,9 @@ def add_respond(sub):
         from scratchllm.evaluation.responses import respond
 
         cfg = flags.config(args)
-        records = respond(cfg.load.model, cfg.data, cfg.out, **dataclasses.asdict(cfg.sampling),
-                          batch_size=cfg.batch_size, prompt_style=cfg.prompt_style, device=cfg.load.device,
-                          dtype=cfg.load.dtype, limit=cfg.limit, progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
+        records = respond(cfg.load.model, cfg.data, cfg.out, cfg.sampling, batch_size=cfg.batch_size,
+                          prompt_style=cfg.prompt_style, device=cfg.load.device, dtype=cfg.load.dtype,
+                          limit=cfg.limit, progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
         print(f"{len(records)} responses written to {cfg.out}")
 
     p.set_defaults(func=run)
@@ -100,22 +100,18 @@ def add_generate(sub):
     flags = add_config(p, GenerateConfig)
 
     def run(args):
-        from scratchllm.checkpoint.loader import load
-        from scratchllm.inference.decode_kernels import optimize_for_decoding
-        from scratchllm.inference.generation import generate, stream
+        from scratchllm.inference.session import load_session
 
         cfg = flags.config(args)
-        gpt, tokenizer = load(cfg.load.model, device=cfg.load.device, dtype=cfg.load.dtype, kind="gpt")
-        optimize_for_decoding(gpt)  # inference only: a faster weight layout for CPU decoding
-        options = dict(**dataclasses.asdict(cfg.sampling), stop=cfg.stop, use_cache=not cfg.no_cache)
+        session = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, sampling=cfg.sampling)
         sys.stdout.write(cfg.prompt)
         sys.stdout.flush()
         if cfg.stream:
-            for piece in stream(gpt, tokenizer, cfg.prompt, **options):
+            for piece in session.stream(cfg.prompt, stop=cfg.stop, use_cache=not cfg.no_cache):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         else:
-            sys.stdout.write(generate(gpt, tokenizer, cfg.prompt, **options))
+            sys.stdout.write(session.generate(cfg.prompt, stop=cfg.stop, use_cache=not cfg.no_cache))
         sys.stdout.write("\n")
         sys.stdout.flush()
 

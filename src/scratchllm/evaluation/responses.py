@@ -7,6 +7,7 @@ an LLM judge behind any OpenAI-compatible chat endpoint (Ollama, vLLM, `scratchl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,26 +17,21 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from scratchllm.checkpoint.loader import load, locate
-from scratchllm.checkpoint.model_dir import read_model_config
-from scratchllm.core.device import resolve_device
 from scratchllm.core.files import check_overwrite, write_json
+from scratchllm.core.options import group_specs
 from scratchllm.data.instructions import check_records, check_string, prompt_and_response, read_records
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.decode_kernels import optimize_for_decoding
-from scratchllm.inference.generation import check_sampling, generate
-from scratchllm.prompts import choose_style, get_style, stored_style
+from scratchllm.inference.config import RespondConfig, SamplingConfig
+from scratchllm.inference.session import InferenceSession, load_session
+from scratchllm.prompts import get_style
 
 def respond(
     model: Any,
     data: str | os.PathLike[str] | list[dict],
     out: str | os.PathLike[str] | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    sampling: SamplingConfig | None = None,
+    *,
     batch_size: int = 8,
-    seed: int = 123,
     prompt_style: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
@@ -43,47 +39,45 @@ def respond(
     tokenizer=None,
     progress: bool = True,
     overwrite: bool = False,
+    **sampling_fields: Any,
 ) -> list[dict]:
     """Generate a response to each record; returns (and writes to `out`) the records with `model_response`.
 
     model: a model or run directory / GPT-2 name (adapters are merged in), or a loaded GPT with
-    `tokenizer`. The prompt style is `prompt_style`, else the one stored with the model, else the
-    model's chat template if its tokenizer has one, else alpaca. Greedy by default (temperature 0);
-    generation stops at a stop id (<|endoftext|>, a template's end-of-turn token), at the style's
-    stop strings (the start of a next turn) or after max_new_tokens. Records go through in batches,
-    sorted by prompt length so that little left padding is decoded. An existing `out` is an error
+    `tokenizer`. sampling: the settings whole, or their fields as keywords (max_new_tokens=128, ...)
+    over respond's defaults (`RespondConfig`: greedy, seed 123, 256 tokens). The prompt style is
+    `prompt_style`, else the one stored with the model, else the model's chat template if its
+    tokenizer has one, else alpaca. Generation stops at a stop id (<|endoftext|>, a template's
+    end-of-turn token), at the style's stop strings (the start of a next turn) or after
+    max_new_tokens. Records go through in batches, sorted by prompt length so that little left
+    padding is decoded; batch k samples with seed + k * batch_size. An existing `out` is an error
     (before any generation) unless `overwrite`.
     """
     from tqdm.auto import tqdm
 
     if out is not None:
         check_overwrite(out, overwrite, "responses file")
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    sampling = respond_sampling(sampling, sampling_fields)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScratchLLMError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     records = data if isinstance(data, list) else check_records(read_records(data), str(data), need_answer=False)
     if limit is not None:
         records = records[:limit]
-    stored: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
-        if locate(model)[0] == "scratchllm":
-            stored = read_model_config(model)
-        model, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
-        optimize_for_decoding(model)  # inference only: a faster weight layout for CPU decoding
-    elif tokenizer is None:
-        raise ScratchLLMError("respond: a model object was given without its tokenizer")
-    style = choose_style(prompt_style, stored_style(stored), tokenizer, "alpaca")
+        session = load_session(model, device, dtype, prompt_style, fallback_style="alpaca")
+    else:
+        session = InferenceSession.of(model, tokenizer, prompt_style, fallback_style="alpaca")
+    style = session.style
     prompts = [prompt_and_response(r, style)[0] for r in records]
-    lengths = [len(tokenizer.encode_ordinary(p)) for p in prompts]
+    lengths = [len(session.tokenizer.encode_ordinary(p)) for p in prompts]
     order = sorted(range(len(records)), key=lambda i: lengths[i])
     answers: dict[int, str] = {}
-    model.eval()
+    session.model.eval()
     bar = tqdm(total=len(records), desc="respond", unit="record", file=sys.stderr, disable=None if progress else True)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        texts = generate(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed + start,
-                         stop=style.stop_strings or None)
+        batch_sampling = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + start)
+        texts = session.generate([prompts[i] for i in chunk], batch_sampling, stop=style.stop_strings or None)
         for i, text in zip(chunk, texts):
             answers[i] = text.strip()
         bar.update(len(chunk))
@@ -92,6 +86,21 @@ def respond(
     if out is not None:
         write_json(out, results)
     return results
+
+
+def respond_sampling(sampling: SamplingConfig | None, fields: dict[str, Any]) -> SamplingConfig:
+    """respond's settings: `sampling` whole, or SamplingConfig fields given as keywords over
+    RespondConfig's defaults (not both)."""
+    if sampling is not None and fields:
+        raise ScratchLLMError(f"respond: give sampling= or its fields ({', '.join(sorted(fields))}), not both")
+    if sampling is not None:
+        return sampling
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ScratchLLMError(f"respond: unknown argument(s) {', '.join(unknown)}; the sampling fields are "
+                              f"{', '.join(sorted(known))}")
+    return SamplingConfig(**{**group_specs(RespondConfig)["sampling"].defaults, **fields})
 
 
 

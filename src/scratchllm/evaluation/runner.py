@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scratchllm.checkpoint.loader import load
 from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.scoring import model_context_length, model_device, score_rows
+from scratchllm.inference.session import load_session
 from scratchllm.tokenizer import Tokenizer
 
 
@@ -54,8 +54,8 @@ def load_eval_model(model: ModelSource, tokenizer: Tokenizer | str | os.PathLike
                     device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None) -> EvalModel:
     """The one place an evaluation gets its model, in eval mode.
 
-    A path or name is read with `checkpoint.load` (as a GPT: a classifier directory gives its body)
-    onto `device`, cast to `dtype`; its own tokenizer is used unless `tokenizer` is given. A module is
+    A path or name is loaded as every inference path loads it (`inference.session.load_session`: a GPT,
+    so a classifier directory gives its body) onto `device`, cast to `dtype`; its own tokenizer is used unless `tokenizer` is given. A module is
     moved to `device` (unless "auto" or None) and cast to `dtype` in place, and needs `tokenizer` (a
     `Tokenizer`, "gpt2", or a tokenizer file). An `EvalModel` is returned as it is.
     """
@@ -63,9 +63,9 @@ def load_eval_model(model: ModelSource, tokenizer: Tokenizer | str | os.PathLike
         return model
     wanted_dtype = parse_dtype(dtype)  # a bad name is a one-line error before anything loads
     if isinstance(model, (str, os.PathLike)):
-        module, own = load(str(model), device=resolve_device(device), dtype=wanted_dtype, kind="gpt")
-        name = str(model)
-        tokenizer = own if tokenizer is None else tokenizer
+        session = load_session(str(model), device, wanted_dtype)
+        module, name = session.model, str(model)
+        tokenizer = session.tokenizer if tokenizer is None else tokenizer
     elif isinstance(model, nn.Module):
         module, name = model, type(model).__name__
         if device is not None and str(device) != "auto":

@@ -5,14 +5,15 @@ instruction-tuned. A conversation is a list of {"role", "content"} messages; the
 (`scratchllm.prompts`, stored as `prompt_style` in its config.json; else the model's own chat template
 when its tokenizer has one, as Llama 3.x, Qwen2.5/3 and SmolLM2 do; else `plain` for a base model,
 which just continues the text) lays it out as one prompt, and the answer is decoded token by token
-(`inference.generation.generate_tokens`, with the KV cache) until one of the tokenizer's stop ids
-(<|endoftext|>, the template's end-of-turn token such as <|im_end|> or <|eot_id|>), a stop string of
-the style, or max_new_tokens. Three pieces:
+(one `RowState` through `inference.generation.decode_rows`, with the KV cache) until one of the
+tokenizer's stop ids (<|endoftext|>, the template's end-of-turn token such as <|im_end|> or <|eot_id|>),
+a stop string of the style, or max_new_tokens. Three pieces:
 
 - `TextStream`: one answer being decoded, as text pieces, with its token count and finish reason.
-  The HTTP server (serve.py) decodes its answers with it too.
-- `ChatSession`: the conversation, its settings and the context window; testable without a terminal.
-- `load_for_chat`: a model directory or name -> model, tokenizer, prompt style.
+- `ChatSession`: the conversation, its settings (`ChatSettings`, a `SamplingConfig` with a system
+  prompt) and the context window; testable without a terminal.
+- `load_for_chat`: a model directory or name -> model, tokenizer, prompt style, name (what
+  session.py `load_session` loads, as a tuple).
 The terminal loop itself (commands, Ctrl-C, printing) is in cli/chat.py.
 
 The context window: the prompt must leave room for the answer, so it may use at most
@@ -24,24 +25,20 @@ since that is what the model said and what the next turn should see.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
-
-from scratchllm.checkpoint.loader import load, locate
-from scratchllm.checkpoint.model_dir import read_model_config
-from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import ChatSettings
-from scratchllm.inference.decode_kernels import optimize_for_decoding
-from scratchllm.inference.generation import (TextAssembler, check_sampling, encode_prompt, generate_tokens,
-                                             make_generators)
-from scratchllm.prompts import PromptStyle, choose_style, get_style, stored_style
+from scratchllm.inference.generation import decode_rows, encode_prompt
+from scratchllm.inference.rows import RowState
+from scratchllm.inference.sampling import make_generators
+from scratchllm.inference.session import load_session
+from scratchllm.prompts import PromptStyle, get_style
 
 # Seconds to sleep after each token when $SCRATCHLLM_TOKEN_DELAY is set: a hook that slows a tiny test
 # model down to a human pace, so tests (and demos) can interrupt an answer mid-stream.
@@ -68,38 +65,32 @@ def token_delay_from_env() -> float:
 class TextStream:
     """Iterate for the answer's text pieces (whole characters, stop strings cut off); afterwards
     `text`, `tokens` (new tokens decoded) and `finish_reason` ("stop": a stop id or a stop string;
-    "length": max_new_tokens; "cancelled": `cancel` was set) describe it.
+    "length": max_new_tokens; "cancelled": `cancel` was set) describe it. The answer is one `RowState`
+    (`row`), decoded alone by `generation.decode_rows`.
 
     `cancel` (a threading.Event) is checked between tokens, so another thread can stop the decoding
     within one token; `delay` seconds are slept after each token (see TOKEN_DELAY_ENV); `on_end(self)`
     is called once when the decoding ends, however it ends (finished, cancelled, closed, interrupted).
     """
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        ids: Sequence[int],
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        stops: Sequence[str] = (),
-        cancel: threading.Event | None = None,
-        delay: float = 0.0,
-        on_end: Callable[["TextStream"], None] | None = None,
-    ):
-        self.tokens_iter = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, generator=generator,
-                                           stop_ids=tokenizer.stop_ids, vocab_limit=tokenizer.vocab_size)
-        self.assembler = TextAssembler(tokenizer, stops)
-        self.max_new_tokens = max_new_tokens
+    def __init__(self, model, row: RowState, cancel: threading.Event | None = None, delay: float = 0.0,
+                 on_end: Callable[["TextStream"], None] | None = None):
+        self.model, self.row = model, row
         self.cancel = cancel
         self.delay = delay
-        self.text = ""
-        self.tokens = 0
-        self.finish_reason: str | None = None
         self.on_end = on_end
+
+    @property
+    def text(self) -> str:
+        return self.row.text
+
+    @property
+    def tokens(self) -> int:
+        return self.row.new_tokens
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.row.finish_reason
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -111,33 +102,23 @@ class TextStream:
 
     def _cancelled(self) -> bool:
         if self.cancel is not None and self.cancel.is_set():
-            self.finish_reason = "cancelled"
+            self.row.finish("cancelled")
             return True
         return False
 
     def _pieces(self) -> Iterator[str]:
         if self._cancelled():
             return
-        for token in self.tokens_iter:
-            if self._cancelled():
-                return
-            self.tokens += 1
-            piece = self.assembler.push(token)
-            if piece:
-                self.text += piece
-                yield piece
-            if self.assembler.stopped:
-                self.finish_reason = "stop"
+        for step in decode_rows(self.model, [self.row]):
+            for _, piece in step:
+                if piece:
+                    yield piece
+            if self.row.finished:
                 return
             if self.delay:
                 time.sleep(self.delay)
             if self._cancelled():  # before asking the model for another token
                 return
-        # The token loop ended by itself: after max_new_tokens, or before a stop id.
-        self.finish_reason = "length" if self.tokens >= self.max_new_tokens else "stop"
-        if piece := self.assembler.finish():
-            self.text += piece
-            yield piece
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,10 +143,8 @@ class ChatSession:
         self.settings.check_template_limits()
         style = style if isinstance(style, PromptStyle) else get_style(style, tokenizer)
         self.style = style.with_limits(self.settings)  # a template that does not compile is refused here
-        s = self.settings
-        check_sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p)
         device = model.tok_emb.weight.device
-        self.generator = make_generators(s.seed, 1, device)[0]
+        self.generator = make_generators(self.settings.seed, 1, device)[0]
         self.turns: list[dict[str, str]] = []  # user and assistant messages, oldest first
         self.dropped = 0  # turns dropped from the oldest end by the latest `send`
 
@@ -197,8 +176,7 @@ class ChatSession:
             t = float(value)
         except (TypeError, ValueError):
             raise ScratchLLMError(f"temperature must be a number >= 0 (0 = greedy), got {value!r}") from None
-        check_sampling(self.settings.max_new_tokens, t, self.settings.top_k, self.settings.top_p)
-        self.settings.temperature = t
+        self.settings = dataclasses.replace(self.settings, temperature=t)  # checked as the settings are
 
     def fit(self, turns: list[dict[str, str]]) -> tuple[list[int], int]:
         """(prompt ids, turns dropped): drop the oldest turns until the prompt fits `prompt_budget`.
@@ -227,9 +205,8 @@ class ChatSession:
         ids, self.dropped = self.fit(turns)  # raises before the history changes
         self.turns = turns[self.dropped :]
         s = self.settings
-        return TextStream(self.model, self.tokenizer, ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                          generator=self.generator if s.temperature > 0 else None, stops=self.style.stop_strings,
-                          delay=s.token_delay, on_end=self._record)
+        row = RowState.for_text(ids, s, self.tokenizer, self.style.stop_strings, None if s.greedy else self.generator)
+        return TextStream(self.model, row, delay=s.token_delay, on_end=self._record)
 
     def _record(self, answer: TextStream) -> None:
         self.turns.append({"role": "assistant", "content": answer.text})
@@ -265,12 +242,6 @@ class ChatSession:
 
 def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
                   prompt_style: str | None = None) -> tuple[Any, Any, PromptStyle, str]:
-    """(model, tokenizer, prompt style, name) of a model/run directory (LoRA adapters merged in) or
-    hub name, ready for decoding. The style is `prompt_style`, else the one stored with the model,
-    else the model's chat template if its tokenizer has one, else plain."""
-    net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
-    optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
-    stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
-    style = choose_style(prompt_style, stored, tokenizer, "plain")
-    name = Path(os.fspath(model)).name or os.fspath(model)
-    return net, tokenizer, style, name
+    """(model, tokenizer, prompt style, name) of `session.load_session` (its fallback style: plain)."""
+    session = load_session(model, device, dtype, prompt_style)
+    return session.model, session.tokenizer, session.style, session.name

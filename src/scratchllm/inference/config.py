@@ -35,6 +35,10 @@ def prompt_style_field(fallback: str) -> Any:
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 DECODERS = ("auto", "eager", "static")
 
+# Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
+# e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
+GREEDY_BELOW = 1e-6
+
 
 def check_seed(seed: int | None, n: int = 1) -> None:
     """Raise ScratchLLMError unless `seed` (and seed + n - 1, the batch's last row) is a 64-bit seed."""
@@ -44,17 +48,26 @@ def check_seed(seed: int | None, n: int = 1) -> None:
         raise ScratchLLMError(f"seed must be an integer in [-2**63, 2**64 - {n}], got {seed!r}")
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                   seed: int | None = None, decoder: str = "auto") -> None:
-    """Raise ScratchLLMError for a sampling parameter outside its range."""
+def check_decoder(decoder: str) -> None:
+    """Raise ScratchLLMError unless `decoder` names a decode loop (generation.py)."""
     if decoder not in DECODERS:
         raise ScratchLLMError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+
+
+def check_top_k(top_k: int | None) -> None:
+    """Raise ScratchLLMError unless top_k is an integer >= 1 or None."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   seed: int | None = None) -> None:
+    """Raise ScratchLLMError for a sampling parameter outside its range (`SamplingConfig` runs it)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ScratchLLMError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ScratchLLMError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ScratchLLMError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    check_top_k(top_k)
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise ScratchLLMError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     check_seed(seed)
@@ -62,7 +75,8 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 
 @dataclass(kw_only=True)
 class SamplingConfig:
-    """How the next token is chosen (inference/generation.py `sample_next`)."""
+    """How the next token is chosen (inference/sampling.py `sample_next`), and how many: the settings
+    every decoding path takes whole (generate, stream, chat, serve, respond), checked once, here."""
 
     max_new_tokens: int = 256
     """most tokens to generate"""
@@ -79,6 +93,11 @@ class SamplingConfig:
         if self.top_k == 0 and not isinstance(self.top_k, bool):
             self.top_k = None
         check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the next token is the argmax (temperature 0, or below what float32 can divide by)."""
+        return self.temperature < GREEDY_BELOW
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +192,15 @@ class ServeSettings(TemplateLimits):
     default_max_tokens: int = 256
     """max_tokens when a request gives none (then capped too)"""
     queue_size: int = 8
-    """requests that may wait while one decodes; more get 503"""
+    """requests that may wait while others decode (for a free row; with --batching off, for the one
+    decoding); more get 503"""
+    batching: Literal["on", "off"] = "on"
+    """on: a request joins the running batch at the next step (continuous batching); off: one request
+    decodes at a time, the rest wait (the engine before batching, kept for comparison)"""
+    max_batch: int = 8
+    """rows decoded together; a request takes one per choice (`n`), and n may not exceed this"""
+    prefill_chunk: int = 64
+    """prompt tokens fed per step while other rows decode (smaller: running streams pause less)"""
     max_body_bytes: int = 1_000_000
     """larger request bodies get 413"""
     retry_after_s: int = 1
@@ -196,7 +223,8 @@ class ServeSettings(TemplateLimits):
 
     def check(self) -> None:
         """The ranges, checked when made and again by `create_app` (the CLI fills api_key from the environment)."""
-        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections"):
+        for name in ("max_tokens_cap", "default_max_tokens", "max_body_bytes", "retry_after_s", "max_connections",
+                     "max_batch", "prefill_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ScratchLLMError(f"serve setting {name} must be an integer >= 1, got {value!r}")

@@ -1,17 +1,20 @@
 """Text generation: turning a trained model's next-token distributions into text.
 
 This sits after the model and training in the pipeline: a prompt is encoded, the model predicts the
-next token, a token is chosen from its logits (greedy, temperature, top-k, top-p), appended, and the
-loop repeats. Three layers, each reusable on its own:
+next token, a token is chosen from its logits (sampling.py: greedy, temperature, top-k, top-p),
+appended, and the loop repeats. `sample_next` (sampling.py) is the one place every decode path
+chooses a token, so rows of a padded head (`vocab_limit`) are cut there. The layers, each reusable on
+its own:
 
-- `sample_next` (sampling.py): logits (B, V) -> next ids (B,). The sampling rules, nothing else; the
-  one place every decode path chooses a token, so rows of a padded head (`vocab_limit`) are cut there.
-- `generate_tokens` / `generate_ids`: the token-level decode loop (KV cache, left-padded batches,
-  a context window that jumps when the sequence outgrows the model). Chat, serving and evaluation
-  build on these.
+- `decode_rows`: the batch decode loop (KV cache, left-padded batches, a context window that jumps
+  when the sequence outgrows the model) over `RowState`s (rows.py), each row with its own tokens,
+  sampling settings, RNG and stops. Chat and respond build on it; the server's continuous batch
+  (engine.py) decodes the same rows its own way.
+- `generate_tokens` / `generate_ids`: token ids in, token ids out.
 - `generate` / `stream`: text in, text out; stops at one of the tokenizer's stop ids (<|endoftext|>;
   for a model with a chat template also its end-of-turn token, such as <|im_end|> or <|eot_id|>) or
-  at a stop string, and `stream` yields whole characters only.
+  at a stop string, and `stream` yields whole characters only. They take the sampling settings as
+  keywords and pass them on whole, as one `SamplingConfig` (`text_pieces`).
 
 Decoding with the KV cache gives the same tokens as recomputing the whole window every step
 (`use_cache=False`), also past the context window: both paths condition on exactly the tokens that
@@ -26,20 +29,25 @@ GPU (static_decode.py).
 
 from __future__ import annotations
 
-import codecs
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import check_sampling, check_seed
+from scratchllm.inference.config import GREEDY_BELOW, SamplingConfig, check_decoder, check_seed, check_top_k
 from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
-from scratchllm.inference.sampling import GREEDY_BELOW, make_generators, sample_next  # noqa: F401  (and from here)
+from scratchllm.inference.rows import RowState, TextAssembler, sample_rows, stop_list
+from scratchllm.inference.sampling import make_generators, sample_next
 from scratchllm.inference.static_decode import acquire_decoder, release_decoder
 from scratchllm.models.gpt import GPT, KVCache
 from scratchllm.tokenizer.chat_template import ChatText
+
+# The names below are importable from here as before the sampling rule and the row state moved out.
+__all__ = ["GREEDY_BELOW", "RowState", "SamplingConfig", "TextAssembler", "decode_rows", "default_keep",
+           "encode_prompt", "generate", "generate_ids", "generate_tokens", "make_generators", "optimize_for_decoding",
+           "sample_next", "stream", "text_pieces", "text_rows", "window_start"]
 
 # ------------------------------------------------------------------------------------------------
 # The context window
@@ -69,7 +77,7 @@ def window_start(n: int, ctx: int, keep: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# The token-level decode loop
+# The batch decode loop
 
 
 def _left_pad(windows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -86,15 +94,18 @@ def _left_pad(windows: list[list[int]], device) -> tuple[torch.Tensor, torch.Ten
     return idx, mask
 
 
-def _prepare(
-    model: GPT, batch_ids: Sequence[Sequence[int]], keep: int | None, stacklevel: int = 3
-) -> tuple[list[list[int]], int]:
-    """Check the prompts' ids and `keep`; left-truncate prompts longer than the context (warning).
-    stacklevel: frames up to the user's call, for the warning's location."""
+def check_keep(keep: int | None, context_length: int) -> int:
+    """`keep` checked against the context (None: `default_keep`)."""
+    keep = default_keep(context_length) if keep is None else keep
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= context_length:
+        raise ScratchLLMError(f"keep must be an integer in [1, {context_length}] (the context length), got {keep!r}")
+    return keep
+
+
+def check_prompts(model: GPT, batch_ids: Sequence[Sequence[int]], stacklevel: int = 3) -> list[list[int]]:
+    """The prompts' ids checked against the vocabulary; a prompt longer than the context keeps its
+    last context_length tokens (with a warning; stacklevel: frames up to the user's call)."""
     ctx, vocab = model.config.context_length, model.config.vocab_size
-    keep = default_keep(ctx) if keep is None else keep
-    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= ctx:
-        raise ScratchLLMError(f"keep must be an integer in [1, {ctx}] (the context length), got {keep!r}")
     rows = []
     for i, ids in enumerate(batch_ids):
         ids = [int(t) for t in ids]
@@ -110,46 +121,43 @@ def _prepare(
             )
             ids = ids[-ctx:]
         rows.append(ids)
-    return rows, keep
+    return rows
 
 
-def _decode(
-    model: GPT,
-    rows: list[list[int]],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generators: Sequence[torch.Generator | None] | None,
-    use_cache: bool,
-    keep: int,
-    stop_ids: Collection[int],
-    finished: list[bool],
-    decoder: str = "auto",
-    vocab_limit: int | None = None,
-) -> Iterator[dict[int, int]]:
-    """The decode loop behind every entry point; yields {row: new token} for the running rows.
+Step = list[tuple[int, str]]
+"""What a decode loop yields after each step: (row index, the text that row released) for every row
+that took a token, the released text "" for rows of ids."""
 
-    rows: each sequence's token ids (extended here). A row stops running once it samples one of
-    stop_ids or once the caller sets finished[row] = True between steps (for a stop string): its
-    cache rows are dropped and it is never extended again. decoder: see the module docstring.
-    vocab_limit: the tokenizer's size; `sample_next` never picks a row of the head past it.
+
+def decode_rows(model: GPT, rows: Sequence[RowState], use_cache: bool = True, keep: int | None = None,
+                decoder: str = "auto") -> Iterator[Step]:
+    """Decode `rows` together until each has finished (see `RowState.accept`); yield each step.
+
+    The rows start together and leave one by one: a finished row (a stop, max_new_tokens, or the
+    caller's `row.finish(...)` between steps) is dropped from the batch. Prompts of different lengths
+    are left-padded under an attention mask. use_cache=False recomputes the whole window every step;
+    keep: tokens kept when the context window jumps (`window_start`); decoder: see the module docstring.
     """
+    check_decoder(decoder)
+    keep = check_keep(keep, model.config.context_length)
     if use_cache and _static_decoding(model, decoder):
-        yield from _decode_static(model, rows, max_new_tokens, temperature, top_k, top_p, generators, keep, stop_ids,
-                                  finished, vocab_limit)
-        return
+        return _decode_static(model, list(rows), keep)
+    return _decode(model, list(rows), use_cache, keep)
+
+
+def _decode(model: GPT, rows: list[RowState], use_cache: bool, keep: int) -> Iterator[Step]:
+    """The eager loop: a `KVCache` that the finished rows leave, re-filled when a window jumps."""
     ctx = model.config.context_length
     weight = model.tok_emb.weight
-    active = [r for r in range(len(rows)) if not finished[r]]
+    active = [r for r in range(len(rows)) if not rows[r].finished]
     cache: KVCache | None = None
     starts: list[int] = []  # window start of each active row's cached tokens
     mask: torch.Tensor | None = None  # (B, max_len) 1 = real token, 0 = left padding; None if unpadded
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_new_tokens):
-            alive = [k for k, r in enumerate(active) if not finished[r]]
+        while True:
+            alive = [k for k, r in enumerate(active) if not rows[r].finished]
             if not alive:
                 return
             # inference_mode is entered per step, never across a `yield`: the caller's code between
@@ -162,15 +170,16 @@ def _decode(
                         cache.reorder(index)
                         starts = [starts[k] for k in alive]
                         mask = mask.index_select(0, index) if mask is not None else None
-                new_starts = [window_start(len(rows[r]), ctx, keep) for r in active]
+                tokens = [rows[r].tokens for r in active]
+                new_starts = [window_start(len(t), ctx, keep) for t in tokens]
                 if not use_cache:  # recompute the whole window every step
-                    idx, pad = _left_pad([rows[r][s:] for r, s in zip(active, new_starts)], weight.device)
+                    idx, pad = _left_pad([t[s:] for t, s in zip(tokens, new_starts)], weight.device)
                 elif cache is None or new_starts != starts or cache.length >= cache.max_len:
                     # (Re-)fill the cache with each row's window: at the start and when a window jumps.
-                    windows = [rows[r][s:] for r, s in zip(active, new_starts)]
+                    windows = [t[s:] for t, s in zip(tokens, new_starts)]
                     idx, pad = _left_pad(windows, weight.device)
                     if cache is None:
-                        longest = max(map(len, windows)) + max_new_tokens
+                        longest = max(len(w) + rows[r].remaining for w, r in zip(windows, active))
                         cache = KVCache.allocate(model.config, len(active), min(ctx, longest), weight.device, weight.dtype)
                     cache.length = 0
                     mask = None
@@ -179,29 +188,15 @@ def _decode(
                         mask[:, : pad.shape[1]] = pad
                     starts = new_starts
                 else:  # one new token per row
-                    idx = torch.tensor([[rows[r][-1]] for r in active], device=weight.device)  # (B, 1)
+                    idx = torch.tensor([[t[-1]] for t in tokens], device=weight.device)  # (B, 1)
                     pad = mask[:, : cache.length + 1] if mask is not None else None
                 with matrix_vector_kernels(weight, idx.numel()):
                     h = model.hidden_states(idx, cache=cache if use_cache else None, attention_mask=pad)  # (B, T, C)
                     logits = model.logits(h[:, -1])  # (B, V): the head for the last position only
-                gens = [generators[r] for r in active] if generators is not None else None
-                next_ids = sample_next(logits, temperature, top_k, top_p, gens, vocab_limit).tolist()
-            yield _extend(rows, zip(active, next_ids), stop_ids, finished)
+                next_ids = sample_rows(logits, [rows[r] for r in active])
+            yield [(r, rows[r].accept(token)) for r, token in zip(active, next_ids)]
     finally:
         model.train(was_training)
-
-
-def _extend(rows: list[list[int]], sampled: Iterable[tuple[int, int]], stop_ids: Collection[int],
-            finished: list[bool]) -> dict[int, int]:
-    """Append each (row, token) of one step to its row, mark rows that sampled a stop id finished,
-    and return the step as {row: token} (what both decode loops yield)."""
-    step = {}
-    for r, token in sampled:
-        rows[r].append(token)
-        step[r] = token
-        if token in stop_ids:
-            finished[r] = True
-    return step
 
 
 def _static_decoding(model: GPT, decoder: str) -> bool:
@@ -213,19 +208,7 @@ def _static_decoding(model: GPT, decoder: str) -> bool:
     return device.type == "cuda" and not torch.is_autocast_enabled(device.type)
 
 
-def _decode_static(
-    model: GPT,
-    rows: list[list[int]],
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generators: Sequence[torch.Generator | None] | None,
-    keep: int,
-    stop_ids: Collection[int],
-    finished: list[bool],
-    vocab_limit: int | None = None,
-) -> Iterator[dict[int, int]]:
+def _decode_static(model: GPT, rows: list[RowState], keep: int) -> Iterator[Step]:
     """`_decode` on a `StaticDecoder` (a CUDA graph per step on a GPU): the same windows, the same
     rows sampled with the same generators, hence the same tokens.
 
@@ -234,41 +217,55 @@ def _decode_static(
     """
     ctx = model.config.context_length
     device = model.tok_emb.weight.device
-    batch = [r for r in range(len(rows)) if not finished[r]]  # the decoder's rows, finished or not
+    batch = [r for r in range(len(rows)) if not rows[r].finished]  # the decoder's rows, finished or not
     dec = None
     starts: list[int] = []
     next_ids = None  # (B,) on the device: each row's newest token, the next step's input
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_new_tokens):
-            alive = [k for k, r in enumerate(batch) if not finished[r]]
+        while True:
+            alive = [k for k, r in enumerate(batch) if not rows[r].finished]
             if not alive:
                 return
             with torch.inference_mode():
-                new_starts = [window_start(len(rows[r]), ctx, keep) for r in batch]
+                tokens = [rows[r].tokens for r in batch]
+                new_starts = [window_start(len(t), ctx, keep) for t in tokens]
                 if dec is None or any(new_starts[k] != starts[k] for k in alive) or dec.length >= dec.max_len:
                     # (Re-)fill with each row's window, at the start and when a window jumps; a finished
                     # row only keeps its place, with its last token.
-                    windows = [rows[r][-1:] if finished[r] else rows[r][s:] for r, s in zip(batch, new_starts)]
+                    windows = [rows[r].tokens[-1:] if rows[r].finished else t[s:]
+                               for r, t, s in zip(batch, tokens, new_starts)]
                     idx, pad = _left_pad(windows, device)
                     if dec is None:  # room for every new token, rounded up so that later calls can reuse it
-                        longest = -(-(max(map(len, windows)) + max_new_tokens) // 64) * 64
-                        dec = acquire_decoder(model, len(batch), min(ctx, longest))
+                        longest = max(len(w) + rows[r].remaining for w, r in zip(windows, batch))
+                        dec = acquire_decoder(model, len(batch), min(ctx, -(-longest // 64) * 64))
                     logits = dec.prefill(idx, pad)  # (B, V)
                     starts = new_starts
                 else:
                     logits = dec.step(next_ids)  # (B, V)
                 index = None if len(alive) == len(batch) else torch.tensor(alive, device=device)
-                gens = [generators[batch[k]] for k in alive] if generators is not None else None
-                sampled = sample_next(logits if index is None else logits.index_select(0, index),
-                                      temperature, top_k, top_p, gens, vocab_limit)  # (A,)
-                next_ids = sampled if index is None else next_ids.index_copy(0, index, sampled)
-                tokens = sampled.tolist()
-            yield _extend(rows, ((batch[k], token) for k, token in zip(alive, tokens)), stop_ids, finished)
+                sampled = sample_rows(logits if index is None else logits.index_select(0, index),
+                                      [rows[batch[k]] for k in alive])
+                as_tensor = torch.tensor(sampled, device=device)  # (A,)
+                next_ids = as_tensor if index is None else next_ids.index_copy(0, index, as_tensor)
+            yield [(batch[k], rows[batch[k]].accept(token)) for k, token in zip(alive, sampled)]
     finally:
         model.train(was_training)
         release_decoder(dec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Token ids in, token ids out
+
+
+def _sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+              seed: int | None = None) -> SamplingConfig:
+    """The keyword form's settings as one SamplingConfig (which checks them). top_k=0 is refused here
+    as before (the config reads 0 as "no limit", for the flags' sake)."""
+    if top_k == 0 and not isinstance(top_k, bool):
+        check_top_k(top_k)
+    return SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
 
 def generate_tokens(
@@ -293,18 +290,16 @@ def generate_tokens(
     "static" (see the module docstring). vocab_limit: `tokenizer.vocab_size`, so that rows of a padded
     head are never sampled. Parameters are checked here, before the first token is asked for.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
-    rows, keep = _prepare(model, [ids], keep)
-    stop_ids = frozenset(stop_ids)
+    sampling = _sampling(max_new_tokens, temperature, top_k, top_p)
+    row = RowState(check_prompts(model, [ids])[0], sampling, generator, frozenset(stop_ids), vocab_limit=vocab_limit)
+    steps = decode_rows(model, [row], use_cache, keep, decoder)
 
     def tokens() -> Iterator[int]:
-        finished = [False]
-        gens = [generator] if generator is not None else None
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, gens, use_cache, keep, stop_ids, finished,
-                            decoder, vocab_limit):
-            if step[0] in stop_ids:
-                return
-            yield step[0]
+        seen = 0
+        for _ in steps:  # each step either appends a token or ends the row at a stop id
+            if row.new_tokens > seen:
+                seen = row.new_tokens
+                yield row.tokens[-1]
 
     return tokens()
 
@@ -329,82 +324,19 @@ def generate_ids(
     tokens as `generate_tokens` on that prompt alone with the same generator (see `make_generators`).
     vocab_limit: as in `generate_tokens`.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
-    rows, keep = _prepare(model, batch_ids, keep)
-    if generators is not None and len(generators) != len(rows):
-        raise ScratchLLMError(f"generators: expected one per prompt ({len(rows)}), got {len(generators)}")
-    out: list[list[int]] = [[] for _ in rows]
-    finished = [False] * len(rows)
-    stop_ids = frozenset(stop_ids)
-    for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
-                        decoder, vocab_limit):
-        for r, token in step.items():
-            if token not in stop_ids:
-                out[r].append(token)
-    return out
+    sampling = _sampling(max_new_tokens, temperature, top_k, top_p)
+    prompts = check_prompts(model, batch_ids)
+    if generators is not None and len(generators) != len(prompts):
+        raise ScratchLLMError(f"generators: expected one per prompt ({len(prompts)}), got {len(generators)}")
+    gens = generators if generators is not None else [None] * len(prompts)
+    rows = [RowState(ids, sampling, g, frozenset(stop_ids), vocab_limit=vocab_limit) for ids, g in zip(prompts, gens)]
+    for _ in decode_rows(model, rows, use_cache, keep, decoder):
+        pass
+    return [row.output for row in rows]
 
 
 # ------------------------------------------------------------------------------------------------
 # Text in, text out
-
-
-class TextAssembler:
-    """Token ids -> text pieces that are safe to show: whole characters, and no text that may yet
-    turn out to be the start of a stop string.
-
-    A token can end in the middle of a UTF-8 character (GPT-2 splits most CJK characters and emoji
-    over two or three byte tokens), so bytes go through an incremental UTF-8 decoder that releases
-    only complete characters. Then the longest suffix that is a prefix of some stop string is held
-    back until the next token settles it.
-    """
-
-    def __init__(self, tokenizer, stops: Sequence[str] = ()):
-        self.tokenizer = tokenizer
-        self.stops = list(stops)
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""  # decoded but not yet released
-        self.stopped = False  # a stop string was found; nothing more will be released
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text it makes safe to release (often "")."""
-        return self._release(self.utf8.decode(self.tokenizer.token_bytes(token_id)), final=False)
-
-    def finish(self) -> str:
-        """The end of generation: release what was held back (a cut character becomes U+FFFD)."""
-        return self._release(self.utf8.decode(b"", final=True), final=True)
-
-    def _release(self, text: str, final: bool) -> str:
-        if self.stopped:
-            return ""
-        self.pending += text
-        found = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
-        if found:  # cut before the earliest stop string; it is not part of the output
-            self.stopped = True
-            out, self.pending = self.pending[: min(found)], ""
-            return out
-        hold = 0 if final else _stop_prefix_length(self.pending, self.stops)
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out) :]
-        return out
-
-
-def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(text), len(s) - 1), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
-def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    for s in stops:
-        if not isinstance(s, str) or not s:
-            raise ScratchLLMError(f"stop strings must be non-empty strings, got {s!r}")
-    return stops
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -423,35 +355,26 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids or [tokenizer.eot_id]
 
 
-def _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
-                 decoder):
-    """Shared by `generate` and `stream`: yields (row, text piece) as tokens are decoded."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p, decoder=decoder)
-    check_seed(seed, len(prompts))
-    stops = _stop_list(stop)
-    rows, keep = _prepare(model, [encode_prompt(tokenizer, p) for p in prompts], keep, stacklevel=4)
+def text_rows(model: GPT, tokenizer, prompts: Sequence[str], sampling: SamplingConfig,
+              stop: str | Sequence[str] | None = None, stacklevel: int = 3) -> list[RowState]:
+    """One text row per prompt, all sampling by `sampling`: prompt i with the RNG seeded
+    sampling.seed + i (see `make_generators`), stopping at the tokenizer's stop ids and at `stop`."""
+    stops = stop_list(stop)
+    check_seed(sampling.seed, len(prompts))
+    ids = check_prompts(model, [encode_prompt(tokenizer, p) for p in prompts], stacklevel + 1)
     device = model.tok_emb.weight.device
-    generators = make_generators(seed, len(rows), device) if temperature >= GREEDY_BELOW else None
-    stop_ids = tokenizer.stop_ids
+    gens = make_generators(sampling.seed, len(ids), device) if not sampling.greedy else [None] * len(ids)
+    return [RowState.for_text(i, sampling, tokenizer, stops, g) for i, g in zip(ids, gens)]
 
-    def pieces() -> Iterator[tuple[int, str]]:
-        texts = [TextAssembler(tokenizer, stops) for _ in rows]
-        finished = [False] * len(rows)
-        for step in _decode(model, rows, max_new_tokens, temperature, top_k, top_p, generators, use_cache, keep, stop_ids, finished,
-                            decoder, tokenizer.vocab_size):
-            for r, token in step.items():
-                if token in stop_ids:
-                    continue
-                piece = texts[r].push(token)
-                if texts[r].stopped:
-                    finished[r] = True
-                if piece:
-                    yield r, piece
-        for r, text in enumerate(texts):
-            if piece := text.finish():
-                yield r, piece
 
-    return pieces()
+def text_pieces(model: GPT, tokenizer, prompts: Sequence[str], sampling: SamplingConfig,
+                stop: str | Sequence[str] | None = None, use_cache: bool = True, keep: int | None = None,
+                decoder: str = "auto", stacklevel: int = 3) -> Iterator[tuple[int, str]]:
+    """(prompt index, text piece) as the prompts' completions are decoded together: what `generate`
+    and `stream` are made of, with the settings whole. Checked here, before the first piece."""
+    rows = text_rows(model, tokenizer, prompts, sampling, stop, stacklevel + 1)
+    steps = decode_rows(model, rows, use_cache, keep, decoder)
+    return ((r, piece) for step in steps for r, piece in step if piece)
 
 
 def generate(
@@ -476,17 +399,18 @@ def generate(
     A list of prompts is decoded as one left-padded batch; prompt i samples with seed + i, so
     `generate(prompts, seed=s)[i] == generate(prompts[i], seed=s + i)`. use_cache=False recomputes
     the window every step (same tokens, slower); keep: see `window_start`; decoder: "auto", "eager"
-    or "static" (see the module docstring).
+    or "static" (see the module docstring). `InferenceSession.generate` (session.py) takes the
+    settings as one SamplingConfig instead.
     """
     single = isinstance(prompt, str)
     if not single and (not isinstance(prompt, Sequence) or not all(isinstance(p, str) for p in prompt)):
         raise ScratchLLMError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
     prompts = [prompt] if single else list(prompt)
+    sampling = _sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if not prompts:
         return []
     out = [""] * len(prompts)
-    for r, piece in _text_decode(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
-                                 decoder):
+    for r, piece in text_pieces(model, tokenizer, prompts, sampling, stop, use_cache, keep, decoder):
         out[r] += piece
     return out[0] if single else out
 
@@ -512,6 +436,6 @@ def stream(
     """
     if not isinstance(prompt, str):
         raise ScratchLLMError(f"stream: prompt must be a str, got {type(prompt).__name__}")
-    pieces = _text_decode(model, tokenizer, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, keep,
-                          decoder)
+    sampling = _sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    pieces = text_pieces(model, tokenizer, [prompt], sampling, stop, use_cache, keep, decoder)
     return (piece for _, piece in pieces)

@@ -1,9 +1,10 @@
 """Choosing the next token: where a model's logits become a distribution and a token is drawn from it
 (`sample_next`: greedy, temperature, top-k, top-p), and one seeded generator per batch row. Every decode
-path (generation.py's eager loop, static_decode.py's CUDA-graph loop, batches of either) chooses its
-tokens here, so a rule that must hold for every sampled token lives here: rows of the head beyond the
-tokenizer's vocabulary (`vocab_limit`; Qwen2.5 pads its 151,665 tokens to 151,936 rows) are never
-chosen. The sampling settings and their checks are config.py's `SamplingConfig`.
+path (generation.py's eager loop, static_decode.py's CUDA-graph loop, batches of either, the server's
+continuous batch in engine.py) chooses its tokens here, each row by its own `SamplingConfig` and
+generator (rows.py `sample_rows`), so a rule that must hold for every sampled token lives here: rows
+of the head beyond the tokenizer's vocabulary (`vocab_limit`; Qwen2.5 pads its 151,665 tokens to
+151,936 rows) are never chosen. The sampling settings and their checks are config.py's `SamplingConfig`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.config import check_seed
-
-
-# Below this temperature sampling is greedy: two logits 1e-4 apart already differ by a factor of
-# e^100 in probability, and dividing by a still smaller number overflows float32 (inf, then NaN).
-GREEDY_BELOW = 1e-6
+from scratchllm.inference.config import GREEDY_BELOW, check_seed
 
 
 def sample_next(
