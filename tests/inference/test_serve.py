@@ -167,7 +167,10 @@ def test_stream_is_server_sent_events_ending_in_done(server):
     ("/v1/completions", '{"prompt": "x", "temperature": 3}', 400, "temperature",
      "field 'temperature': Input should be less than or equal to 2 (got 3)"),
     ("/v1/completions", '{"prompt": "x", "stream": 1}', 400, "stream", "field 'stream': Input should be a valid boolean"),
-    ("/v1/completions", '{"prompt": "x", "n": 2}', 400, "n", "field 'n': this server returns one choice per request, got n=2"),
+    ("/v1/completions", '{"prompt": "x", "n": 9}', 400, "n",
+     "field 'n': at most 8 choices per request (the server's max_batch), got n=9"),
+    ("/v1/completions", '{"prompt": "x", "n": 2, "seed": 18446744073709551615}', 400, "seed",
+     "field 'seed': seed must be an integer in [-2**63, 2**64 - 2], got 18446744073709551615"),
     ("/v1/completions", '{"prompt": "x", "echo": true}', 400, "echo", "field 'echo' is not supported by this server"),
     ("/v1/completions", '{"prompt": "x", "stop": ["a", ""]}', 400, "stop", "field 'stop': expected a non-empty string"),
     ("/v1/completions", json.dumps({"prompt": " word" * 300}), 400, "prompt",
@@ -243,9 +246,12 @@ def wait_for(condition, seconds: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_full_queue_gets_503_and_leaving_clients_free_their_slots(loaded):
+@pytest.mark.parametrize("engine", [{"batching": "off"}, {"batching": "on", "max_batch": 1}])
+def test_full_queue_gets_503_and_leaving_clients_free_their_slots(loaded, engine):
+    """One request decoding (the one-at-a-time engine, or a batch of one row), one waiting, a third 503.
+    tests/inference/test_serve_batching.py has the same with rows decoding together."""
     # Each token takes >= 20 ms, so a 400-token answer is still decoding while the test runs.
-    app = create_app(loaded, ServeSettings(queue_size=1, token_delay=0.02, prompt_style="phi3"))
+    app = create_app(loaded, ServeSettings(queue_size=1, token_delay=0.02, prompt_style="phi3", **engine))
     with serving(app) as port:
         running = open_stream(port)
         running.readline()  # the first event: this one is decoding

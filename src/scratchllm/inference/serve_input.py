@@ -1,6 +1,6 @@
-"""What `scratchllm serve` does with what a client sends before the model sees it (serve.py calls these):
-its API key compared with the server's, and its prompt or messages turned into token ids off the event
-loop, with a failure told to the client as a 400 that names the cause.
+"""What `scratchllm serve` does with what a client sends before the model sees it (http_guard.py and
+app.py call these): its API key compared with the server's, and its prompt or messages turned into
+token ids off the event loop, with a failure told to the client as a 400 that names the cause.
 
 The chat template is the model's code, so laying messages out can take up to its time limit
 (core/limits.py); that runs on a worker thread (`prompt_ids`), never on the event loop, so `/health`
