@@ -88,7 +88,7 @@ def make_model(directory: Path) -> Path:
 MALFORMED = [
     '{"prompt": "x",', "[1, 2]", "{}", '{"prompt": 5}', '{"prompt": "x", "max_tokens": "5"}',
     '{"prompt": "x", "max_tokens": -3}', '{"prompt": "x", "temperature": 3}', '{"prompt": "x", "temperature": -1e-9}',
-    '{"prompt": "x", "top_p": 0}', '{"prompt": "x", "stream": 1}', '{"prompt": "x", "n": 2}',
+    '{"prompt": "x", "top_p": 0}', '{"prompt": "x", "stream": 1}', '{"prompt": "x", "n": 1000}',
     '{"prompt": "x", "echo": true}', '{"prompt": "x", "stop": ["a", ""]}', '{"prompt": "x", "seed": 18446744073709551616}',
     '{"prompt": "x", "seed": -9223372036854775809}', '{"prompt": "x", "seed": 1.5}', '{"prompt": "x", "logit_bias": {"1": 5}}',
     '{"messages": []}', '{"messages": [{"role": "robot", "content": "hi"}]}', '{"messages": [{"role": "user"}]}',

@@ -459,9 +459,12 @@ class BatchEngine(Engine):
         return kept, torch.cat(logits)
 
     def _sample(self, seats: list[Seat], logits: torch.Tensor) -> list[tuple[Seat, int]]:
-        """Each seat's next token by its own settings (`sample_rows`). A row whose scores are not
-        finite, or whose sampling fails, ends its job; the others are sampled."""
-        finite = torch.isfinite(logits).all(dim=-1).tolist() if len(seats) else []
+        """Each seat's next token by its own settings (`sample_rows`). A row whose scores (over its
+        tokenizer's ids) are not finite, or whose sampling fails, ends its job; the others are sampled."""
+        if not seats:
+            return []
+        limit = min(s.row.vocab_limit or logits.shape[-1] for s in seats)  # rows past it are a padded head's
+        finite = torch.isfinite(logits[:, :limit]).all(dim=-1).tolist()
         good = []
         for b, (seat, ok) in enumerate(zip(seats, finite)):
             if ok and not seat.job.failed:
