@@ -221,3 +221,19 @@ def test_a_row_that_fails_ends_its_request_with_a_500_and_the_others_go_on(loade
             t.join(60)
         assert sorted(text for _, text, _, _ in again) == sorted(
             generate(clean, tok, p, max_new_tokens=20, temperature=0) for p in (other, "Hi"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "0"], "serve setting max_batch must be an integer >= 1, got 0"),
+    (["--prefill-chunk", "-1"], "serve setting prefill_chunk must be an integer >= 1, got -1"),
+    (["--batching", "maybe"], "argument --batching: invalid choice: 'maybe' (choose from 'on', 'off')"),
+])
+def test_bad_batching_settings_are_one_line_errors(flags, message, capsys):
+    from scratchllm.cli import main
+
+    try:
+        code = main(["serve", "--model", "gpt2", *flags])
+    except SystemExit as exc:  # argparse's own check (a choice)
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err == f"scratchllm serve: error: {message}\n"
