@@ -46,6 +46,18 @@ def test_orthogonalize_is_the_newton_schulz_polynomial_of_the_singular_values(sh
     assert cosine > 0.95
 
 
+def test_orthogonalize_in_bf16_is_the_float32_result_to_bf16_precision():
+    """Under bf16 autocast Muon orthogonalises in bf16 (Jordan et al.); the iteration needs only
+    singular values near 1, which bf16 keeps: the result is float32's to within bf16's precision."""
+    g = torch.randn(48, 16, generator=torch.Generator().manual_seed(1))
+    bf16 = orthogonalize(g, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, orthogonalize(g))
+    assert (bf16 - orthogonalize(g)).norm() / orthogonalize(g).norm() < 0.03
+    opt = make_optimizer(tiny(), TrainConfig(optimizer="muon"), CPU, amp_dtype=torch.bfloat16)
+    assert opt.ns_dtype == torch.bfloat16
+    assert make_optimizer(tiny(), TrainConfig(optimizer="muon"), CPU).ns_dtype == torch.float32
+
+
 def tiny() -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_layers=2, n_heads=2, tie_embeddings=False))

@@ -421,7 +421,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLi
         torch.manual_seed(cfg.seed + env.rank)  # dropout masks differ across processes, as they should
         random.seed(cfg.seed + env.rank)
     parallel = Parallel(model, cfg, env, device)
-    optimizer = make_optimizer(model, cfg, device, fused=False if cfg.fsdp else None)
+    optimizer = make_optimizer(model, cfg, device, fused=False if cfg.fsdp else None, amp_dtype=context.amp_dtype)
     saver = Saver(run, parallel, tokenizer, dict(task.save_extra))
     checkpointer = Checkpointer(saver, optimizer, task, cfg, env, device)
     progress = checkpointer.restore(state) if state is not None else Progress()
@@ -580,4 +580,7 @@ def print_run_config(out: Path, run_config: dict[str, Any], resumed_at: int | No
                  f"(= {d['flops_per_token'] * d['tokens_per_step']:.3g} per step)")
     lines.append(f"        device {d['device']} x {d['world_size']}, autocast {d['autocast_dtype'] or 'off (float32)'}, "
                  f"peak {d['peak_flops'] / 1e9:,.0f} GFLOP/s ({d['peak_flops_source']})")
+    if "precision" in run_config:  # a recipe that chose the dtype says which and why
+        p = run_config["precision"]
+        lines.append(f"        dtype {p['requested']} -> {p['dtype']}: {p['reason']}")
     log("\n".join(lines))

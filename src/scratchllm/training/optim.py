@@ -50,14 +50,16 @@ def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
     return p.dim() == 2 and (name.startswith("blocks.") or ".blocks." in name)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None,
+                   amp_dtype: torch.dtype | None = None) -> torch.optim.Optimizer:
     """The optimizer cfg.optimizer names over the trainable parameters, weight decay on the 2-D ones only.
 
     "adamw": torch's AdamW. "muon": `Muon` for the hidden matrices (`is_hidden_matrix`) at
     cfg.muon_lr, AdamW for the rest at cfg.lr. The loop writes the scheduled AdamW lr into every
     group as lr * group["lr_scale"], so Muon's lr follows the same warmup and decay. Weight decay
     shrinks every decayed matrix by the same 1 - lr * weight_decay per step whichever optimizer
-    updates it (Muon's group gets weight_decay / lr_scale).
+    updates it (Muon's group gets weight_decay / lr_scale). `amp_dtype`, the run's autocast dtype,
+    is the one Muon orthogonalises in (bf16 under bf16 autocast, as Jordan et al. do; else float32).
     """
     params = dict(model.named_parameters())
     decay, no_decay = weight_decay_groups(model)
@@ -76,7 +78,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fus
             {"params": [params[n] for n in no_decay], "muon": False, "weight_decay": 0.0},
         ]
         return Muon([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.muon_momentum,
-                    betas=(cfg.beta1, cfg.beta2), fused=bool(fused))
+                    betas=(cfg.beta1, cfg.beta2), fused=bool(fused), ns_dtype=amp_dtype or torch.float32)
     groups = [
         {"params": [params[n] for n in decay], "weight_decay": cfg.weight_decay},
         {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
@@ -90,15 +92,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, fus
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """About U V^T of g = U S V^T (the nearest semi-orthogonal matrix) for g (m, n), in float32.
+def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """About U V^T of g = U S V^T (the nearest semi-orthogonal matrix) for g (m, n), computed in
+    `dtype` (float32, or bf16: the iteration only needs singular values near 1, which bf16's 8-bit
+    mantissa gives; Jordan et al. run it in bf16), returned in float32.
 
     Each step maps X to a X + b (X X^T) X + c (X X^T)^2 X, an odd polynomial of X that acts on every
     singular value s as p(s) = a s + b s^3 + c s^5 and leaves the singular vectors alone; five steps
     of this p take any s in (0, 1] close to 1. X X^T is (m, m) with m the smaller side (a tall g is
     transposed first), so a step costs 2 m^2 n + m^3 multiply-adds twice over."""
     a, b, c = NEWTON_SCHULZ
-    x = g.float()
+    x = g.to(dtype)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.t()  # (m, n) with m <= n
@@ -107,7 +111,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
         gram = x @ x.t()  # (m, m)
         poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X: (m, n)
-    return x.t() if tall else x
+    return (x.t() if tall else x).float()
 
 
 class Muon(torch.optim.Optimizer):
@@ -116,7 +120,7 @@ class Muon(torch.optim.Optimizer):
 
     A Muon step for a weight W (out, in) with gradient G: the momentum buffer M <- beta M + (1 - beta) G;
     the update U = G + beta (M - G) with Nesterov momentum (M without); W <- W (1 - lr wd) - lr
-    sqrt(max(1, out / in)) orthogonalize(U). Orthogonalising makes every direction of the update the
+    sqrt(max(1, out / in)) orthogonalize(U), in `ns_dtype`. Orthogonalising makes every direction of the update the
     same size, which for the hidden matrices of a transformer learns faster per step than Adam's
     per-coordinate scaling; the sqrt factor keeps the update's per-entry size for tall matrices.
 
@@ -127,11 +131,11 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 fused: bool = False):
+                 fused: bool = False, ns_dtype: torch.dtype = torch.float32):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
                         betas=betas, eps=eps, muon=True, lr_scale=1.0)
         super().__init__(params, defaults)
-        self.fused = fused
+        self.fused, self.ns_dtype = fused, ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -159,7 +163,7 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - beta)  # (out, in)
             update = p.grad.lerp(buf, beta) if group["nesterov"] else buf
-            update = orthogonalize(update, group["ns_steps"])
+            update = orthogonalize(update, group["ns_steps"], dtype=self.ns_dtype)
             if group["weight_decay"]:
                 p.mul_(1 - group["lr"] * group["weight_decay"])
             p.add_(update.to(p.dtype), alpha=-group["lr"] * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
