@@ -28,18 +28,6 @@ def test_autocast_dtype(monkeypatch, capsys, name, device, native, expected, war
     assert ("warning: bfloat16 on a CPU without native bf16" in err) == warns
 
 
-def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    real = device_mod.Path
-    monkeypatch.setattr(device_mod, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real(p))
-    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
-    assert device_mod.cpu_has_native_bf16() is False
-    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
-    assert device_mod.cpu_has_native_bf16() is True
-    cpuinfo.unlink()
-    assert device_mod.cpu_has_native_bf16() is None
-
-
 SCRIPT = """
 import torch
 from scratchllm.core.device import join_single_process_group, resolve_device

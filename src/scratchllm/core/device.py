@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.core.console import warn
+from scratchllm.core.cpu_probe import bf16_instructions
 from scratchllm.core.options import check_device
 from scratchllm.errors import ScratchLLMError
 
@@ -168,14 +169,10 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo's flags;
-    None where that file does not exist (not Linux) and nothing is known."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", text))
-    return bool(flags)
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as it reports to torch or in
+    /proc/cpuinfo (core/cpu_probe.py); None where nothing is known."""
+    found = bf16_instructions()
+    return None if found is None else bool(found)
 
 
 def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
