@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from scratchllm.core.console import log
+from scratchllm.core.cpu_probe import bf16_verdict, probe_cpu
 from scratchllm.core.device import autocast_dtype, resolve_device
 from scratchllm.core.files import read_text, write_atomic
 from scratchllm.core.options import flat_routes
@@ -53,7 +54,9 @@ class Recipe:
     GPTConfig fields (vocab_size comes from the tokenizer); `train` holds TrainConfig fields (the
     length of the run comes from the budget: a time budget uses schedule "time"). `eval_points` and
     `eval_batches` set how often and on how much validation text a timed run evaluates itself
-    (evaluation is part of the budget; 0 points = only at the end).
+    (evaluation is part of the budget; 0 points = only at the end). `bf16` holds the model / train
+    fields that change where `dtype="auto"` trains in bf16 (a CPU whose bf16 steps are faster: wider
+    matrices cost less there); fields set by `replace` win over them.
     """
 
     name: str
@@ -63,24 +66,38 @@ class Recipe:
     eval_points: int = 4
     eval_batches: int = 4
     note: str = ""
+    bf16: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def replace(self, vocab_size: int | None = None, model: dict[str, Any] | None = None,
                 train: dict[str, Any] | None = None, **fields: Any) -> Recipe:
-        """A copy with some model / train fields (or other fields) changed."""
-        return dataclasses.replace(self, vocab_size=vocab_size or self.vocab_size, model={**self.model, **(model or {})},
-                                   train={**self.train, **(train or {})}, **fields)
+        """A copy with some model / train fields (or other fields) changed; a field changed here is
+        no longer changed by `bf16`."""
+        model, train = model or {}, train or {}
+        bf16 = {part: {k: v for k, v in changes.items() if k not in {"model": model, "train": train}[part]}
+                for part, changes in self.bf16.items()}
+        return dataclasses.replace(self, vocab_size=vocab_size or self.vocab_size, model={**self.model, **model},
+                                   train={**self.train, **train}, **{"bf16": bf16, **fields})
+
+    def in_bf16(self) -> Recipe:
+        """The recipe as it trains in bf16 (its `bf16` changes applied)."""
+        return dataclasses.replace(self, model={**self.model, **self.bf16.get("model", {})},
+                                   train={**self.train, **self.bf16.get("train", {})}, bf16={})
 
 
 # nanoGPT's README, "I only have a macbook": the character-level "baby GPT" on the CPU (train.py with
 # config/train_shakespeare_char.py and --device=cpu --compile=False --eval_iters=20 --log_interval=1
 # --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
 # --lr_decay_iters=2000 --dropout=0.0; bias=False as train.py defaults). Bytes stand for characters.
+# nanoGPT's model.py is spelled out (LayerNorm, learned positions, GELU MLP of 4x, tied head, GPT-2
+# init), so that a changed GPTConfig default cannot change the baseline (tests/recipes/test_demo.py).
 NANOGPT_BABY = Recipe(
     name="nanogpt-baby",
     vocab_size=257,
-    model=dict(context_length=64, emb_dim=128, n_layers=4, n_heads=4, drop_rate=0.0, bias=False, qkv_bias=False),
+    model=dict(context_length=64, emb_dim=128, n_layers=4, n_heads=4, drop_rate=0.0, bias=False, qkv_bias=False,
+               norm="layernorm", layer_norm_eps=1e-5, position="learned", mlp="gelu", mlp_ratio=4,
+               tie_embeddings=True, zero_init_proj=False, qk_norm=False, logit_softcap=None),
     train=dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
-               beta1=0.9, beta2=0.99, grad_clip=1.0),
+               beta1=0.9, beta2=0.99, grad_clip=1.0, optimizer="adamw"),
     eval_points=8,  # nanoGPT evaluates every 250 of its 2,000 iterations on 20 batches
     eval_batches=20,
     note="nanoGPT's CPU baby GPT: bytes, 4 x 128, context 64, batch 12, AdamW 1e-3 -> 1e-4 over 2,000 steps",
@@ -111,7 +128,9 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
     recipe's own max_steps. `checkpoints` evenly spaced step checkpoints are kept (the benchmark
     evaluates them afterwards). A sample before and after training when `sample_prompt` is given.
     With `max_passes` and a time budget, a machine fast enough to read the training tokens more
-    than max_passes times trains a larger model instead (`fit_model_to_corpus`).
+    than max_passes times trains a larger model instead (`fit_model_to_corpus`). `dtype` "auto" on a
+    CPU measures what it can do (`choose_precision`); the choice and its reason go into the run header,
+    run_config.json and the summary ("dtype", "precision").
     """
     start = time.perf_counter()
     if minutes is not None and not minutes > 0:
@@ -124,12 +143,14 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
     # The tokenizer sees the training text only: validation must be text it has never compressed.
     tok = Tokenizer.train(tokenizer_sample(train_docs), recipe.vocab_size)
     corpus = corpus_from_texts(train_docs, val_docs, tok, name=source)
+    dev = resolve_device(device)
+    requested = dtype
+    recipe, dtype, reason, step_s = choose_precision(recipe, dtype, corpus, tok.vocab_size, dev)
     model_cfg = GPTConfig(**{**recipe.model, "vocab_size": tok.vocab_size})
     context = model_cfg.context_length
     if len(corpus.val) < context + 1:
         raise ScratchLLMError(f"{source}: the validation text has {len(corpus.val)} tokens, fewer than one window "
                               f"of context_length + 1 = {context + 1}; give more text")
-    dev = resolve_device(device)
     check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
     base = TrainConfig(**{**recipe.train, "device": device, "dtype": dtype, "seed": seed, "progress": False})
     schedule, budget = "steps", None
@@ -140,7 +161,7 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
         # A time budget: the learning-rate schedule follows the clock (schedule="time"), so it decays
         # fully whatever the machine's speed; the step estimate only spaces evaluations and
         # checkpoints, and three times it caps a machine that turns out faster.
-        step_s = time_steps(GPT(model_cfg), corpus, base, dev, context)
+        step_s = step_s or time_steps(GPT(model_cfg), corpus, base, dev, context)
         if max_passes is not None:
             model_cfg, step_s = fit_model_to_corpus(model_cfg, step_s, corpus, base, dev, minutes * 60, max_passes)
             check_fits(model_cfg, dev, TRAINING_BYTES_PER_PARAMETER, what="demo")
@@ -164,11 +185,50 @@ def train_recipe(recipe: Recipe, train_docs: list[str], val_docs: list[str], out
     task = PretrainTask(corpus, cfg.batch_size, context, seed=cfg.seed, device=dev, eval_batches=cfg.eval_batches,
                         tokenizer=tok, sample_prompt=cfg.sample_prompt, sample_tokens=sample_tokens)
     figures = corpus_figures(corpus)
+    precision = {"requested": requested, "dtype": dtype, "reason": reason}
     extra = {"recipe": {"name": recipe.name, "vocab_size": recipe.vocab_size, "note": recipe.note},
-             "data": {"source": source, **figures}}
+             "data": {"source": source, **figures}, **({"precision": precision} if reason else {})}
     prep_s = time.perf_counter() - start
     summary = fit(net, task, cfg, out, tokenizer=tok, extra_config=extra)
-    return {**summary, "wall_s": time.perf_counter() - start, "prep_s": prep_s, "corpus": figures}
+    return {**summary, "wall_s": time.perf_counter() - start, "prep_s": prep_s, "corpus": figures, "dtype": dtype,
+            "precision": precision}
+
+
+# A step must be this much faster in bf16 than in float32 for `dtype="auto"` to take bf16.
+MIN_STEP_SPEEDUP = 1.1
+
+
+def choose_precision(recipe: Recipe, dtype: str, corpus: TokenData, vocab_size: int,
+                     device: torch.device) -> tuple[Recipe, str, str | None, float | None]:
+    """(recipe, dtype, reason, seconds per step) for a run asked to train in `dtype`.
+
+    Only "auto" on a CPU is decided here, from measurements, never from the CPU's name: the cached
+    matmul probe first (core/cpu_probe.py; no native bf16, or bf16 matmuls under 1.5x float32's:
+    float32 with the recipe as it is), then the step of the recipe's bf16 form (`Recipe.in_bf16`),
+    timed in bf16 and in float32 in turn: bf16 and that form when its step is at least
+    MIN_STEP_SPEEDUP times faster, else float32 and the recipe as it is. bf16 autocast keeps
+    weights, attention (float32 on a CPU), norms and the loss in float32, and measured float32's
+    bits per byte at equal steps (docs/LOG.md). Other dtypes and devices pass through unchanged
+    (reason None; "auto" is then bf16 autocast on CUDA, as fit decides)."""
+    if dtype != "auto" or device.type != "cpu":
+        return recipe, dtype, None, None
+    probe = probe_cpu()
+    worth, why = bf16_verdict(probe)
+    if not worth:
+        return recipe, "float32", why, None
+    candidate = recipe.in_bf16()
+    model_cfg = GPTConfig(**{**candidate.model, "vocab_size": vocab_size})
+    times = {"float32": float("inf"), "bfloat16": float("inf")}
+    for _ in range(2):  # in turn: a burst of load from other processes hits both alike
+        for name in times:
+            cfg = TrainConfig(**{**candidate.train, "device": "cpu", "dtype": name, "progress": False})
+            torch.manual_seed(0)
+            times[name] = min(times[name], time_steps(GPT(model_cfg), corpus, cfg, device, model_cfg.context_length, n=1))
+    shape = f"{model_cfg.n_layers} x {model_cfg.emb_dim}"
+    steps = f"a step of the {shape} model {times['bfloat16'] * 1e3:.0f} ms in bf16 vs {times['float32'] * 1e3:.0f} in float32"
+    if times["bfloat16"] * MIN_STEP_SPEEDUP <= times["float32"]:
+        return candidate, "bfloat16", f"{why}; {steps}", times["bfloat16"]
+    return recipe, "float32", f"{why}, but {steps}", times["float32"] if candidate.model == recipe.model else None
 
 
 # Wider and deeper shapes for faster machines (n_layers, emb_dim; heads of 32 dimensions), in order.
@@ -228,8 +288,8 @@ def time_steps(model: nn.Module, corpus, cfg: TrainConfig, device: torch.device,
     machine slows some steps down; the fastest is the least disturbed)."""
     model.to(device).train()
     loader = RandomWindowLoader(corpus.train, cfg.batch_size, context_length, 0, device=device)
-    optimizer = make_optimizer(model, cfg, device)
     amp = autocast_dtype(cfg.dtype, device)
+    optimizer = make_optimizer(model, cfg, device, amp_dtype=amp)
     times = []
     for i in range(n + 1):
         t = time.perf_counter()
