@@ -1,26 +1,42 @@
 """The best small GPT per CPU-minute: nanoGPT's CPU "baby GPT" recipe against the project's
 small-budget recipe (`scratchllm.recipes.demo`), alternately in one process, on the same text.
 
-Held-out text is the last 10% of the corpus's characters (tinyshakespeare by default); each recipe
-trains its own tokenizer on the first 90% only. Bits per byte are measured after each run, outside
-its clock, over non-overlapping windows of each model's own context covering the whole held-out
-text, for the final model and for every checkpoint (their elapsed seconds give the curve).
+Three parts of the text (tinyshakespeare by default): both recipes train on the first 80% of its
+characters (each trains its own tokenizer on that alone); the last 10% is the *validation* text,
+on which the recipe's choices were made (every earlier measurement in docs/LOG.md held it out) and
+on which new choices are made; the 10% between is the *test* text, which no choice has seen: the
+headline figures are measured on it, and both are reported. Bits per byte are measured after each
+run, outside its clock, over non-overlapping windows of each model's own context covering the whole
+of each part, for the final model and (on the test text) for every kept checkpoint, whose elapsed
+seconds give the run's curve.
 
-Per round: the baseline runs its 2,000 steps (its wall time W is the yardstick, all of it:
-tokenizer, data, evaluations, checkpoints), then the project's recipe runs with budgets of
-W * each `--fractions` (default 1 and 0.5): bits per byte at equal time, and whether half the time
-reaches the target (`--target`, 2.74: the baseline as measured for the issue). `--ablate NAME,...`
-adds the project's recipe with one switch turned back (see ABLATIONS), with the budget of the first
-of `--fractions` (the baseline's wall time by default).
+Per round, for each budget fraction f of `--fractions` (default 1 and 0.5) the baseline trains
+f x 2,000 steps with its own full schedule (warmup and decay over those steps, as nanoGPT would be
+run for a shorter budget), and its wall time W_f (all of it: tokenizer, data, evaluations,
+checkpoints) is the budget the project's recipe then gets: bits per byte at equal time, each run
+against the baseline that ran as long. The headline "time to the target" (`--target`, 2.74 bits per
+byte on the test text) is a whole-run figure: the shortest run whose final model is at or below it,
+over the baseline's full run. A run's checkpoints give a second, curve-based figure, labelled as such,
+from the same rounds.
 
-    python -m benchmarks.speedrun                           # 1 round: about 4 minutes on 2 cores
-    python -m benchmarks.speedrun --rounds 3 --ablate all   # medians over 3 rounds, every ablation
+`--ablate NAME,...` adds the recipe with one switch turned back (see ABLATIONS) at the budget of
+the first fraction. `--user-path` adds, at that budget, the path a user takes: the training text
+written to a file and given to `scratchllm demo --data FILE --minutes M` (which holds out its own
+last 10% for validation, so it trains on 90% of that file), for the recipe and for the baseline,
+scored on the same validation and test text; and the benchmark's own path on the demo's split
+(`train_recipe` on the first 90% of the training text), which tells how much of the difference the
+smaller training text explains. `--dtype` is the recipe's (the baseline trains in float32, as
+nanoGPT does on a CPU); the default, auto, measures what the CPU can do (core/cpu_probe.py).
+
+    python -m benchmarks.speedrun                           # 1 round: about 6 minutes on 2 cores
+    python -m benchmarks.speedrun --rounds 3 --user-path    # medians over 3 rounds, both paths
+    python -m benchmarks.speedrun --ablate all              # what every switch buys
     python -m benchmarks.speedrun --fractions 0.25 --baseline-steps 500   # a quick look
     python -m benchmarks.speedrun --data other.txt --out runs/speedrun-other
-    python -m benchmarks.speedrun --data python --fractions 1.8 --ablate context-64   # the demo's corpus and time
+    python -m benchmarks.speedrun --data python --fractions 1.8 --ablate context-64   # the demo's corpus
 
 Writes OUT/results.json (every run: settings, wall time, bits per byte, curve) and OUT/speedrun.png
-(bits per byte against seconds for every run).
+(test bits per byte against seconds for every run).
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +56,10 @@ import torch
 
 from benchmarks.train_step import machine_load
 from scratchllm.checkpoint.loader import load
+from scratchllm.core.cpu_probe import probe_cpu
 from scratchllm.data.tokens import corpus_from_texts
-from scratchllm.recipes.demo import (NANOGPT_BABY, SMALL_BUDGET, Recipe, python_corpus, split_documents, split_text,
-                                     train_recipe)
+from scratchllm.recipes.demo import (NANOGPT_BABY, SMALL_BUDGET, Recipe, demo, python_corpus, split_documents,
+                                     split_text, train_recipe)
 from scratchllm.recipes.pretrain import PretrainTask
 from scratchllm.training.run_dir import checkpoint_dirs
 
@@ -60,45 +78,169 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "batch-12": dict(train=dict(batch_size=12)),
 }
 
+BASELINE = "baseline"
+RECIPE = "scratchllm"
 
-def held_out_bpb(run_dir: Path, train_docs: list[str], val_docs: list[str], batch_size: int = 32) -> dict[str, Any]:
-    """Bits per byte of the run's final model and of each kept checkpoint on the whole held-out text."""
+
+@dataclass
+class Splits:
+    """The text's three parts: what both recipes train on, what choices are made on, what is reported."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+    def held_out(self) -> dict[str, list[str]]:
+        return {"validation": self.validation, "test": self.test}
+
+
+def read_corpus(data: str) -> Splits:
+    """A text file: train on the first 80% of its characters, test on the next 10%, validation the
+    last 10% (the part earlier choices were made on). "python": the demo's own split of the standard
+    library's files (whole files, 10% to validation, seed 0), with a further 1/9 of the training
+    files (seed 1) as test."""
+    if data == "python":
+        rest, validation = split_documents([text for _, text in python_corpus()], 0.1, seed=0)
+        train, test = split_documents(rest, 1 / 9, seed=1)
+        return Splits(train, validation, test)
+    rest, validation = split_text(Path(data).read_text(encoding="utf-8"), 0.1)
+    train, test = split_text(rest, 1 / 9)
+    return Splits([train], [validation], [test])
+
+
+def split_bpb(model, tok, docs: list[str], batch_size: int = 32) -> float:
+    """Bits per byte of `model` over the whole of `docs` (non-overlapping windows of its context)."""
+    corpus = corpus_from_texts(docs, docs, tok)  # only the val side is read
+    task = PretrainTask(corpus, batch_size, model.config.context_length, eval_batches=0, tokenizer=tok)
+    with torch.no_grad():
+        return task.evaluate(model)["val_bpb"]
+
+
+def held_out_bpb(run_dir: Path, held_out: dict[str, list[str]]) -> dict[str, Any]:
+    """The run's final model on every held-out part, and each kept checkpoint on the test part
+    (with its seconds since the run began training: the curve)."""
+    model, tok = load(run_dir / "final", device="cpu")
+    final = {name: split_bpb(model, tok, docs) for name, docs in held_out.items()}
     points = []
-    corpus = None
-    dirs = [(step, d) for step, d in checkpoint_dirs(run_dir)] + [(None, run_dir / "final")]
-    for step, d in dirs:
+    for step, d in checkpoint_dirs(run_dir):
         model, tok = load(d, device="cpu")
-        if corpus is None:  # one tokenizer per run: encode once
-            corpus = corpus_from_texts(train_docs, val_docs, tok)
-        task = PretrainTask(corpus, batch_size, model.config.context_length, eval_batches=0, tokenizer=tok)
-        with torch.no_grad():
-            bpb = task.evaluate(model)["val_bpb"]
-        elapsed = None
-        if step is not None:
-            elapsed = torch.load(d / "trainer.pt", map_location="cpu", weights_only=True)["elapsed_s"]
-        points.append({"step": step, "elapsed_s": elapsed, "bpb": bpb})
-    return {"final_bpb": points[-1]["bpb"], "checkpoints": points[:-1]}
+        elapsed = torch.load(d / "trainer.pt", map_location="cpu", weights_only=True)["elapsed_s"]
+        points.append({"step": step, "elapsed_s": elapsed, "bpb": split_bpb(model, tok, held_out["test"])})
+    return {"final": final, "checkpoints": points}
 
 
-def run_one(recipe: Recipe, train_docs: list[str], val_docs: list[str], work: Path, label: str,
-            minutes: float | None = None, max_steps: int | None = None, checkpoints: int = 8) -> dict[str, Any]:
-    out = work / label.replace(" ", "-").replace("#", "-round")
+def run_one(recipe: Recipe, splits: Splits, work: Path, label: str, fraction: float, role: str = "budget",
+            path: str = "benchmark", minutes: float | None = None, max_steps: int | None = None,
+            dtype: str = "float32", checkpoints: int = 8, train_docs: list[str] | None = None) -> dict[str, Any]:
+    """One run, timed whole, then measured on the held-out parts. `path` "benchmark" trains with
+    `train_recipe` on `train_docs` (default: the training text, its validation the validation text);
+    "demo" writes the training text to a file and runs `scratchllm demo --data FILE` on it. `role`:
+    "budget" (a fraction's own run: what the headline is taken from), "ablation" or "user path"."""
+    out = work / label.replace(" ", "-").replace("#", "-round").replace("%", "pc").replace("/", "-")
     t = time.perf_counter()
-    summary = train_recipe(recipe, train_docs, val_docs, out, minutes=minutes, max_steps=max_steps,
-                           checkpoints=checkpoints, source="speedrun")
+    if path == "demo":
+        text_file = work / "train.txt"
+        text_file.write_text("".join(splits.train), encoding="utf-8")
+        length = {"minutes": minutes} if minutes is not None else {"max_steps": max_steps}
+        summary = demo(out, data=str(text_file), dtype=dtype, recipe=recipe, **length)
+    else:
+        summary = train_recipe(recipe, train_docs or splits.train, splits.validation, out, minutes=minutes,
+                               max_steps=max_steps, dtype=dtype, checkpoints=checkpoints, source="speedrun")
     wall = time.perf_counter() - t
-    measured = held_out_bpb(out, train_docs, val_docs)
-    curve = [{"seconds": summary["prep_s"] + p["elapsed_s"], "bpb": p["bpb"], "step": p["step"]}
-             for p in measured["checkpoints"]]
-    row = {"label": label, "recipe": recipe.name, "budget_s": None if minutes is None else minutes * 60,
-           "wall_s": wall, "prep_s": summary["prep_s"], "train_s": summary["train_time_s"], "steps": summary["steps"],
-           "tokens": summary["tokens"], "passes": summary["tokens"] / summary["corpus"]["train_tokens"],
-           "final_bpb": measured["final_bpb"], "curve": curve + [{"seconds": wall, "bpb": measured["final_bpb"],
-                                                                   "step": summary["steps"]}],
+    measured = held_out_bpb(out, splits.held_out())
+    prep = summary.get("prep_s", 0.0)
+    curve = [{"seconds": prep + p["elapsed_s"], "bpb": p["bpb"], "step": p["step"]} for p in measured["checkpoints"]]
+    row = {"label": label, "recipe": recipe.name, "role": role, "path": path, "fraction": fraction,
+           "budget_s": None if minutes is None else minutes * 60, "wall_s": wall, "prep_s": prep,
+           "train_s": summary["train_time_s"], "steps": summary["steps"], "tokens": summary["tokens"],
+           "passes": summary["tokens"] / summary["corpus"]["train_tokens"], "dtype": summary.get("dtype", dtype),
+           "precision": (summary.get("precision") or {}).get("reason"), "bpb": measured["final"],
+           "curve": curve + [{"seconds": wall, "bpb": measured["final"]["test"], "step": summary["steps"]}],
            "load": machine_load()}
-    print(f"  {label:<28} {wall:6.1f} s  {row['steps']:5d} steps  {row['passes']:5.2f} passes  "
-          f"bpb {row['final_bpb']:.3f}   (load {row['load']})", flush=True)
+    print(f"  {label:<40} {wall:6.1f} s  {row['steps']:5d} steps  {row['passes']:5.2f} passes  {row['dtype']:8s}  "
+          f"validation {row['bpb']['validation']:.3f}  test {row['bpb']['test']:.3f}   (load {row['load']})", flush=True)
     return row
+
+
+def group(label: str) -> str:
+    """A row's label without its round: the key medians are taken over."""
+    return label.rsplit("#", 1)[0]
+
+
+def baseline_label(fraction: float, path: str = "benchmark") -> str:
+    return f"{BASELINE} x{fraction:g}" + (", demo --data" if path == "demo" else "")
+
+
+def partner(row: dict[str, Any]) -> str | None:
+    """The baseline group a row is compared with at equal time: the baseline run of the same budget
+    fraction on the same path (None for the baselines themselves)."""
+    if row["recipe"] == NANOGPT_BABY.name:
+        return None
+    return baseline_label(row["fraction"], "demo" if row["path"] == "demo" else "benchmark")
+
+
+def median_of(rows: list[dict[str, Any]], key: str, split: str | None = None) -> float:
+    return statistics.median(r[key][split] if split else r[key] for r in rows)
+
+
+def first_at_or_below(curve: list[dict[str, Any]], target: float) -> float | None:
+    """Seconds of the first point of a run's curve (its checkpoints, then its end) at or below
+    `target`: an upper bound on its time to the target, since nothing is interpolated."""
+    return next((p["seconds"] for p in curve if p["bpb"] <= target), None)
+
+
+def time_to_target(groups: dict[str, list[dict[str, Any]]], target: float, recipe: str,
+                   split: str = "test") -> tuple[str, float] | None:
+    """(group, median wall seconds) of the fastest whole run of `recipe` among the budgets' own runs
+    (no ablation, no user path) whose median final bits per byte on `split` is at or below `target`;
+    None when none is."""
+    reached = sorted((median_of(rows, "wall_s"), name) for name, rows in groups.items()
+                     if rows[0]["recipe"] == recipe and rows[0]["role"] == "budget"
+                     and median_of(rows, "bpb", split) <= target)
+    return (reached[0][1], reached[0][0]) if reached else None
+
+
+def summarise(rows: list[dict[str, Any]], target: float, split: str = "test") -> list[str]:
+    """Medians per run over the rounds; each run against the baseline of its budget; the time to
+    `target` on `split`, as whole runs (the headline) and by checkpoints (the curve)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group(row["label"]), []).append(row)
+    lines = [f"| run | wall s | steps | passes | dtype | validation bpb | test bpb | {split} vs the baseline of its budget |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, grp in groups.items():
+        bpb = median_of(grp, "bpb", split)
+        vs = ""
+        if (other := partner(grp[0])) in groups:
+            at, wall = median_of(groups[other], "bpb", split), median_of(groups[other], "wall_s")
+            vs = f"{(at - bpb) / at:+.1%} fewer bits ({other}: {at:.3f} in {wall:.1f} s)"
+        lines.append(f"| {name} | {median_of(grp, 'wall_s'):.1f} | {median_of(grp, 'steps'):.0f} | "
+                     f"{median_of(grp, 'passes'):.2f} | {'/'.join(sorted({r['dtype'] for r in grp}))} | "
+                     f"{median_of(grp, 'bpb', 'validation'):.3f} | {median_of(grp, 'bpb', 'test'):.3f} | {vs} |")
+    full = groups.get(baseline_label(1.0))
+    if not full:
+        return lines
+    full_wall = median_of(full, "wall_s")
+    n = len(full)
+    lines.append(f"\nthe baseline's full run ({baseline_label(1.0)}): {full_wall:.1f} s, {median_of(full, 'bpb', split):.3f} "
+                 f"bits per byte on the {split} text (median of {n} round{'s' if n > 1 else ''})")
+    ours, theirs = time_to_target(groups, target, RECIPE, split), time_to_target(groups, target, NANOGPT_BABY.name, split)
+    if ours is None:
+        lines.append(f"time to {target} on the {split} text (whole runs): no run of the recipe reached it")
+    else:
+        denominator = theirs[1] if theirs else full_wall
+        lines.append(f"time to {target} on the {split} text (whole runs, the headline): {ours[0]}, {ours[1]:.1f} s = "
+                     f"{ours[1] / denominator:.2f} of " + (f"{theirs[0]}'s {theirs[1]:.1f} s, the baseline's fastest "
+                     "run to reach it" if theirs else f"the baseline's full run, which did not reach it"))
+    for name, grp in groups.items():
+        if grp[0]["role"] != "budget":
+            continue
+        times = [t for r in grp if (t := first_at_or_below(r["curve"], target)) is not None]
+        if len(times) == len(grp):  # every round reached it
+            t = statistics.median(times)
+            lines.append(f"by its checkpoints (curve, the same rounds; no interpolation, so an upper bound): {name} "
+                         f"first measured <= {target} after {t:.1f} s = {t / full_wall:.2f} of the baseline's full run")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
@@ -113,7 +255,7 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(8, 5))
     colours: dict[str, Any] = {}
     for row in rows:
-        key = row["label"].rsplit("#", 1)[0]
+        key = group(row["label"])
         xs = [p["seconds"] for p in row["curve"]]
         ys = [p["bpb"] for p in row["curve"]]
         line = ax.plot(xs, ys, marker="o", ms=3, lw=1, color=colours.get(key),
@@ -121,7 +263,7 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
         colours.setdefault(key, line.get_color())
     ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target}")
     ax.set_xlabel("seconds of wall time (tokenizer, data, training, evaluations)")
-    ax.set_ylabel("held-out bits per byte")
+    ax.set_ylabel("test bits per byte")
     ax.set_ylim(top=min(5.0, max(p["bpb"] for r in rows for p in r["curve"]) + 0.1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -132,82 +274,55 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
     return True
 
 
-def summarise(rows: list[dict[str, Any]], target: float) -> list[str]:
-    """Median per label over rounds, and the ratios the issue asks for."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by.setdefault(row["label"].rsplit("#", 1)[0], []).append(row)
-    base = by.get("baseline")
-    base_wall = statistics.median(r["wall_s"] for r in base) if base else None
-    base_bpb = statistics.median(r["final_bpb"] for r in base) if base else None
-    lines = ["| run | wall s | steps | passes | held-out bpb | vs baseline at equal time |", "|---|---|---|---|---|---|"]
-    for label, group in by.items():
-        wall = statistics.median(r["wall_s"] for r in group)
-        bpb = statistics.median(r["final_bpb"] for r in group)
-        vs = ""
-        if base and label != "baseline":
-            at = baseline_at(base, wall)
-            vs = f"{(at - bpb) / at:+.1%} ({at:.3f} at {wall:.0f} s)" if at is not None else ""
-        lines.append(f"| {label} | {wall:.1f} | {statistics.median(r['steps'] for r in group):.0f} | "
-                     f"{statistics.median(r['passes'] for r in group):.2f} | {bpb:.3f} | {vs} |")
-    if base:
-        lines.append(f"\nbaseline: {base_wall:.1f} s, {base_bpb:.3f} bits per byte (median of {len(base)})")
-        reached = sorted((statistics.median(r["wall_s"] for r in g), label) for label, g in by.items()
-                         if label != "baseline" and statistics.median(r["final_bpb"] for r in g) <= target)
-        if reached:
-            wall, label = reached[0]
-            lines.append(f"fastest run at or below {target} bits per byte: {label}, {wall:.1f} s = "
-                         f"{wall / base_wall:.2f} of the baseline's wall time (the whole run)")
-        else:
-            lines.append(f"no run of the project's recipe reached {target} bits per byte")
-        for label, group in by.items():
-            times = [t for r in group if (t := first_at_or_below(r["curve"], target)) is not None]
-            if len(times) == len(group):  # every round reached it
-                t = statistics.median(times)
-                lines.append(f"{label}: first measured at or below {target} after {t:.1f} s = "
-                             f"{t / base_wall:.2f} of the baseline's wall time")
-    return lines
-
-
-def first_at_or_below(curve: list[dict[str, Any]], target: float) -> float | None:
-    """Seconds of the first point of a run's curve (its checkpoints, then its end) at or below
-    `target`: an upper bound on its time to the target, since nothing is interpolated."""
-    return next((p["seconds"] for p in curve if p["bpb"] <= target), None)
-
-
-def baseline_at(base_rows: list[dict[str, Any]], seconds: float) -> float | None:
-    """The baseline's bits per byte at `seconds` (median over rounds of its curve, linearly
-    interpolated; its final value past its end)."""
-    values = []
-    for row in base_rows:
-        curve = row["curve"]
-        if seconds >= curve[-1]["seconds"]:
-            values.append(curve[-1]["bpb"])
-            continue
-        for a, b in zip(curve, curve[1:]):
-            if a["seconds"] <= seconds <= b["seconds"]:
-                w = (seconds - a["seconds"]) / max(b["seconds"] - a["seconds"], 1e-9)
-                values.append(a["bpb"] + w * (b["bpb"] - a["bpb"]))
-                break
-    return statistics.median(values) if values else None
+def one_round(r: int, splits: Splits, work: Path, args: argparse.Namespace, fractions: list[float],
+              ablate: list[str]) -> list[dict[str, Any]]:
+    """Every run of round r: per fraction the baseline of that many steps, then the recipe with the
+    baseline's wall time; then ablations and the user's path at the first fraction's budget."""
+    rows: list[dict[str, Any]] = []
+    steps = args.baseline_steps or NANOGPT_BABY.train["max_steps"]
+    walls: dict[float, float] = {}
+    for f in dict.fromkeys([1.0, *fractions]):  # the full baseline always: the headline divides by it
+        base = run_one(NANOGPT_BABY, splits, work, f"{baseline_label(f)}#{r}", f, max_steps=max(1, round(steps * f)))
+        rows.append(base)
+        walls[f] = base["wall_s"]
+        if f in fractions:
+            rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{f:g}#{r}", f, minutes=walls[f] / 60,
+                                dtype=args.dtype))
+    first = fractions[0]
+    for name in ablate:  # with the first fraction's budget, beside the recipe's own run
+        recipe = SMALL_BUDGET.replace(**ABLATIONS[name], name=f"{RECIPE}-{name}")
+        rows.append(run_one(recipe, splits, work, f"without {name} x{first:g}#{r}", first, "ablation",
+                            minutes=walls[first] / 60, dtype=args.dtype))
+    if args.user_path:
+        demo_train, _ = split_text("".join(splits.train), 0.1)  # what `demo --data` trains on
+        rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{first:g}, first 90% of the training text#{r}", first,
+                            "user path", minutes=walls[first] / 60, dtype=args.dtype, train_docs=[demo_train]))
+        rows.append(run_one(NANOGPT_BABY, splits, work, f"{baseline_label(first, 'demo')}#{r}", first, "user path",
+                            path="demo", max_steps=max(1, round(steps * first))))
+        rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{first:g}, demo --data#{r}", first, "user path",
+                            path="demo", minutes=walls[first] / 60, dtype=args.dtype))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=str(SHAKESPEARE), help="UTF-8 text file, its last 10%% of characters held out; "
-                   "or 'python': the demo's corpus (the standard library, 10%% of its files held out, as `scratchllm demo`)")
+    p.add_argument("--data", default=str(SHAKESPEARE), help="UTF-8 text file (train on its first 80%%, test on the next "
+                   "10%%, validation the last 10%%); or 'python': the demo's corpus, split as `scratchllm demo` splits it")
     p.add_argument("--out", default="runs/speedrun", help="where results.json and speedrun.png go")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians are reported)")
-    p.add_argument("--fractions", default="1,0.5", help="budgets of the project's recipe, as fractions of the baseline's wall time")
+    p.add_argument("--fractions", default="1,0.5", help="budgets, as fractions of the baseline's steps: the baseline "
+                   "trains that many steps with its own schedule, the recipe gets its wall time")
     p.add_argument("--baseline-steps", type=int, default=None, help="shorten the baseline (default: its 2,000 steps)")
     p.add_argument("--ablate", default="", help=f"comma-separated switches to turn back, or 'all': {', '.join(ABLATIONS)}")
-    p.add_argument("--target", type=float, default=2.74, help="bits per byte to reach")
+    p.add_argument("--user-path", action="store_true", help="also `scratchllm demo --data FILE` (recipe and baseline) "
+                   "and the recipe on the demo's split, at the first fraction's budget")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the recipe's precision")
+    p.add_argument("--target", type=float, default=2.74, help="test bits per byte to reach")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--keep", action="store_true", help="keep the run directories under OUT/runs")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_docs, val_docs = read_corpus(args.data)
     fractions = [float(f) for f in args.fractions.split(",") if f]
     if not fractions or not all(f > 0 for f in fractions):
         p.error(f"--fractions {args.fractions!r}: expected positive numbers separated by commas")
@@ -215,38 +330,28 @@ def main(argv: list[str] | None = None) -> None:
     for name in ablate:
         if name not in ABLATIONS:
             p.error(f"--ablate {name}: expected one of {', '.join(ABLATIONS)}")
+    if args.user_path and args.data == "python":
+        p.error("--user-path needs a text file --data: `scratchllm demo` on its own corpus trains on the test files")
+    splits = read_corpus(args.data)
     out = Path(args.out)
+    sizes = {name: sum(map(len, docs)) for name, docs in vars(splits).items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.data}: {sum(map(len, train_docs)):,} training and "
-          f"{sum(map(len, val_docs)):,} held-out characters; load {machine_load()}", flush=True)
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; load {machine_load()}\nCPU: {probe_cpu().describe()}\n"
+          f"{args.data}: " + ", ".join(f"{n:,} {name}" for name, n in sizes.items()) + " characters", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = out / "runs" if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
-            base = run_one(NANOGPT_BABY, train_docs, val_docs, work, f"baseline#{r}", max_steps=args.baseline_steps)
-            rows.append(base)
-            minutes = base["wall_s"] / 60
-            for f in fractions:
-                rows.append(run_one(SMALL_BUDGET, train_docs, val_docs, work, f"scratchllm x{f:g}#{r}", minutes=minutes * f))
-            for name in ablate:  # with the first fraction's budget, beside the recipe's own run
-                recipe = SMALL_BUDGET.replace(**ABLATIONS[name], name=f"scratchllm-{name}")
-                rows.append(run_one(recipe, train_docs, val_docs, work, f"without {name}#{r}", minutes=minutes * fractions[0]))
+            rows += one_round(r, splits, work, args, fractions, ablate)
     lines = summarise(rows, args.target)
     print("\n" + "\n".join(lines))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "summary": lines}, indent=1))
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "cpu": vars(probe_cpu()), "rows": rows,
+                                                  "summary": lines}, indent=1))
     if plot(rows, args.target, out / "speedrun.png"):
         print(f"wrote {out / 'speedrun.png'} and {out / 'results.json'}")
-
-
-def read_corpus(data: str) -> tuple[list[str], list[str]]:
-    """(training documents, held-out documents): a file's first 90% and last 10% of characters, or
-    for "python" the demo's own split of the standard library's files."""
-    if data == "python":
-        return split_documents([text for _, text in python_corpus()], 0.1, seed=0)
-    train_text, val_text = split_text(Path(data).read_text(encoding="utf-8"), 0.1)
-    return [train_text], [val_text]
 
 
 if __name__ == "__main__":
