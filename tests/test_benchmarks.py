@@ -176,3 +176,10 @@ def test_gguf_agreement_runs_end_to_end_and_f32_agrees(tmp_path, verdict):
     assert (f32["next_token_agreement"], f32["greedy_all_same"]) == (1.0, 1.0) and f32["max_abs_logit_diff"] < 1e-3
     assert 0.2 < q8["file_bytes"] / f32["file_bytes"] < 0.35
     assert json.loads((tmp_path / "results.json").read_text())["rows"]["demo/q8_0"] == q8
+
+
+def test_the_tokenizer_benchmark_counts_the_pre_tokens_a_cold_cache_serves():
+    from benchmarks.tokenizer import cold_cache_hits
+
+    assert cold_cache_hits([" the", " cat", " the", " the", ".", " cat"]) == pytest.approx(0.5)  # 3 of 6 repeat
+    assert cold_cache_hits(["each", " word", " once"]) == 0.0 and cold_cache_hits([]) == 0.0
