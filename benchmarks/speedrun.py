@@ -20,12 +20,14 @@ over the baseline's full run. A run's checkpoints give a second, curve-based fig
 from the same rounds.
 
 `--ablate NAME,...` adds the recipe with one switch turned back (see ABLATIONS) at the budget of
-the first fraction. `--user-path` adds, at that budget, the path a user takes: the training text
-written to a file and given to `scratchllm demo --data FILE --minutes M` (which holds out its own
-last 10% for validation, so it trains on 90% of that file), for the recipe and for the baseline,
-scored on the same validation and test text; and the benchmark's own path on the demo's split
-(`train_recipe` on the first 90% of the training text), which tells how much of the difference the
-smaller training text explains. `--dtype` is the recipe's (the baseline trains in float32, as
+the first fraction, `--variant NAME,...` the recipe in another shape (see VARIANTS). `--user-path`
+adds, at that budget, the path a user takes: the training text written to a file and given to
+`scratchllm demo --data FILE --minutes M` (which holds out 10% of that file, in 20 stretches, for its
+own validation), for the recipe and for the baseline, scored on the same validation and test text;
+and the benchmark's own path on the first and on the last 90% of the training text: the same amount
+of text, without or with the stretch that comes right before the test text (in tinyshakespeare a
+play runs on across the cut, and its speakers' names are there). The demo held out the last 10%
+of a file until 2026-12-08; the first-90% row is that path. `--dtype` is the recipe's (the baseline trains in float32, as
 nanoGPT does on a CPU); the default, auto, measures what the CPU can do (core/cpu_probe.py).
 
     python -m benchmarks.speedrun                           # 1 round: about 6 minutes on 2 cores
@@ -76,6 +78,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gpt2-init": dict(model=dict(zero_init_proj=False)),
     "context-64": dict(model=dict(context_length=64)),
     "batch-12": dict(train=dict(batch_size=12)),
+}
+
+# Other shapes of the recipe (`--variant`): what a CPU whose bf16 steps are faster could afford.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "width-192": dict(model=dict(emb_dim=192, n_heads=6)),
+    "width-256": dict(model=dict(emb_dim=256, n_heads=8)),
+    "depth-6-width-256": dict(model=dict(n_layers=6, emb_dim=256, n_heads=8)),
 }
 
 BASELINE = "baseline"
@@ -275,9 +284,9 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
 
 
 def one_round(r: int, splits: Splits, work: Path, args: argparse.Namespace, fractions: list[float],
-              ablate: list[str]) -> list[dict[str, Any]]:
+              ablate: list[str], variants: list[str]) -> list[dict[str, Any]]:
     """Every run of round r: per fraction the baseline of that many steps, then the recipe with the
-    baseline's wall time; then ablations and the user's path at the first fraction's budget."""
+    baseline's wall time; then ablations, variants and the user's path at the first fraction's budget."""
     rows: list[dict[str, Any]] = []
     steps = args.baseline_steps or NANOGPT_BABY.train["max_steps"]
     walls: dict[float, float] = {}
@@ -293,10 +302,16 @@ def one_round(r: int, splits: Splits, work: Path, args: argparse.Namespace, frac
         recipe = SMALL_BUDGET.replace(**ABLATIONS[name], name=f"{RECIPE}-{name}")
         rows.append(run_one(recipe, splits, work, f"without {name} x{first:g}#{r}", first, "ablation",
                             minutes=walls[first] / 60, dtype=args.dtype))
+    for name in variants:
+        recipe = SMALL_BUDGET.replace(**VARIANTS[name], name=f"{RECIPE}-{name}")
+        rows.append(run_one(recipe, splits, work, f"with {name} x{first:g}#{r}", first, "variant",
+                            minutes=walls[first] / 60, dtype=args.dtype))
     if args.user_path:
-        demo_train, _ = split_text("".join(splits.train), 0.1)  # what `demo --data` trains on
-        rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{first:g}, first 90% of the training text#{r}", first,
-                            "user path", minutes=walls[first] / 60, dtype=args.dtype, train_docs=[demo_train]))
+        text = "".join(splits.train)
+        first_90, _ = split_text(text, 0.1)  # what `demo --data` trains on
+        for part, docs in (("first", first_90), ("last", text[len(text) - len(first_90):])):
+            rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{first:g}, {part} 90% of the training text#{r}",
+                                first, "user path", minutes=walls[first] / 60, dtype=args.dtype, train_docs=[docs]))
         rows.append(run_one(NANOGPT_BABY, splits, work, f"{baseline_label(first, 'demo')}#{r}", first, "user path",
                             path="demo", max_steps=max(1, round(steps * first))))
         rows.append(run_one(SMALL_BUDGET, splits, work, f"{RECIPE} x{first:g}, demo --data#{r}", first, "user path",
@@ -314,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                    "trains that many steps with its own schedule, the recipe gets its wall time")
     p.add_argument("--baseline-steps", type=int, default=None, help="shorten the baseline (default: its 2,000 steps)")
     p.add_argument("--ablate", default="", help=f"comma-separated switches to turn back, or 'all': {', '.join(ABLATIONS)}")
+    p.add_argument("--variant", default="", help=f"comma-separated shapes to try, or 'all': {', '.join(VARIANTS)}")
     p.add_argument("--user-path", action="store_true", help="also `scratchllm demo --data FILE` (recipe and baseline) "
                    "and the recipe on the demo's split, at the first fraction's budget")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the recipe's precision")
@@ -330,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ablate:
         if name not in ABLATIONS:
             p.error(f"--ablate {name}: expected one of {', '.join(ABLATIONS)}")
+    variants = list(VARIANTS) if args.variant == "all" else [v for v in args.variant.split(",") if v]
+    for name in variants:
+        if name not in VARIANTS:
+            p.error(f"--variant {name}: expected one of {', '.join(VARIANTS)}")
     if args.user_path and args.data == "python":
         p.error("--user-path needs a text file --data: `scratchllm demo` on its own corpus trains on the test files")
     splits = read_corpus(args.data)
@@ -344,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
-            rows += one_round(r, splits, work, args, fractions, ablate)
+            rows += one_round(r, splits, work, args, fractions, ablate, variants)
     lines = summarise(rows, args.target)
     print("\n" + "\n".join(lines))
     out.mkdir(parents=True, exist_ok=True)

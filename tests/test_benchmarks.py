@@ -48,10 +48,11 @@ def test_speedrun_runs_end_to_end_each_budget_against_its_own_baseline(tmp_path,
     by = {r["label"]: r for r in rows}
     assert list(by) == ["baseline x1#0", "baseline x2#0", "scratchllm x2#0", "baseline x0.5#0", "scratchllm x0.5#0",
                         "without context-64 x2#0", "scratchllm x2, first 90% of the training text#0",
-                        "baseline x2, demo --data#0", "scratchllm x2, demo --data#0"]
+                        "scratchllm x2, last 90% of the training text#0", "baseline x2, demo --data#0",
+                        "scratchllm x2, demo --data#0"]
     assert [by[f"baseline x{f}#0"]["steps"] for f in ("1", "2", "0.5")] == [12, 24, 6]  # each with its own schedule
     for label in ("scratchllm x2#0", "without context-64 x2#0", "scratchllm x2, first 90% of the training text#0",
-                  "scratchllm x2, demo --data#0"):
+                  "scratchllm x2, last 90% of the training text#0", "scratchllm x2, demo --data#0"):
         assert by[label]["budget_s"] == pytest.approx(by["baseline x2#0"]["wall_s"])
     assert by["scratchllm x0.5#0"]["budget_s"] == pytest.approx(by["baseline x0.5#0"]["wall_s"])
     assert by["baseline x2, demo --data#0"]["steps"] == 24 and by["scratchllm x2, demo --data#0"]["path"] == "demo"
@@ -163,6 +164,12 @@ def test_speedrun_reads_the_demo_corpus_and_refuses_bad_fractions(verdict, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["--data", str(verdict), "--fractions", "0,1"])
     assert exit_info.value.code == 2 and "--fractions '0,1': expected positive numbers" in capsys.readouterr().err
+    for argv, message in ((["--variant", "width-100"], "--variant width-100: expected one of width-192, width-256, "
+                           "depth-6-width-256"),
+                          (["--data", "python", "--user-path"], "--user-path needs a text file --data")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_gguf_agreement_runs_end_to_end_and_f32_agrees(tmp_path, verdict):

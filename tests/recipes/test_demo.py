@@ -21,7 +21,8 @@ from scratchllm.core.device import cpu_has_native_bf16
 from scratchllm.data.tokens import corpus_from_texts
 from scratchllm.recipes import demo as demo_module
 from scratchllm.recipes.demo import (MODEL_LADDER, NANOGPT_BABY, SMALL_BUDGET, choose_precision, demo, fit_model_to_corpus,
-                                     python_corpus, split_documents, split_text, tokenizer_sample, train_recipe)
+                                     python_corpus, split_documents, split_stretches, split_text, tokenizer_sample,
+                                     train_recipe)
 from scratchllm.tokenizer import Tokenizer
 from scratchllm.training.run_dir import checkpoint_dirs
 
@@ -33,21 +34,20 @@ def verdict_text(shared_data) -> str:
     return (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
 
 
-def test_demo_on_a_file_holds_out_its_last_tenth_from_model_and_tokenizer(tmp_path, verdict_text, shared_data, capsys):
+def test_demo_on_a_file_holds_out_a_tenth_from_model_and_tokenizer(tmp_path, verdict_text, shared_data, capsys):
     summary = demo(tmp_path / "demo", data=shared_data / "the-verdict.txt", max_steps=6, vocab_size=300, batch_size=4,
                    lr=2e-3, n_kv_heads=None, **TINY)  # None keeps the recipe's value
-    train_text, val_text = split_text(verdict_text, 0.1)
-    assert val_text == verdict_text[int(len(verdict_text) * 0.9):]
+    train_docs, val_docs = split_stretches(verdict_text, 0.1)
     model, tok = load(tmp_path / "demo")
-    # the tokenizer is the one trained on the first 90% alone, not on the whole text
-    assert tok.merges == Tokenizer.train([train_text], 300).merges != Tokenizer.train([verdict_text], 300).merges
+    # the tokenizer is the one trained on the training parts alone, not on the whole text
+    assert tok.merges == Tokenizer.train(train_docs, 300).merges != Tokenizer.train([verdict_text], 300).merges
     assert (model.config.n_layers, model.config.mlp, model.config.position) == (1, "relu2", "rope")
     corpus = summary["corpus"]
-    assert corpus["val_bytes"] == len(val_text.encode("utf-8"))
+    assert corpus["val_bytes"] == sum(len(d.encode("utf-8")) for d in val_docs)
     assert corpus["val_bytes_per_token"] == corpus["val_bytes"] / corpus["val_tokens"]
     # bits per byte: the loss in bits over the UTF-8 bytes of the held-out tokens evaluated
     e = summary["eval"]
-    ids = np.array(tok.encode_ordinary(val_text) + [tok.eot_id])
+    ids = np.array([i for d in val_docs for i in (*tok.encode_ordinary(d), tok.eot_id)])
     targets = np.concatenate([y.numpy().ravel() for _, y in eval_batches(ids, 4, 32, SMALL_BUDGET.eval_batches)])
     n_bytes = tok.token_byte_lengths()[targets].sum()
     assert e["val_bpb"] == pytest.approx(e["val_loss"] * len(targets) / math.log(2) / n_bytes, rel=1e-6)
@@ -91,6 +91,22 @@ def test_document_and_text_splits():
         split_text("abc", 1.5)
     with pytest.raises(ScratchLLMError, match="split_documents: need at least 2 documents, got 1"):
         split_documents(["one"])
+
+
+def test_a_text_is_held_out_in_stretches_cut_at_line_breaks():
+    text = "".join(f"line {i:02d}\n" for i in range(100))  # 800 characters, a line every 8
+    train, val = split_stretches(text, 0.1, pieces=4)
+    # 20 characters in the middle of each quarter (90..110 in the first), widened to whole lines
+    assert val[0] == "line 12\nline 13\nline 14\n" and len(val) == 4 and len(train) == 5
+    assert all(v.startswith("line") and v.endswith("\n") for v in val)
+    assert "".join(t + v for t, v in zip(train, val)) + train[-1] == text  # in order, nothing lost or repeated
+    assert sum(map(len, val)) == 4 * 24
+    tinyshakespeare_like = "".join(f"{'ACT' if i % 50 == 0 else 'SPEAKER'} {i}:\nwords words words\n\n" for i in range(2000))
+    held = sum(map(len, split_stretches(tinyshakespeare_like, 0.1)[1])) / len(tinyshakespeare_like)
+    assert 0.1 <= held < 0.105  # about a tenth: each stretch is widened to whole lines
+    assert split_stretches("abcdefghij", 0.2) == (["abcdefgh"], ["ij"])  # too short to spread: its end
+    with pytest.raises(ScratchLLMError, match="val_fraction 0: expected a number in \\(0, 1\\)"):
+        split_stretches("abc", 0)
 
 
 def test_tokenizer_sample_takes_evenly_spaced_documents_up_to_the_byte_budget():

@@ -166,7 +166,6 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-
 def cpu_has_native_bf16() -> bool | None:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as it reports to torch or in
     /proc/cpuinfo (core/cpu_probe.py); None where nothing is known."""

@@ -61,14 +61,15 @@ class DemoConfig:
     out: str = "runs/demo"
     """run directory to write"""
     data: str | None = None
-    """your own UTF-8 text instead of Python's standard library (its last 10% held out)"""
+    """your own UTF-8 text instead of Python's standard library (10% of it held out, in 20 stretches spread through it)"""
     minutes: float = 3.0
     """wall-time budget: tokenizer, data and training"""
     max_steps: int | None = None
     """train this many steps instead of fitting the budget"""
     device: str = device_field()
     dtype: AutocastDtype = "float32"
-    """autocast dtype (bfloat16 pays only where the CPU has native bf16, or on GPUs)"""
+    """autocast dtype; auto: bf16 on CUDA, and on a CPU only where a measurement (a cached matmul probe,
+    then the recipe's step in both dtypes) finds it faster; the run header says which and why"""
     overwrite: bool = False
     """replace an existing demo run directory"""
     prompt: str | None = None
