@@ -5,7 +5,8 @@ families are hf_gpt2.py (GPT-2) and hf_llama.py (Llama, Qwen2, Qwen3, Arcee); hf
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Container, Mapping
 from typing import Any
 
 import torch
@@ -56,6 +57,29 @@ class HFAdapter:
     def to_hf(self, sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+
+
+def split_for_export(sd: Mapping[str, torch.Tensor], config: GPTConfig, top: Mapping[str, str],
+                     blocks: Container[str], family: str) -> tuple[dict[str, torch.Tensor], list[tuple[str, str, str, torch.Tensor]]]:
+    """The first step of every family's `to_hf`: our untied head becomes `lm_head.weight` (a tied one is
+    the embedding, written once), the tensors named in `top` (ours -> theirs) are renamed, and every
+    block tensor comes back as (layer, module, "weight"|"bias", tensor) for the family to name; a
+    tensor that is neither, or a block module outside `blocks`, is a one-line error."""
+    out: dict[str, torch.Tensor] = {}
+    block_tensors: list[tuple[str, str, str, torch.Tensor]] = []
+    for name, tensor in sd.items():
+        tensor = tensor.detach().to("cpu")
+        if name == "out_head.weight":
+            if not config.tie_embeddings:
+                out["lm_head.weight"] = tensor.contiguous()
+        elif name in top:
+            out[top[name]] = tensor.contiguous()
+        else:
+            m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
+            if m is None or m.group(2) not in blocks:
+                raise ScratchLLMError(f"export: tensor {name!r} has no {family} counterpart")
+            block_tensors.append((*m.groups(), tensor))
+    return out, block_tensors
 
 
 def zero_biases(out: dict[str, torch.Tensor], wanted: Mapping[str, int], dtype: torch.dtype) -> None:

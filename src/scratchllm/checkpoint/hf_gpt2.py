@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from scratchllm.checkpoint.hf_adapter import HFAdapter, check_hf_types, zero_biases
+from scratchllm.checkpoint.hf_adapter import HFAdapter, check_hf_types, split_for_export, zero_biases
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 from scratchllm.models.gpt import sinusoidal_table
@@ -184,23 +184,11 @@ class GPT2Adapter(HFAdapter):
         """Our tensor names and layouts -> GPT2LMHeadModel's (Conv1D weights transposed to (in, out)).
         A model without biases gets zero ones, fixed sinusoidal positions become the learned table,
         and under grouped-query attention each key/value head is repeated for its query heads."""
-        top = {ours: hf for hf, ours in _HF_TOP.items()}
+        top = {ours: f"transformer.{hf}" for hf, ours in _HF_TOP.items()}
         block = {ours: hf for hf, ours in _HF_BLOCK.items()}
         C, H, K, D = config.emb_dim, config.n_heads, config.kv_heads, config.head_dim
-        out: dict[str, torch.Tensor] = {}
-        for name, tensor in sd.items():
-            tensor = tensor.detach().to("cpu")
-            if name == "out_head.weight":
-                if not config.tie_embeddings:
-                    out["lm_head.weight"] = tensor.contiguous()
-                continue
-            if name in top:
-                out[f"transformer.{top[name]}"] = tensor.contiguous()
-                continue
-            m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
-            if m is None or m.group(2) not in block:
-                raise ScratchLLMError(f"export: tensor {name!r} has no GPT-2 counterpart")
-            layer, module, param = m.groups()
+        out, block_tensors = split_for_export(sd, config, top, block, "GPT-2")
+        for layer, module, param, tensor in block_tensors:
             if module == "attn.qkv" and K != H:  # (H*D | K*D | K*D, ...) -> (3 * H*D, ...)
                 q, k, v = tensor.split([H * D, K * D, K * D], dim=0)
                 k, v = (x.unflatten(0, (K, D)).repeat_interleave(H // K, dim=0).flatten(0, 1) for x in (k, v))

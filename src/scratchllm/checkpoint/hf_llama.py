@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from scratchllm.checkpoint.hf_adapter import HFAdapter, check_hf_types, zero_biases
+from scratchllm.checkpoint.hf_adapter import HFAdapter, check_hf_types, split_for_export, zero_biases
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import GPTConfig
 
@@ -218,20 +218,8 @@ class LlamaAdapter(HFAdapter):
         top = {ours: hf for hf, ours in self.top_names.items()}
         block = {ours: hf for hf, ours in self.block_names.items()}
         sizes = [config.n_heads * config.head_dim, config.kv_heads * config.head_dim, config.kv_heads * config.head_dim]
-        out: dict[str, torch.Tensor] = {}
-        for name, tensor in sd.items():
-            tensor = tensor.detach().to("cpu")
-            if name == "out_head.weight":
-                if not config.tie_embeddings:
-                    out["lm_head.weight"] = tensor.contiguous()
-                continue
-            if name in top:
-                out[top[name]] = tensor.contiguous()
-                continue
-            m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", name)
-            if m is None or (m.group(2) not in block and m.group(2) != "attn.qkv"):
-                raise ScratchLLMError(f"export: tensor {name!r} has no {self.family} counterpart")
-            layer, module, param = m.groups()
+        out, block_tensors = split_for_export(sd, config, top, {*block, "attn.qkv"}, self.family)
+        for layer, module, param, tensor in block_tensors:
             if module == "attn.qkv":
                 for part, piece in zip("qkv", tensor.split(sizes, dim=0)):  # (q_dim | kv_dim | kv_dim, ...)
                     out[f"model.layers.{layer}.self_attn.{part}_proj.{param}"] = piece.contiguous()
