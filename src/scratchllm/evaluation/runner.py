@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
-from scratchllm.evaluation.scoring import model_context_length, model_device, score_rows
+from scratchllm.evaluation.scoring import score_rows
+from scratchllm.inference.logprobs import model_context_length, model_device
 from scratchllm.inference.session import load_session
 from scratchllm.tokenizer import Tokenizer
 

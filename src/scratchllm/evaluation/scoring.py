@@ -1,10 +1,11 @@
 """Scoring continuations: log p(continuation | context) summed over its tokens, as lm-evaluation-harness
 scores `loglikelihood` requests, for any causal language model.
 
-Every evaluation task and (issue 25) the server's `logprobs` rest on these functions:
-`encode_request` splits a context and its continuations into ids the way the harness's `hf` model
-does, `score_rows` scores many (context, continuation) rows in one right-padded forward pass, and
-`target_logprobs` is the log-softmax at the scored positions only.
+Every evaluation task rests on these functions: `encode_request` splits a context and its
+continuations into ids the way the harness's `hf` model does, and `score_rows` scores many (context,
+continuation) rows in one right-padded forward pass with `target_logprobs`, the log-softmax at the
+scored positions only, which lives with the server's log-probabilities (inference/logprobs.py) so
+that `scratchllm serve`'s `echo` + `logprobs` and these scores are one computation.
 """
 
 from __future__ import annotations
@@ -17,51 +18,8 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.gpt import GPT
+from scratchllm.inference.logprobs import model_context_length, model_device, target_logprobs
 from scratchllm.tokenizer import Tokenizer
-
-
-def model_context_length(model: nn.Module) -> int:
-    """Longest sequence the model takes: our config's context_length, or a Hugging Face config's."""
-    config = getattr(model, "config", None)
-    for name in ("context_length", "n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ScratchLLMError(f"model {type(model).__name__}: its config names no context length")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters are (the CPU for a module without parameters)."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-@torch.no_grad()
-def target_logprobs(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(targets[b, t] | inputs[b, :t+1]) where mask is True, 0 elsewhere: (B, T) float32;
-    and (B, T) bool, True where the target is also the model's most likely token.
-
-    For our GPT the LM head runs only on the masked positions (a (B, T, V) logits tensor for a
-    50,257-token vocabulary is the largest cost of a scoring pass); any other module is called
-    as `model(inputs)` and may return logits or an object with `.logits` (Hugging Face).
-    """
-    if isinstance(model, GPT):
-        h = model.hidden_states(inputs)  # (B, T, C)
-        logits = model.logits(h[mask]).float()  # (N, V)
-    else:
-        out = model(inputs)
-        logits = getattr(out, "logits", out)[mask].float()  # (N, V)
-    wanted = targets[mask]  # (N,)
-    picked = logits.gather(1, wanted[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)  # (N,)
-    logprobs = torch.zeros(inputs.shape, dtype=torch.float32, device=inputs.device)
-    logprobs[mask] = picked
-    greedy = torch.zeros(inputs.shape, dtype=torch.bool, device=inputs.device)
-    greedy[mask] = logits.argmax(-1) == wanted
-    return logprobs, greedy
 
 
 @torch.no_grad()

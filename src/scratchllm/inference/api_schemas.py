@@ -1,6 +1,7 @@
 """The OpenAI-compatible API's data: errors in OpenAI's shape (`APIError`) and the request bodies of
-/v1/completions and /v1/chat/completions, validated strictly (`parse_body`): "5" is not a number and
-1 is not a boolean, and each problem becomes one 400 that names its field. Used by app.py.
+/v1/completions, /v1/chat/completions, /tokenize and /detokenize, validated strictly (`parse_body`):
+"5" is not a number and 1 is not a boolean, and each problem becomes one 400 that names its field.
+Used by app.py.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def validation_error(exc: ValidationError) -> APIError:
 # answer and that this server does not implement: those are refused rather than ignored.
 
 _UNSUPPORTED = {  # field -> values that mean "off", so a client may still send them
-    "echo": (None, False), "logprobs": (None, False), "top_logprobs": (None, 0), "suffix": (None, ""),
+    "echo": (None, False), "top_logprobs": (None, 0), "suffix": (None, ""),
     "best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0), "tools": (None, []), "functions": (None, []),
     "response_format": (None, {"type": "text"}),
@@ -67,7 +68,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class Body(BaseModel):
+    """A request body: strict types, unknown fields allowed; `check` refuses what the fields alone cannot
+    (combinations of them)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    def check(self) -> None:
+        pass
+
+
+class SamplingFields(Body):
     """The fields both POST routes share: the model, how many tokens, how to sample, how to answer."""
 
     model_config = ConfigDict(strict=True, extra="allow")
@@ -97,26 +108,55 @@ class SamplingFields(BaseModel):
         return SamplingConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, top_k=self.top_k,
                               top_p=self.top_p if self.top_p < 1 else None, seed=self.seed)
 
-    def refuse_unsupported(self) -> None:
+    def check(self) -> None:
+        """Refuse settings this server does not implement (rather than ignore them)."""
         for name, off in _UNSUPPORTED.items():
             value = (self.model_extra or {}).get(name)
             if not any(value == o and type(value) is type(o) or value is o for o in off):
                 raise APIError(400, f"field '{name}' is not supported by this server (got {json.dumps(value)[:60]})",
                                param=name, code="unsupported_parameter")
 
+    def refuse_streamed_logprobs(self, asked: bool) -> None:
+        if self.stream and asked:
+            raise APIError(400, "field 'stream': log-probabilities and echo are answered in one body; "
+                                "send stream: false with them", param="stream", code="unsupported_parameter")
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int  # (strict: a boolean is not a token id)
+
 
 class CompletionRequest(SamplingFields):
-    prompt: Any
+    prompt: Any  # becomes a list of prompts, each a string or a list of token ids
+    max_tokens: int | None = Field(None, ge=0)  # 0 (with echo): score the prompt, generate nothing
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)  # OpenAI's legacy completions take at most 5
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt) -> str:
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ValueError("expected a string (or a list of one string: one prompt per request), "
-                             f"got {json.dumps(prompt)[:60]}")
-        return prompt
+    def _prompts(cls, prompt) -> list[str | list[int]]:
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("expected at least one prompt, got an empty list")
+        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            return prompt
+        if isinstance(prompt, list) and all(_is_id(t) for t in prompt):
+            return [prompt]
+        if isinstance(prompt, list) and all(isinstance(p, list) and all(_is_id(t) for t in p) for p in prompt):
+            empty = [i for i, p in enumerate(prompt) if not p]
+            if empty:
+                raise ValueError(f"prompt {empty[0]} of the list is empty; expected at least one token id")
+            return prompt
+        raise ValueError("expected a string, a list of strings, a list of token ids or a list of lists of "
+                         f"token ids, got {json.dumps(prompt)[:60]}")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_tokens == 0 and not self.echo:
+            raise APIError(400, "field 'max_tokens': 0 generates nothing; it scores the prompt with echo: true "
+                                "(and logprobs), or ask for at least 1 token", param="max_tokens")
+        self.refuse_streamed_logprobs(self.echo or self.logprobs is not None)
 
 
 class Message(BaseModel):
@@ -140,6 +180,30 @@ class Message(BaseModel):
 class ChatRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's chat takes at most 20
+
+    def check(self) -> None:
+        super().check()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, f"field 'top_logprobs': needs logprobs: true (got top_logprobs={self.top_logprobs} "
+                                "without it)", param="top_logprobs")
+        self.refuse_streamed_logprobs(self.logprobs)
+
+
+class TokenizeRequest(Body):
+    """vLLM's /tokenize: a text's ids (with the tokenizer's BOS when add_special_tokens)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(Body):
+    """vLLM's /detokenize: ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
 
 
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
@@ -148,5 +212,5 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
         body = model.model_validate_json(raw)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    body.refuse_unsupported()
+    body.check()
     return body

@@ -3,13 +3,20 @@
     GET  /                     the web chat page (web/chat.html; one self-contained file)
     GET  /health               liveness and queue state (no key needed)
     GET  /v1/models            the one model served
-    POST /v1/completions       text completion (`prompt`)
-    POST /v1/chat/completions  chat (`messages`, laid out by the model's prompt style)
+    POST /v1/completions       text completion (`prompt`: a string, strings, token ids or lists of them;
+                               `echo`, `logprobs` 0-5)
+    POST /v1/chat/completions  chat (`messages`, laid out by the model's prompt style; `logprobs`,
+                               `top_logprobs` 0-20)
+    POST /tokenize             vLLM's: a text's ids ({prompt} -> {tokens, count, max_model_len})
+    POST /detokenize           vLLM's: ids back to text ({tokens} -> {prompt})
+    GET  /tokenizer_info       vLLM's: the tokenizer's special tokens and chat template (what
+                               lm-evaluation-harness's remote tokenizer reads)
 
-A POST is parsed (api_schemas.py), turned into a `Job` of one `RowState` per choice (`n`), and
-submitted to the engine (engine.py), which decodes it on its worker thread; the route reads the job's
+A POST is parsed (api_schemas.py), turned into a `Job` of one `RowState` per choice (`n` per prompt),
+and submitted to the engine (engine.py), which decodes it on its worker thread; the route reads the job's
 events and answers as one JSON body or, with `stream: true`, as server-sent events in OpenAI's chunk
-format ending in `data: [DONE]`. A client that goes away abandons its job. The guard in front
+format ending in `data: [DONE]`. Log-probabilities (logprobs.py, recorded by the engine) are written
+in OpenAI's shapes by api_logprobs.py. A client that goes away abandons its job. The guard in front
 (http_guard.py) has already checked the API key and the body's size.
 """
 
@@ -30,11 +37,13 @@ except ImportError:  # pragma: no cover
     FastAPI = Request = StreamingResponse = None
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.api_schemas import (APIError, ChatRequest, CompletionRequest, SamplingFields,
-                                              parse_body)
+from scratchllm.inference.api_logprobs import chat_logprobs, completion_logprobs, ids_text, token_text
+from scratchllm.inference.api_schemas import (APIError, ChatRequest, CompletionRequest, DetokenizeRequest,
+                                              SamplingFields, TokenizeRequest, parse_body)
 from scratchllm.inference.config import ServeSettings
 from scratchllm.inference.engine import BatchEngine, Engine, Job, SequentialEngine
 from scratchllm.inference.http_guard import Guard
+from scratchllm.inference.logprobs import TokenLogprobs
 from scratchllm.inference.rows import RowState
 from scratchllm.inference.sampling import make_generators
 from scratchllm.inference.serve_input import client_error, prompt_ids
@@ -83,6 +92,9 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
+    app.add_api_route("/tokenize", routes.tokenize, methods=["POST"])
+    app.add_api_route("/detokenize", routes.detokenize, methods=["POST"])
+    app.add_api_route("/tokenizer_info", routes.tokenizer_info, methods=["GET"])
     return app
 
 
@@ -140,23 +152,39 @@ class Routes:
         return {"object": "list", "data": [{"id": self.session.name, "object": "model", "created": self.created,
                                             "owned_by": "scratchllm"}]}
 
-    def admit(self, body: SamplingFields, ids: list[int], stops: list[str], param: str) -> Job:
-        """The request's job, submitted: one row per choice, choice i sampling with seed + i. 400 for a
-        prompt longer than the context or more choices than max_batch; 503 when the engine is full."""
+    def admit(self, body: SamplingFields, prompts: list[list[int]], stops: list[str], param: str,
+              top: int | None = None, echo: bool = False) -> Job:
+        """The request's job, submitted: `n` rows per prompt, row k sampling with seed + k and recording
+        log-probabilities when `top` is not None (`top` alternatives per token; echo: the prompt's too).
+        400 for a prompt longer than the context (with echo: prompt + max_tokens), or more rows than
+        max_batch; 503 when the engine is full."""
         ctx, settings = self.session.context_length, self.settings
-        if len(ids) > ctx:
-            raise APIError(400, f"the prompt has {len(ids)} tokens but the model's context holds {ctx}; shorten it",
-                           param=param, code="context_length_exceeded")
-        if body.n > settings.max_batch:
-            raise APIError(400, f"field 'n': at most {settings.max_batch} choices per request (the server's max_batch), "
-                                f"got n={body.n}", param="n")
-        wanted = getattr(body, "max_completion_tokens", None) or body.max_tokens or settings.default_max_tokens
+        name = (lambda i: "the prompt") if len(prompts) == 1 else (lambda i: f"prompt {i}")
+        for i, ids in enumerate(prompts):
+            if len(ids) > ctx:
+                raise APIError(400, f"{name(i)} has {len(ids)} tokens but the model's context holds {ctx}; shorten it",
+                               param=param, code="context_length_exceeded")
+        rows = len(prompts) * body.n
+        if rows > settings.max_batch:
+            what = f"n={body.n}" if len(prompts) == 1 else f"{len(prompts)} prompts x n={body.n} = {rows}"
+            raise APIError(400, f"field '{'n' if len(prompts) == 1 else 'prompt'}': at most {settings.max_batch} "
+                                f"choices per request (the server's max_batch), got {what}",
+                           param="n" if len(prompts) == 1 else "prompt")
+        wanted = next((v for v in (getattr(body, "max_completion_tokens", None), body.max_tokens) if v is not None),
+                      settings.default_max_tokens)
         sampling = body.sampling(min(wanted, settings.max_tokens_cap))
+        for i, ids in enumerate(prompts):
+            if echo and len(ids) + sampling.max_new_tokens > ctx:  # echoed tokens must all see what precedes them
+                raise APIError(400, f"field 'max_tokens': with echo, {name(i)} ({len(ids)} tokens) plus max_tokens "
+                                    f"({sampling.max_new_tokens}) must fit the model's context of {ctx} tokens",
+                               param="max_tokens", code="context_length_exceeded")
         try:
-            gens = make_generators(sampling.seed, body.n, self.session.device) if not sampling.greedy else [None] * body.n
-        except ScratchLLMError as exc:  # seed + n - 1 beyond 64 bits
+            gens = make_generators(sampling.seed, rows, self.session.device) if not sampling.greedy else [None] * rows
+        except ScratchLLMError as exc:  # seed + rows - 1 beyond 64 bits
             raise APIError(400, f"field 'seed': {exc}", param="seed") from None
-        job = Job([RowState.for_text(ids, sampling, self.session.tokenizer, stops, g) for g in gens])
+        tok = self.session.tokenizer
+        job = Job([RowState.for_text(prompts[k // body.n], sampling, tok, stops, g,
+                                     TokenLogprobs(top, echo) if top is not None else None) for k, g in enumerate(gens)])
         if not self.engine.submit(job):
             raise APIError(503, f"the server is busy ({self.engine.capacity} requests decoding or queued); retry shortly",
                            type="server_error", code="queue_full", headers={"retry-after": str(settings.retry_after_s)})
@@ -170,10 +198,20 @@ class Routes:
             status, message, code = client_error(exc)
             raise APIError(status, message, param=param, code=code) from None
 
+    def known_ids(self, ids: list[int], param: str) -> list[int]:
+        """`ids`, or 400 naming the first that is not in the tokenizer's vocabulary."""
+        size = self.session.tokenizer.vocab_size
+        bad = next((t for t in ids if not 0 <= t < size), None)
+        if bad is not None:
+            raise APIError(400, f"field '{param}': token id {bad} is outside the vocabulary (0..{size - 1})",
+                           param=param, code="invalid_token_id")
+        return ids
+
     async def completions(self, request: Request):
         body: CompletionRequest = parse_body(CompletionRequest, await request.body())
-        ids = await self.encoded("prompt", text=body.prompt)
-        job = self.admit(body, ids, body.stop, "prompt")
+        prompts = [self.known_ids(p, "prompt") if isinstance(p, list) else await self.encoded("prompt", text=p)
+                   for p in body.prompt]
+        job = self.admit(body, prompts, body.stop, "prompt", body.logprobs, body.echo)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.session.name}
 
@@ -184,14 +222,20 @@ class Routes:
             return sse(job, meta, lambda i, piece: choice(i, piece, None), lambda i, finish: choice(i, "", finish),
                        None, body.stream_options is not None and body.stream_options.include_usage)
         texts, finishes, tokens = await collect(job, request)
-        return {**meta, "choices": [choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finishes))],
-                "usage": usage(job.prompt_tokens, tokens)}
+        tok, choices = self.session.tokenizer, []
+        for i, (row, text, finish) in enumerate(zip(job.rows, texts, finishes)):
+            answer = choice(i, ids_text(tok, row.tokens[: row.prompt_length]) + text if body.echo else text, finish)
+            if row.logprobs is not None:
+                answer["logprobs"] = completion_logprobs(tok, (row.logprobs.prompt or []) + row.logprobs.generated)
+            choices.append(answer)
+        return {**meta, "choices": choices, "usage": usage(job.prompt_tokens, tokens)}
 
     async def chat_completions(self, request: Request):
         body: ChatRequest = parse_body(ChatRequest, await request.body())
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
         ids = await self.encoded("messages", messages=messages)
-        job = self.admit(body, ids, self.stop_strings + body.stop, "messages")
+        job = self.admit(body, [ids], self.stop_strings + body.stop, "messages",
+                         (body.top_logprobs or 0) if body.logprobs else None)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.session.name}
         if body.stream:
@@ -203,9 +247,33 @@ class Routes:
                                   "finish_reason": None},
                        body.stream_options is not None and body.stream_options.include_usage)
         texts, finishes, tokens = await collect(job, request)
-        return {**meta, "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                                     "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finishes))],
+        tok = self.session.tokenizer
+        return {**meta, "choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                                     "logprobs": chat_logprobs(tok, row.logprobs.generated) if row.logprobs else None,
+                                     "finish_reason": f} for i, (row, t, f) in enumerate(zip(job.rows, texts, finishes))],
                 "usage": usage(job.prompt_tokens, tokens)}
+
+    async def tokenize(self, request: Request):
+        body: TokenizeRequest = parse_body(TokenizeRequest, await request.body())
+        tok = self.session.tokenizer
+        try:  # (special-token text is the special token, as in a completion's prompt)
+            ids = await asyncio.to_thread(lambda: tok.encode(body.prompt, allowed_special="all",
+                                                             add_special_tokens=body.add_special_tokens))
+        except ScratchLLMError as exc:
+            status, message, code = client_error(exc)
+            raise APIError(status, message, param="prompt", code=code) from None
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.session.context_length}
+
+    async def detokenize(self, request: Request):
+        body: DetokenizeRequest = parse_body(DetokenizeRequest, await request.body())
+        return {"prompt": self.session.tokenizer.decode(self.known_ids(body.tokens, "tokens"))}
+
+    async def tokenizer_info(self):
+        tok = self.session.tokenizer
+        template = tok.chat_template
+        return {"eos_token": token_text(tok, tok.eot_id), "bos_token": token_text(tok, tok.bos_ids[0]) if tok.bos_ids else None,
+                "pad_token": None, "chat_template": template.source if template is not None else None,
+                "model_max_length": self.session.context_length, "vocab_size": tok.vocab_size}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -29,11 +29,12 @@ computation row by row, but not bit for bit: a product over B rows and a masked 
 another order than over one row, so logits agree to float rounding (~1e-6 relative), and two tokens
 whose scores tie within that could swap.
 
-Where the OpenAI log-probability features go (issue 25): a prompt of token ids is a row's `tokens`;
-a list of prompts is a job whose rows have different prompts (prefills are shared by rows whose
-prompts are equal, so both fit); per-token log-probabilities are read where each row's logits are
-sampled (`BatchEngine._sample`), and `echo` needs the logits of every prompt position, which the
-prefill computes (`BatchEngine._prefill_step` keeps only the last).
+Log-probabilities (OpenAI's `logprobs`, logprobs.py): a row that asks for them is offered its
+token's score where it is sampled (`sample_rows`, in both engines), from the same logits. A row that
+echoes its prompt with log-probabilities has the prompt scored first (`_score_prompts`: one forward
+pass over the prompt, on the worker between steps, so running rows wait for it as for a prefill chunk,
+and only the finished scores are written to the row). A request's rows may have different prompts (a
+list of prompts): each prompt gets its own prefill, and choices of one prompt share theirs.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import torch
 from scratchllm.inference.batch_cache import RowCaches
 from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.generation import decode_rows, default_keep, window_start
+from scratchllm.inference.logprobs import TokenScore, score_prompt
 from scratchllm.inference.rows import RowState, sample_rows
 from scratchllm.models.gpt import GPT, KVCache
 
@@ -174,6 +176,25 @@ class Engine:
         self.release(job)
         job.emit(("error", FAILED))
 
+    def _score_prompts(self, job: Job) -> bool:
+        """Score the prompt of each row that echoes it with log-probabilities (`score_prompt`; once per
+        distinct prompt). False when that failed: the job has ended with an error."""
+        scored: dict[tuple, list[TokenScore]] = {}
+        try:
+            for row in job.rows:
+                wants = row.logprobs
+                if wants is None or not wants.echo or wants.prompt is not None:
+                    continue
+                key = (tuple(row.tokens[: row.prompt_length]), wants.top, row.vocab_limit)
+                if key not in scored:
+                    scored[key] = score_prompt(self.model, *key)
+                wants.prompt = scored[key]
+        except Exception:  # a bug, or the device ran out of memory: answer 500, keep serving
+            log.exception("scoring a prompt failed")
+            self._fail(job)
+            return False
+        return True
+
     def _cancel_if_abandoned(self, job: Job) -> None:
         if job.cancel.is_set() and not job.failed:
             for row in job.rows:
@@ -204,6 +225,8 @@ class SequentialEngine(Engine):
                 continue
             self._current = job
             try:
+                if not self._score_prompts(job):
+                    continue
                 steps = decode_rows(self.model, job.rows)
                 for step in steps:
                     self._deliver(job, step)
@@ -334,7 +357,10 @@ class BatchEngine(Engine):
         return self.max_batch - self._count()
 
     def _seat(self, job: Job) -> None:
-        """The job's rows wait for their prompt's prefill; choices of one prompt share it."""
+        """The job's rows wait for their prompt's prefill; choices of one prompt share it. Prompts to
+        echo with log-probabilities are scored first."""
+        if not self._score_prompts(job):
+            return
         by_prompt: dict[tuple[int, ...], Prefill] = {}
         for choice, row in enumerate(job.rows):
             if row.finished:

@@ -13,8 +13,11 @@ from scratchllm.inference.config import check_api_key
 from scratchllm.inference.serve_input import key_matches
 
 
+KEYED = ("/tokenize", "/detokenize", "/tokenizer_info")  # routes outside /v1 (where vLLM has them) that want the key
+
+
 class Guard:
-    """ASGI middleware: 401 without the right bearer key on /v1 routes; 413 for a body over the limit
+    """ASGI middleware: 401 without the right bearer key on /v1 routes and the tokenizer's (`KEYED`); 413 for a body over the limit
     (by its Content-Length, or counted as it arrives when chunked); 408 for a body that takes longer
     than body_timeout_s to arrive."""
 
@@ -28,7 +31,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        if self.api_key and (path == "/v1" or path.startswith("/v1/")):
+        if self.api_key and (path == "/v1" or path.startswith("/v1/") or path in KEYED):
             if not key_matches(headers.get("authorization", ""), self.api_key):
                 return await send_error(send, APIError(
                     401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",

@@ -19,6 +19,7 @@ import torch
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import SamplingConfig
+from scratchllm.inference.logprobs import TokenLogprobs, record_sampled
 from scratchllm.inference.sampling import sample_next
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -92,7 +93,8 @@ class RowState:
     sampling: its own settings, max_new_tokens included; generator: its RNG (None: torch's global one,
     or none needed when greedy); stop_ids: tokens that end it (not part of the answer, not counted);
     assembler: turns its tokens into text and cuts it at stop strings (None: a row of token ids only);
-    vocab_limit: the tokenizer's size, so that rows of a padded head are never sampled (sampling.py).
+    vocab_limit: the tokenizer's size, so that rows of a padded head are never sampled (sampling.py);
+    logprobs: the log-probabilities it reports (logprobs.py; None: none asked for).
     `accept(token)` takes each sampled token; `finish_reason` says why it ended: "stop" (a stop id or
     a stop string), "length" (max_new_tokens), "cancelled" (its client left) or "error".
     """
@@ -103,6 +105,7 @@ class RowState:
     stop_ids: Collection[int] = frozenset()
     assembler: TextAssembler | None = None
     vocab_limit: int | None = None
+    logprobs: TokenLogprobs | None = None
     text: str = ""
     """the text released so far (rows with an assembler)"""
     finish_reason: str | None = None
@@ -115,11 +118,11 @@ class RowState:
 
     @classmethod
     def for_text(cls, ids: Sequence[int], sampling: SamplingConfig, tokenizer, stops: Sequence[str] = (),
-                 generator: torch.Generator | None = None) -> "RowState":
+                 generator: torch.Generator | None = None, logprobs: TokenLogprobs | None = None) -> "RowState":
         """A row that decodes to text: it stops at the tokenizer's stop ids and at `stops`, and samples
         only the tokenizer's ids."""
         return cls(list(ids), sampling, generator, tokenizer.stop_ids, TextAssembler(tokenizer, stops),
-                   tokenizer.vocab_size)
+                   tokenizer.vocab_size, logprobs)
 
     @property
     def finished(self) -> bool:
@@ -145,6 +148,8 @@ class RowState:
         if token in self.stop_ids:
             return self.finish("stop")
         self.tokens.append(token)
+        if self.logprobs is not None:
+            self.logprobs.commit(token)
         piece = self.assembler.push(token) if self.assembler is not None else ""
         self.text += piece
         if self.assembler is not None and self.assembler.stopped:
@@ -169,7 +174,7 @@ class RowState:
 def sample_rows(logits: torch.Tensor, rows: Sequence[RowState]) -> list[int]:
     """The next token of each row from logits (B, V), each by its own settings, generator and vocab_limit
     (`sample_next`). Rows that sample alike are drawn in one call; a row's draw never depends on the
-    others (its own RNG)."""
+    others (its own RNG). Rows that report log-probabilities are offered their token's (`record_sampled`)."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         s = row.sampling
@@ -185,4 +190,7 @@ def sample_rows(logits: torch.Tensor, rows: Sequence[RowState]) -> list[int]:
                             first.vocab_limit)
         for i, token in zip(members, drawn.tolist()):
             out[i] = token
+    logs = [row.logprobs for row in rows]
+    if any(log is not None for log in logs):
+        record_sampled(logits, out, logs, min((row.vocab_limit or logits.shape[-1]) for row in rows))
     return out
