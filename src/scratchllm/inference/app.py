@@ -271,7 +271,12 @@ class Routes:
     async def tokenizer_info(self):
         tok = self.session.tokenizer
         template = tok.chat_template
-        return {"eos_token": token_text(tok, tok.eot_id), "bos_token": token_text(tok, tok.bos_ids[0]) if tok.bos_ids else None,
+        try:
+            eos = tok.eot_id
+        except ScratchLLMError:  # a tokenizer without an end-of-text token
+            eos = None
+        return {"eos_token": token_text(tok, eos) if eos is not None else None,
+                "bos_token": token_text(tok, tok.bos_ids[0]) if tok.bos_ids else None,
                 "pad_token": None, "chat_template": template.source if template is not None else None,
                 "model_max_length": self.session.context_length, "vocab_size": tok.vocab_size}
 
