@@ -39,11 +39,12 @@ QUESTIONS = [{"question": "Say hello.", "answer": "hello"}, {"question": "Count 
 
 
 @pytest.fixture(scope="module")
-def offline():
-    """No hub: the tasks read local JSON files."""
+def offline(tmp_path_factory):
+    """No hub: the tasks read local JSON files, and datasets caches them in a temporary folder."""
     with pytest.MonkeyPatch.context() as mp:
         for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             mp.setenv(name, "1")
+        mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets-cache")))
         yield
 
 
