@@ -1,5 +1,5 @@
 """core/device.py: the precision a run computes in, and the warning for bf16 on a CPU that cannot do it
-natively; TF32 is switched on by the first CUDA device resolved, and only there; a lone process can
+natively; the weights' dtype `load` keeps (bf16 only on a CPU with native bf16, else float32 and a note); TF32 is switched on by the first CUDA device resolved, and only there; a lone process can
 become a process group of one (what FSDP needs in a single process). Tests marked `cuda` need a GPU
 (deselected by default; run them with -m cuda)."""
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from scratchllm.core import device as device_mod
+from scratchllm.core.cpu_probe import CpuProbe
 
 
 @pytest.mark.parametrize("name, device, native, expected, warns", [
@@ -26,6 +27,31 @@ def test_autocast_dtype(monkeypatch, capsys, name, device, native, expected, war
     assert device_mod.autocast_dtype(name, torch.device(device)) == expected
     err = capsys.readouterr().err
     assert ("warning: bfloat16 on a CPU without native bf16" in err) == warns
+
+
+@pytest.mark.parametrize("found, speedup, native", [(("amx_bf16",), 0.02, True), ((), 3.0, False),
+                                                    (None, 2.5, True), (None, 0.03, False)])
+def test_native_bf16_from_the_instruction_sets_else_measured(monkeypatch, found, speedup, native):
+    """What the CPU reports decides; only where it reports nothing is known are matmuls measured."""
+    probe = CpuProbe("a cpu", (), 2, 100.0, 100.0 * speedup, torch.__version__)
+    monkeypatch.setattr(device_mod, "bf16_instructions", lambda: found)
+    monkeypatch.setattr(device_mod, "probe_cpu", lambda: probe)
+    got, why = device_mod.cpu_bf16_is_native()
+    assert got is native
+    assert ("measured" in why) == (found is None)
+
+
+@pytest.mark.parametrize("dtype, device, native, expected", [
+    (torch.bfloat16, "cpu", False, torch.float32), (torch.bfloat16, "cpu", True, torch.bfloat16),
+    (torch.bfloat16, "meta", False, torch.bfloat16), (torch.float16, "cpu", False, torch.float16),
+    (None, "cpu", False, None), (torch.float32, "cpu", False, torch.float32),
+])
+def test_weight_dtype_keeps_bf16_off_cpus_without_it(monkeypatch, capsys, dtype, device, native, expected):
+    monkeypatch.setattr(device_mod, "cpu_bf16_is_native", lambda: (native, "why"))
+    assert device_mod.weight_dtype(dtype, device) == expected
+    err = capsys.readouterr().err
+    assert err == ("" if expected == dtype else "note: bfloat16 weights asked for, but this CPU has no native bf16 "
+                   "(why), where bf16 products run ~40x slower than float32: the weights are float32 instead\n")
 
 
 SCRIPT = """

@@ -4,15 +4,12 @@ context window, streaming text and stop strings, on small random GPTs and GPT-2'
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.decode_kernels import _DecodeLinear, optimize_for_decoding, split_product
 from scratchllm.inference.generation import (
     TextAssembler,
     generate,
@@ -177,86 +174,6 @@ def test_cache_matches_recompute_within_the_context(tok, model):
     for t in (0.0, 0.8):
         a = generate(model, tok, "In the beginning", 40, temperature=t, top_k=50, seed=2)
         assert generate(model, tok, "In the beginning", 40, temperature=t, top_k=50, seed=2, use_cache=False) == a
-
-
-def test_optimize_for_decoding_keeps_parameters_and_results(tok):
-    gpt, ref = random_gpt(tok, seed=2), random_gpt(tok, seed=2)
-    from scratchllm.inference import generation
-
-    assert generation.optimize_for_decoding is optimize_for_decoding  # the earlier import path still works
-    params = dict(gpt.named_parameters())
-    assert optimize_for_decoding(gpt) is gpt
-    assert dict(gpt.named_parameters()) == params  # the same Parameter objects, still tied
-    assert gpt.out_head.weight is gpt.tok_emb.weight
-    for m in gpt.modules():
-        if isinstance(m, torch.nn.Linear):  # column-major (out, in) weights, served by split_product
-            assert isinstance(m, _DecodeLinear) and m.weight.stride() == (1, m.weight.shape[0])
-    for (name, a), b in zip(gpt.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name
-    ids = torch.tensor([tok.encode("Layout is not semantics")])
-    with torch.no_grad():
-        torch.testing.assert_close(gpt(ids), ref(ids), atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(gpt(ids[:, :1]), ref(ids[:, :1]), atol=1e-4, rtol=1e-5)
-    assert generate(gpt, tok, "Layout", 40, temperature=0) == generate(ref, tok, "Layout", 40, temperature=0)
-    buffer = io.BytesIO()
-    torch.save(gpt, buffer)  # copies and pickles keep the layout and keep working
-    buffer.seek(0)
-    for other in (copy.deepcopy(gpt), torch.load(buffer, weights_only=False)):
-        assert other.blocks[0].mlp.fc.weight.stride() == (1, other.blocks[0].mlp.fc.weight.shape[0])
-        with torch.no_grad():
-            torch.testing.assert_close(other(ids), ref(ids), atol=1e-4, rtol=1e-5)
-
-
-def test_optimized_model_still_trains_and_notices_changed_weights(tok):
-    """Gradients flow through the plain product; a weight changed in place is never served stale."""
-    gpt, ref = random_gpt(tok, seed=2), random_gpt(tok, seed=2)
-    optimize_for_decoding(gpt)
-    ids = torch.tensor([tok.encode("Still trainable")])
-    gpt.loss(ids[:, :-1], ids[:, 1:]).backward()
-    ref.loss(ids[:, :-1], ids[:, 1:]).backward()
-    torch.testing.assert_close(gpt.blocks[0].mlp.fc.weight.grad, ref.blocks[0].mlp.fc.weight.grad)
-    with torch.no_grad():
-        for model in (gpt, ref):
-            model.blocks[0].mlp.fc.weight.mul_(2.0)
-        torch.testing.assert_close(gpt(ids), ref(ids), atol=1e-4, rtol=1e-5)
-        gpt.load_state_dict(random_gpt(tok, seed=5).state_dict())
-        torch.testing.assert_close(gpt(ids), random_gpt(tok, seed=5)(ids), atol=1e-4, rtol=1e-5)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(("shape", "rows"), [((48, 32), (1,)), ((33, 21), (2, 3)), ((50, 7), (64,)), ((16, 64), (1, 1, 1)),
-                                             ((5, 13), (1,)), ((4, 8), (0,)), ((1, 6), (2,))])
-@pytest.mark.parametrize("bias", [True, False])
-def test_split_product_matches_linear(threads, shape, rows, bias):
-    """The per-thread slices of the inner dimension (3 threads on 32 inputs: 4 slices; on 7: 7; on
-    13 with 2 threads none fits: 1) add up to the plain product, for any rows and leading dimensions."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(*shape, generator=g).t().contiguous().t()  # column-major (out, in)
-    b = torch.randn(shape[0], generator=g) if bias else None
-    x = torch.randn(*rows, shape[1], generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        got = split_product(x, w, b)
-    finally:
-        torch.set_num_threads(before)
-    assert got.shape == (*rows, shape[0])
-    torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
-
-
-def test_decode_linear_takes_the_plain_product_where_the_split_does_not_serve():
-    """More than 64 rows, gradients, autocast or a row-major weight: exactly F.linear."""
-    linear = torch.nn.Linear(32, 24)
-    optimize_for_decoding(linear)
-    x = torch.randn(65, 32)
-    with torch.no_grad():
-        assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
-    assert torch.equal(linear(x[:2]), F.linear(x[:2], linear.weight, linear.bias))  # grad enabled
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert linear(x[:1]).dtype == torch.bfloat16
-    linear.weight.data = linear.weight.data.contiguous()
-    with torch.no_grad():
-        assert torch.equal(linear(x[:1]), F.linear(x[:1], linear.weight, linear.bias))
 
 
 def test_bfloat16_decoding(tok):

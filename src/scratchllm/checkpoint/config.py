@@ -12,6 +12,8 @@ from scratchllm.core.options import check_fields, device_field
 
 # What a model's weights may be cast to when it is loaded (core.device.parse_dtype reads the names).
 WeightDtype = Literal["float32", "bfloat16", "float16"]
+# How `load` may quantize a model for decoding (models.quantize.QUANTIZATIONS, spelled out: no torch here).
+Quantization = Literal["int8"]
 
 
 @dataclass(kw_only=True)
@@ -22,7 +24,9 @@ class LoadConfig:
     """model or run directory (LoRA adapters are merged in), Hugging Face directory or hub name"""
     device: str = device_field()
     dtype: WeightDtype | None = None
-    """cast the weights (default: as stored)"""
+    """cast the weights (default: as stored; bfloat16 on a CPU without native bf16 stays float32, with a note)"""
+    quantize: Quantization | None = None
+    """int8: weight-only int8 with a scale per output channel, for decoding on a CPU (a quarter of float32's bytes)"""
 
     def __post_init__(self) -> None:
         check_fields(self, "load")

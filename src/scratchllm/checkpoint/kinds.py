@@ -41,6 +41,7 @@ from scratchllm.models.config import GPTConfig
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora, set_tensors, split_lora_state
+from scratchllm.models.quantize import quantization
 from scratchllm.tokenizer import Tokenizer
 
 # Outside formats a model directory may be written to, as messages name them. "hf": checkpoint/convert.py
@@ -164,6 +165,9 @@ def kind_of_config(data: Mapping[str, Any]) -> str:
 def kind_of_model(model: nn.Module, caller: str = "save_model") -> ModelKind:
     """The kind a model object is written as (a torch.compile wrapper is looked through)."""
     model = getattr(model, "_orig_mod", model)
+    if (quantized := quantization(model)) is not None:  # its float weights are gone: nothing faithful to write
+        raise ScratchLLMError(f"{caller}: the model is quantized ({quantized}) for decoding and cannot be written; "
+                              "write the model before quantizing it (load without quantize)")
     for entry in REGISTRY.values():
         if isinstance(model, entry.model_class) and entry.is_model(model):
             return entry

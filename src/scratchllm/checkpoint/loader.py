@@ -3,7 +3,7 @@
 A source is a scratchllm model directory of any kind, a training run directory (its final/, else
 best/, else newest checkpoints/step-N/), a Hugging Face directory or a hub name (downloaded once).
 `load_tokenizer`, `resolve_tokenizer` and `read_config` answer the same question for a tokenizer
-and for a model config.
+and for a model config. `for_decoding` readies a model for fast decoding (what `load` returns).
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ from scratchllm.checkpoint.hf_families import config_from_hf
 from scratchllm.checkpoint.kinds import kind_of_config, loadable_kinds, registered
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, build_model, dir_format, read_model_config, read_tokenizer,
                                              resolve_model_dir)
+from scratchllm.core.device import parse_dtype, resolve_device, weight_dtype
 from scratchllm.core.files import read_json
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.config import PRESETS, GPTConfig
+from scratchllm.models.decode_kernels import optimize_for_decoding
 from scratchllm.models.gpt import GPT
 from scratchllm.models.lora import merge_lora
+from scratchllm.models.quantize import check_quantize, quantize_int8
 from scratchllm.tokenizer import Tokenizer
 
 
@@ -67,6 +70,7 @@ def load(
     dtype: str | torch.dtype | None = None,
     kind: str | None = None,
     merge: bool = True,
+    quantize: str | None = None,
 ) -> tuple[nn.Module, Tokenizer]:
     """(model in eval mode, tokenizer) from a scratchllm model directory of any kind, a training run
     directory, a Hugging Face directory or a hub name (downloaded once), on `device` ("auto": CUDA,
@@ -77,23 +81,34 @@ def load(
     gives a GPT from anything that holds one (a classifier directory's body); "encoder",
     "classifier" and "seq2seq" give that kind or a one-line error saying how to make one. LoRA
     adapter files beside a model's weights (adapter.safetensors) are applied too.
+
+    Ready to decode fast (`for_decoding`): on a CPU the Linear layers get the matrix-vector kernel
+    measured fastest for their dtype (models/decode_kernels.py), bfloat16 weights become float32
+    with a one-line note where the CPU has no native bf16, and quantize="int8" stores a GPT's
+    Linear weights as int8 with a scale per output channel (models/quantize.py; CPU only).
     """
     asked = loadable_kinds()
     if kind is not None and kind not in asked:
         raise ScratchLLMError(f"load: kind {kind!r}; expected one of {', '.join(asked)} or None")
+    check_quantize(quantize)
+    place = resolve_device(device)
+    if quantize is not None and place.type != "cpu":
+        raise ScratchLLMError(f"load: quantize {quantize!r} on device {str(place)!r}; int8 decoding runs on the CPU "
+                              "(on a GPU use dtype bfloat16)")
+    dtype = weight_dtype(parse_dtype(dtype), place)  # before the weights are cast: bf16 only where the CPU has it
     fmt, d = locate(path_or_name)
     if fmt == "hf":  # a causal decoder: whatever a gpt directory loads as
         if kind is not None and kind not in registered("gpt").load_as:
             wanted = registered(kind)
             raise ScratchLLMError(f"{d}: a Hugging Face causal language model, not {wanted.what}; {wanted.how_to_make}")
-        model = load_hf(d, device, dtype)
-        return model, load_tokenizer(d)
+        model = load_hf(d, place, dtype)
+        return for_decoding(model, quantize, str(d)), load_tokenizer(d)
     data = read_model_config(d)
     found = registered(kind_of_config(data))
     if kind is not None and kind not in found.load_as:
         wanted = registered(kind)
         raise ScratchLLMError(f"{d}: {found.what}, not {wanted.what}; {wanted.how_to_make}")
-    model = build_model(d, data, found.name, device, dtype, merge)
+    model = build_model(d, data, found.name, place, dtype, merge)
     if kind is not None:
         model = found.load_as[kind](model)  # e.g. a classifier's body when a GPT is asked for
     if isinstance(model, GPT) and found.adapter_files:
@@ -101,7 +116,34 @@ def load(
             load_adapters(model, d)
             if merge:
                 merge_lora(model)
-    return model, load_tokenizer(d)
+    return for_decoding(model, quantize, str(d)), load_tokenizer(d)
+
+
+def for_decoding(model: nn.Module, quantize: str | None = None, what: str = "the model") -> nn.Module:
+    """`model` made ready to decode fast, in place (what `load` does to every model it returns).
+
+    On a CPU: weights stored in bfloat16 become float32 where the CPU has no native bf16 (a one-line
+    note says so); quantize="int8" turns a GPT's Linear layers into int8 ones (a model of another kind,
+    or one off the CPU, is a one-line error naming `what`); then every Linear layer gets the decode
+    kernel measured fastest for its dtype (`optimize_for_decoding`). Models on a GPU are returned as
+    they are (their decode steps replay CUDA graphs instead: inference/static_decode.py)."""
+    check_quantize(quantize)
+    weights = [p for p in model.parameters() if p.is_floating_point()]
+    device = weights[0].device if weights else torch.device("cpu")
+    if quantize is not None:
+        if not isinstance(model, GPT):
+            raise ScratchLLMError(f"{what}: quantize {quantize!r} is for decoders (a GPT), not a {type(model).__name__}")
+        if device.type != "cpu":
+            raise ScratchLLMError(f"{what}: quantize {quantize!r} on device {str(device)!r}; int8 decoding runs on the "
+                                  "CPU (on a GPU use dtype bfloat16)")
+    if device.type != "cpu":
+        return model
+    stored = weights[0].dtype if weights else None
+    if stored == torch.bfloat16 and weight_dtype(stored, device) != stored:
+        model.float()
+    if quantize == "int8":
+        quantize_int8(model, what)
+    return optimize_for_decoding(model)
 
 
 def read_config(spec: str | os.PathLike[str] | Mapping[str, Any] | GPTConfig, **overrides: Any) -> GPTConfig:

@@ -22,7 +22,8 @@ def add_chat(sub):
         from scratchllm.inference.session import load_session
 
         cfg = flags.config(args, token_delay=token_delay_from_env())
-        loaded = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, cfg.prompt_style)
+        loaded = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, cfg.prompt_style,
+                              quantize=cfg.load.quantize)
         session = ChatSession(loaded.model, loaded.tokenizer, loaded.style, cfg.settings)
         if not sys.stdin.isatty():
             return chat_piped(session, sys.stdin, sys.stdout)

@@ -50,7 +50,7 @@ def add_scored_task(tasks: argparse._SubParsersAction, name: str, task_class: ty
         out = report_flags.config(args)
         if out.out:
             check_overwrite(out.out, out.overwrite, "report file")
-        report = evaluate(task, cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+        report = evaluate(task, cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, quantize=cfg.quantize,
                           progress=sys.stderr.isatty())
         if out.out:
             write_report(report, out.out, overwrite=True)

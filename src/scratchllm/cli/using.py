@@ -24,7 +24,7 @@ def add_respond(sub):
         cfg = flags.config(args)
         records = respond(cfg.load.model, cfg.data, cfg.out, cfg.sampling, batch_size=cfg.batch_size,
                           prompt_style=cfg.prompt_style, device=cfg.load.device, dtype=cfg.load.dtype,
-                          limit=cfg.limit, progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
+                          quantize=cfg.load.quantize, limit=cfg.limit, progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
         print(f"{len(records)} responses written to {cfg.out}")
 
     p.set_defaults(func=run)
@@ -103,7 +103,8 @@ def add_generate(sub):
         from scratchllm.inference.session import load_session
 
         cfg = flags.config(args)
-        session = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, sampling=cfg.sampling)
+        session = load_session(cfg.load.model, cfg.load.device, cfg.load.dtype, sampling=cfg.sampling,
+                               quantize=cfg.load.quantize)  # with the fastest CPU decode kernels (load does it)
         sys.stdout.write(cfg.prompt)
         sys.stdout.flush()
         if cfg.stream:

@@ -3,7 +3,8 @@
 - `resolve_device("auto" | "cpu" | "cuda" | "cuda:N" | "mps")`: auto takes CUDA (this process's GPU
   under torchrun), else Apple MPS, else the CPU; a device that is not there is an error.
 - `parse_dtype`: weight dtypes by name ("bfloat16", "bf16", ...); `autocast_dtype`: the training
-  precision ("auto" is bf16 autocast on CUDA, float32 elsewhere).
+  precision ("auto" is bf16 autocast on CUDA, float32 elsewhere); `weight_dtype`: the dtype weights
+  are kept in (bfloat16 only where the CPU has native bf16: `cpu_bf16_is_native`).
 - `init_distributed`: join the process group when launched by torchrun; `join_single_process_group`:
   a group of one, for FSDP in a single process.
 - TF32 for float32 matmuls is switched on the first time a CUDA device is resolved.
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from scratchllm.core.console import warn
-from scratchllm.core.cpu_probe import bf16_instructions
+from scratchllm.core.console import log, warn
+from scratchllm.core.cpu_probe import bf16_instructions, probe_cpu
 from scratchllm.core.options import check_device
 from scratchllm.errors import ScratchLLMError
 
@@ -171,6 +172,35 @@ def cpu_has_native_bf16() -> bool | None:
     /proc/cpuinfo (core/cpu_probe.py); None where nothing is known."""
     found = bf16_instructions()
     return None if found is None else bool(found)
+
+
+def cpu_bf16_is_native() -> tuple[bool, str]:
+    """(whether bf16 runs natively on this CPU, why we think so): the bf16 instruction sets it reports
+    (core/cpu_probe.py `bf16_instructions`), else its measured matmul rates (`probe_cpu`: native where
+    a bf16 product runs at least a quarter of float32's speed; emulated bf16 is ~40x slower)."""
+    found = bf16_instructions()
+    if found:
+        return True, f"{'+'.join(found)} reported by the CPU"
+    if found is not None:
+        return False, ("the CPU reports no avx512_bf16 or amx_bf16; PyTorch's CPU capability here: "
+                       f"{torch.backends.cpu.get_cpu_capability()}")
+    probe = probe_cpu()
+    return probe.bf16_speedup >= 0.25, f"bf16 matmuls measured {probe.bf16_speedup:.2f}x float32's speed here"
+
+
+def weight_dtype(dtype: torch.dtype | None, device: str | torch.device) -> torch.dtype | None:
+    """The dtype to keep a model's weights in on `device` when `dtype` is asked for (None: as stored).
+
+    bfloat16 on a CPU without native bf16 becomes float32, with a one-line note on stderr: PyTorch
+    emulates bf16 products there, ~40x slower than float32. Everything else is kept as asked."""
+    if dtype != torch.bfloat16 or torch.device(device).type != "cpu":
+        return dtype
+    native, why = cpu_bf16_is_native()
+    if native:
+        return dtype
+    log(f"note: bfloat16 weights asked for, but this CPU has no native bf16 ({why}), where bf16 products run "
+        "~40x slower than float32: the weights are float32 instead")
+    return torch.float32
 
 
 def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:

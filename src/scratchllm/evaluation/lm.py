@@ -40,7 +40,8 @@ EVALUATIONS: dict[type, type[Evaluation]] = {PerplexityTask: PerplexityEvaluatio
 
 
 def evaluate(task: ScoredTask, model: ModelSource, *, tokenizer: TokenizerSource = None, device: Device = "auto",
-             dtype: str | torch.dtype | None = None, batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+             dtype: str | torch.dtype | None = None, batch_size: int = 8, progress: bool = False,
+             quantize: str | None = None) -> dict[str, Any]:
     """Run `task` on `model` and return its report.
 
     The task's data is read and checked first (bad input fails before a model loads), then the model
@@ -51,7 +52,7 @@ def evaluate(task: ScoredTask, model: ModelSource, *, tokenizer: TokenizerSource
         raise ScratchLLMError(f"task {type(task).__name__}: expected one of "
                               f"{', '.join(t.__name__ for t in EVALUATIONS)}")
     evaluation = EVALUATIONS[type(task)](task)
-    return run_evaluation(evaluation, load_eval_model(model, tokenizer, device, dtype), batch_size, progress)
+    return run_evaluation(evaluation, load_eval_model(model, tokenizer, device, dtype, quantize), batch_size, progress)
 
 
 def evaluate_perplexity(model: ModelSource, data: str | os.PathLike[str] | Stream, *, tokenizer: TokenizerSource = None,

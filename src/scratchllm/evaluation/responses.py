@@ -35,6 +35,7 @@ def respond(
     prompt_style: str | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    quantize: str | None = None,
     limit: int | None = None,
     tokenizer=None,
     progress: bool = True,
@@ -43,8 +44,8 @@ def respond(
 ) -> list[dict]:
     """Generate a response to each record; returns (and writes to `out`) the records with `model_response`.
 
-    model: a model or run directory / GPT-2 name (adapters are merged in), or a loaded GPT with
-    `tokenizer`. sampling: the settings whole, or their fields as keywords (max_new_tokens=128, ...)
+    model: a model or run directory / GPT-2 name (adapters are merged in; loaded on `device` in `dtype`,
+    `quantize`d, as `session.load_session` does), or a loaded GPT with `tokenizer`. sampling: the settings whole, or their fields as keywords (max_new_tokens=128, ...)
     over respond's defaults (`RespondConfig`: greedy, seed 123, 256 tokens). The prompt style is
     `prompt_style`, else the one stored with the model, else the model's chat template if its
     tokenizer has one, else alpaca. Generation stops at a stop id (<|endoftext|>, a template's
@@ -64,7 +65,7 @@ def respond(
     if limit is not None:
         records = records[:limit]
     if isinstance(model, (str, os.PathLike)):
-        session = load_session(model, device, dtype, prompt_style, fallback_style="alpaca")
+        session = load_session(model, device, dtype, prompt_style, fallback_style="alpaca", quantize=quantize)
     else:
         session = InferenceSession.of(model, tokenizer, prompt_style, fallback_style="alpaca")
     style = session.style

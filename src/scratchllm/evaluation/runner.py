@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from scratchllm.checkpoint.loader import for_decoding
 from scratchllm.core.device import parse_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.scoring import score_rows
@@ -52,19 +53,21 @@ a module already built (with its tokenizer given beside it), or an `EvalModel`."
 
 
 def load_eval_model(model: ModelSource, tokenizer: Tokenizer | str | os.PathLike[str] | None = None,
-                    device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None) -> EvalModel:
+                    device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
+                    quantize: str | None = None) -> EvalModel:
     """The one place an evaluation gets its model, in eval mode.
 
     A path or name is loaded as every inference path loads it (`inference.session.load_session`: a GPT,
-    so a classifier directory gives its body) onto `device`, cast to `dtype`; its own tokenizer is used unless `tokenizer` is given. A module is
-    moved to `device` (unless "auto" or None) and cast to `dtype` in place, and needs `tokenizer` (a
-    `Tokenizer`, "gpt2", or a tokenizer file). An `EvalModel` is returned as it is.
+    so a classifier directory gives its body) onto `device`, cast to `dtype`, `quantize`d ("int8"; CPU
+    only); its own tokenizer is used unless `tokenizer` is given. A module is moved to `device` (unless
+    "auto" or None), cast to `dtype` and quantized in place (`checkpoint.loader.for_decoding`), and
+    needs `tokenizer` (a `Tokenizer`, "gpt2", or a tokenizer file). An `EvalModel` is returned as it is.
     """
     if isinstance(model, EvalModel):
         return model
     wanted_dtype = parse_dtype(dtype)  # a bad name is a one-line error before anything loads
     if isinstance(model, (str, os.PathLike)):
-        session = load_session(str(model), device, wanted_dtype)
+        session = load_session(str(model), device, wanted_dtype, quantize=quantize)
         module, name = session.model, str(model)
         tokenizer = session.tokenizer if tokenizer is None else tokenizer
     elif isinstance(model, nn.Module):
@@ -73,6 +76,8 @@ def load_eval_model(model: ModelSource, tokenizer: Tokenizer | str | os.PathLike
             module.to(resolve_device(device))
         if wanted_dtype is not None:
             module.to(wanted_dtype)
+        if quantize is not None:
+            for_decoding(module, quantize, name)
         if tokenizer is None:
             raise ScratchLLMError("tokenizer: a model object was given without its tokenizer")
     else:

@@ -60,8 +60,10 @@ def make_engine(session: InferenceSession, settings: ServeSettings) -> Engine:
                        settings.token_delay)
 
 
-def create_app(model: Any, settings: ServeSettings | None = None, device: str = "auto", dtype: str | None = None):
-    """The FastAPI app serving `model`: a model/run directory or GPT-2 name (loaded here, on `device`),
+def create_app(model: Any, settings: ServeSettings | None = None, device: str = "auto", dtype: str | None = None,
+               quantize: str | None = None):
+    """The FastAPI app serving `model`: a model/run directory or GPT-2 name (loaded here, on `device`, in
+    `dtype`, `quantize`d),
     a (model, tokenizer) pair already loaded, or an `InferenceSession`. Run it with uvicorn (see
     serve.py `serve`)."""
     if FastAPI is None:
@@ -73,7 +75,7 @@ def create_app(model: Any, settings: ServeSettings | None = None, device: str = 
     elif isinstance(model, tuple):
         session = InferenceSession.of(*model, prompt_style=settings.prompt_style)
     else:
-        session = load_session(model, device, dtype, settings.prompt_style)
+        session = load_session(model, device, dtype, settings.prompt_style, quantize=quantize)
     session.name = settings.model_name or session.name
     session.style = session.style.with_limits(settings)  # a chat template that does not compile is refused here, at start
     routes = Routes(session, settings, make_engine(session, settings))

@@ -241,7 +241,7 @@ class ChatSession:
 
 
 def load_for_chat(model: str, device: str = "auto", dtype: str | None = None,
-                  prompt_style: str | None = None) -> tuple[Any, Any, PromptStyle, str]:
+                  prompt_style: str | None = None, quantize: str | None = None) -> tuple[Any, Any, PromptStyle, str]:
     """(model, tokenizer, prompt style, name) of `session.load_session` (its fallback style: plain)."""
-    session = load_session(model, device, dtype, prompt_style)
+    session = load_session(model, device, dtype, prompt_style, quantize=quantize)
     return session.model, session.tokenizer, session.style, session.name

@@ -136,7 +136,8 @@ def serve(cfg: ServeConfig, announce=None) -> int:
     except ImportError:
         raise ScratchLLMError("serving needs fastapi and uvicorn: pip install 'scratchllm[serve]'") from None
     cfg.settings.api_key = cfg.settings.api_key or os.environ.get(API_KEY_ENV) or None
-    app = create_app(cfg.load.model, cfg.settings, device=cfg.load.device, dtype=cfg.load.dtype)  # checks the settings
+    app = create_app(cfg.load.model, cfg.settings, device=cfg.load.device, dtype=cfg.load.dtype,
+                     quantize=cfg.load.quantize)  # checks the settings
     if announce is not None:
         announce()
     uvicorn.Server(server_config(app, cfg.settings, cfg.log_level)).run()

@@ -22,7 +22,6 @@ from scratchllm.checkpoint.model_dir import read_model_config
 from scratchllm.core.device import resolve_device
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import SamplingConfig
-from scratchllm.inference.decode_kernels import optimize_for_decoding
 from scratchllm.inference.generation import text_pieces
 from scratchllm.models.gpt import GPT
 from scratchllm.prompts import PromptStyle, choose_style, stored_style
@@ -76,14 +75,13 @@ class InferenceSession:
 
 def load_session(model: str | os.PathLike[str], device: str = "auto", dtype: str | torch.dtype | None = None,
                  prompt_style: str | None = None, fallback_style: str = "plain",
-                 sampling: SamplingConfig | None = None) -> InferenceSession:
+                 sampling: SamplingConfig | None = None, quantize: str | None = None) -> InferenceSession:
     """Load a model or run directory (LoRA adapters merged in), a Hugging Face directory or a hub name
-    for decoding: as a GPT on `device` in `dtype`, eval mode, with the decode layout for CPU weights
-    (`optimize_for_decoding`). The style is `prompt_style`, else the one stored with the model (what
+    for decoding: as a GPT on `device` in `dtype`, `quantize`d ("int8"; CPU only), eval mode, with the
+    decode kernels `checkpoint.load` measured fastest for it (bfloat16 only where the CPU has it). The style is `prompt_style`, else the one stored with the model (what
     it was tuned with), else its chat template, else `fallback_style`; the name is the directory's."""
-    net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt")
+    net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt", quantize=quantize)
     net.eval()
-    optimize_for_decoding(net)  # inference only: faster CPU matrix-vector products
     stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
     style = choose_style(prompt_style, stored, tokenizer, fallback_style)
     name = Path(os.fspath(model)).name or os.fspath(model)

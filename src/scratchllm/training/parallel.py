@@ -20,8 +20,10 @@ from torch.distributed.tensor import DTensor
 from scratchllm.core.device import DistInfo, join_single_process_group
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.classifier import Classifier
+from scratchllm.models.decode_kernels import plain_linears
 from scratchllm.models.encoder_decoder import EncoderDecoder
 from scratchllm.models.gpt import GPT
+from scratchllm.models.quantize import quantization
 from scratchllm.training.config import TrainConfig
 
 
@@ -41,6 +43,10 @@ class Parallel:
     updates), `runner` the module that runs a step (DDP- or FSDP-wrapped), compiled when asked."""
 
     def __init__(self, raw: nn.Module, cfg: TrainConfig, env: DistInfo, device: torch.device):
+        if (quantized := quantization(raw)) is not None:
+            raise ScratchLLMError(f"train: the model is quantized ({quantized}) for decoding; its weights cannot "
+                                  "train: load it without quantize")
+        plain_linears(raw)  # `load` gave it decode kernels; DDP, FSDP and compile expect plain row-major Linears
         self.raw, self.env, self.fsdp = raw, env, cfg.fsdp
         wrapper = _TaskModule(raw)
         self.runner: nn.Module = wrapper
