@@ -143,7 +143,7 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
     thread count and weight set; the fastest wins unless the plain product is within 3% of it."""
     calls = []
 
-    def fake(weights, names, rounds=3, rows=1):
+    def fake(weights, names, rounds=3, rows=1, clock=None):
         calls.append((weights[0].dtype, tuple(names), len(weights)))
         return {name: {"linear": 1.0, "split": 0.5, "matvec": 0.98}[name] for name in names}
 

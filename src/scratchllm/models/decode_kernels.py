@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -226,8 +227,8 @@ def _set_layout(weight: torch.Tensor, column_major: bool) -> None:
 # Choosing by measurement
 
 
-# (dtype, threads, sampled shapes) -> (chosen kernel, {kernel: seconds per pass})
-_CHOSEN: dict[tuple, tuple[str, dict[str, float]]] = {}
+# (dtype, threads, sampled shapes) -> (chosen kernel, {kernel: seconds per pass}, measured on one thread)
+_CHOSEN: dict[tuple, tuple[str, dict[str, float], bool]] = {}
 
 
 def choose_kernel(weights: Sequence[torch.Tensor]) -> str:
@@ -237,23 +238,42 @@ def choose_kernel(weights: Sequence[torch.Tensor]) -> str:
     Each candidate of CANDIDATES[dtype] multiplies one random vector by each weight, over the first
     MEASURE_BYTES of them (a decode step streams them from memory, so the measurement does too);
     rounds alternate the candidates and each keeps its fastest pass (the one other processes
-    disturbed least). "linear", the plain product, stays unless another is at least 3% faster."""
+    disturbed least). "linear", the plain product, stays unless another is at least 3% faster. On a
+    busy machine (load average at least its CPU count) threads wait for each other for whole time
+    slices, which no number of rounds averages out: the passes then run on one thread and are timed
+    in that thread's CPU time."""
     dtype = weights[0].dtype
     sample = _sample(weights)
-    key = (dtype, torch.get_num_threads(), tuple(tuple(w.shape) for w in sample))
+    threads = torch.get_num_threads()
+    key = (dtype, threads, tuple(tuple(w.shape) for w in sample))
     if key not in _CHOSEN:
-        times = measure_kernels(sample, CANDIDATES[dtype])
+        busy = threads > 1 and machine_busy()
+        if busy:
+            torch.set_num_threads(1)
+        try:
+            times = measure_kernels(sample, CANDIDATES[dtype], clock=time.thread_time if busy else time.perf_counter)
+        finally:
+            torch.set_num_threads(threads)
         best = min(times, key=times.__getitem__)
-        _CHOSEN[key] = ("linear" if times["linear"] <= 1.03 * times[best] else best, times)
+        _CHOSEN[key] = ("linear" if times["linear"] <= 1.03 * times[best] else best, times, busy)
     return _CHOSEN[key][0]
+
+
+def machine_busy() -> bool:
+    """Whether the 1-minute load average reaches the CPUs this process may run on."""
+    try:
+        return os.getloadavg()[0] >= len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):  # not Unix: nothing known
+        return False
 
 
 def kernel_choices() -> list[dict]:
     """What `choose_kernel` measured in this process: per dtype and thread count, the bytes of one
-    pass, each candidate's time and the choice (benchmarks/generation.py prints them)."""
+    pass, each candidate's time, whether the machine was busy (then timed on one thread) and the
+    choice (benchmarks/generation.py prints them)."""
     return [{"dtype": str(key[0]).removeprefix("torch."), "threads": key[1],
              "bytes": sum(torch.Size(s).numel() * key[0].itemsize for s in key[2]),
-             "seconds": dict(times), "chosen": chosen} for key, (chosen, times) in _CHOSEN.items()]
+             "seconds": dict(times), "busy": busy, "chosen": chosen} for key, (chosen, times, busy) in _CHOSEN.items()]
 
 
 def _sample(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,7 +288,7 @@ def _sample(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def measure_kernels(weights: Sequence[torch.Tensor], names: Sequence[str], rounds: int = MEASURE_ROUNDS,
-                    rows: int = 1) -> dict[str, float]:
+                    rows: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Seconds of the fastest of `rounds` passes of each kernel in `names` over `weights` (x of `rows`
     rows times each weight), kernels alternating within each round. "split" gets column-major copies
     of the weights and the others row-major ones (copies only where a weight is stored otherwise)."""
@@ -276,21 +296,22 @@ def measure_kernels(weights: Sequence[torch.Tensor], names: Sequence[str], round
     xs = [torch.randn(rows, w.shape[1], generator=g).to(w.dtype) for w in weights]
     laid_out = {name: [_laid_out(w, name == "split") for w in weights] for name in names}
     return time_passes({name: functools.partial(_one_pass, KERNELS[name], xs, laid_out[name]) for name in names},
-                       rounds)
+                       rounds, clock)
 
 
-def time_passes(passes: dict[str, Callable[[], object]], rounds: int = MEASURE_ROUNDS) -> dict[str, float]:
-    """Seconds of the fastest of `rounds` calls of each function (after one warm-up call each), the
-    functions alternating within each round; run under inference mode."""
+def time_passes(passes: dict, rounds: int = MEASURE_ROUNDS, clock: Callable[[], float] = time.perf_counter
+                ) -> dict:
+    """Seconds (by `clock`) of the fastest of `rounds` calls of each function (after one warm-up call
+    each), the functions alternating within each round; run under inference mode."""
     best = dict.fromkeys(passes, float("inf"))
     with torch.inference_mode():
         for run in passes.values():
             run()
         for _ in range(rounds):
             for name, run in passes.items():
-                start = time.perf_counter()
+                start = clock()
                 run()
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], clock() - start)
     return best
 
 
