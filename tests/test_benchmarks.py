@@ -190,3 +190,22 @@ def test_the_tokenizer_benchmark_counts_the_pre_tokens_a_cold_cache_serves():
 
     assert cold_cache_hits([" the", " cat", " the", " the", ".", " cat"]) == pytest.approx(0.5)  # 3 of 6 repeat
     assert cold_cache_hits(["each", " word", " once"]) == 0.0 and cold_cache_hits([]) == 0.0
+
+
+def test_generation_benchmark_runs_against_llama_cpp_and_transformers(capsys):
+    """benchmarks/generation.py on a 2 x 64 GPT-2 shape: every precision of `load()` decodes beside
+    llama.cpp on the GGUF export of the same weights and transformers; at float32 all three give the
+    same tokens, and the agreement table covers every precision."""
+    from benchmarks.generation import main
+
+    results = main(["--tiny", "--rounds", "1", "--new-tokens", "4", "--agreement", "8"])
+    speed = results["speed"]
+    assert set(speed) == {"scratchllm float32", "transformers float32", "llama.cpp f32", "scratchllm bfloat16",
+                          "llama.cpp bf16", "scratchllm int8", "llama.cpp q8_0"}
+    assert all(row["tokens_per_s"] > 0 for row in speed.values())
+    assert speed["scratchllm float32"]["same_as_llama_cpp"] == 4 and speed["transformers float32"]["same_as_float32"] == 4
+    assert {r["dtype"] for r in results["kernels"]} >= {"float32", "bfloat16"}
+    agreement = results["agreement"]
+    assert agreement["scratchllm float32"] == {"same_from_start": 8, "next_token": 1.0}
+    assert agreement["llama.cpp f32"]["same_from_start"] == 8 and 0 <= agreement["scratchllm int8"]["next_token"] <= 1
+    assert "load() chose decode kernel" in capsys.readouterr().out

@@ -112,3 +112,9 @@ def test_peak_flops_prefers_a_datasheet_and_says_when_it_measured(monkeypatch, g
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu_name)
     monkeypatch.setattr(device_mod, "measure_matmul_peak", lambda device, dtype: 5e12)
     assert device_mod.peak_flops(torch.device("cuda"), amp) == expected
+
+
+def test_an_int8_dtype_points_to_quantize():
+    with pytest.raises(device_mod.ScratchLLMError, match=r"^dtype 'int8': expected one of float32, bfloat16, float16 "
+                                                         r"\(int8 weights: quantize 'int8'\)$"):
+        device_mod.parse_dtype("int8")

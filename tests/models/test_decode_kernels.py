@@ -149,6 +149,7 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
 
     monkeypatch.setattr(dk, "measure_kernels", fake)
     monkeypatch.setattr(dk, "_CHOSEN", {})
+    monkeypatch.setattr(dk, "machine_busy", lambda: False)
     gpt = sharpened_gpt(VOCAB, seed=4)
     optimize_for_decoding(gpt)
     n_weights = len({id(m.weight) for m in gpt.modules() if isinstance(m, torch.nn.Linear)})
@@ -163,6 +164,24 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
     report = kernel_choices()
     assert [(r["dtype"], r["chosen"]) for r in report] == [("float32", "split"), ("bfloat16", "linear")]
     assert report[0]["threads"] == 1 and report[0]["seconds"]["split"] == 0.5
+
+
+def test_a_busy_machine_is_measured_on_one_thread_in_its_cpu_time(monkeypatch):
+    """Under load, threads wait for each other for whole time slices: one thread's CPU time is what
+    still ranks the kernels. The caller's thread count comes back afterwards."""
+    seen = []
+
+    def fake(weights, names, rounds=3, rows=1, clock=None):
+        seen.append((torch.get_num_threads(), clock))
+        return dict.fromkeys(names, 1.0)
+
+    monkeypatch.setattr(dk, "measure_kernels", fake)
+    monkeypatch.setattr(dk, "_CHOSEN", {})
+    monkeypatch.setattr(dk, "machine_busy", lambda: True)
+    torch.set_num_threads(2)
+    assert dk.choose_kernel([torch.randn(8, 8)]) == "linear"
+    assert seen == [(1, dk.time.thread_time)] and torch.get_num_threads() == 2
+    assert kernel_choices()[0]["busy"] is True and kernel_choices()[0]["threads"] == 2
 
 
 def test_a_real_measurement_picks_a_candidate():

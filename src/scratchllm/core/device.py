@@ -41,7 +41,8 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     name = str(dtype).removeprefix("torch.").lower()
     if name not in _DTYPES:
-        raise ScratchLLMError(f"dtype {dtype!r}: expected one of float32, bfloat16, float16")
+        hint = " (int8 weights: quantize 'int8')" if name in ("int8", "q8_0", "qint8") else ""
+        raise ScratchLLMError(f"dtype {dtype!r}: expected one of float32, bfloat16, float16{hint}")
     return _DTYPES[name]
 
 

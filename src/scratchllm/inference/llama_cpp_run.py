@@ -14,6 +14,12 @@ answer; the GGUF tests and benchmarks/gguf_agreement.py check exports against it
      "logits": [[id, ...], ...],                "logits": [{"shape": [T, V],    every position's logits,
                                                             "float32": b64}]     little-endian float32
      "threads": 2}                              "metadata": {key: value}        the file's keys (no arrays)
+
+`time_llama_cpp(paths, prompt, max_tokens)` asks the same process for greedy decoding timed
+(benchmarks/generation.py): {"timed": {"models": [...], "prompt": [...], "max_tokens": N, "repeat": R,
+"threads": T, "plain_buffers": bool}} -> {"timed": [{"tokens": [...], "seconds": [...]}, ...]}, one
+entry per file: each file loaded once, one short warm-up, then R decodes of the prompt and N new
+tokens, each timed from the prompt's evaluation to the last token (the file's loading excluded).
 """
 
 from __future__ import annotations
@@ -45,6 +51,26 @@ def run_llama_cpp(model: str | os.PathLike[str], tokenize: list[str] = (), greed
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise ScratchLLMError(f"llama.cpp on {model}: {last}")
     return json.loads(done.stdout)
+
+
+def time_llama_cpp(models: list[str | os.PathLike[str]], prompt: list[int], max_tokens: int, threads: int = 2,
+                   repeat: int = 1, plain_buffers: bool = True, timeout: float = 900) -> list[dict[str, Any]]:
+    """Greedy decoding of `prompt` + `max_tokens` new tokens by llama.cpp on each GGUF file, timed, in a
+    process of its own (see the module docstring); plain_buffers=False lets llama.cpp repack weights
+    for its own kernels (AMX, interleaved q8_0), which crashes q8_0 files on some CPUs."""
+    request = {"timed": {"models": [str(Path(m).absolute()) for m in models], "prompt": list(prompt),
+                         "max_tokens": max_tokens, "repeat": repeat, "threads": threads, "plain_buffers": plain_buffers}}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    names = ", ".join(Path(m).name for m in models)
+    try:
+        done = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request), capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ScratchLLMError(f"llama.cpp on {names}: no answer within {timeout:g} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise ScratchLLMError(f"llama.cpp on {names}: {last}")
+    return json.loads(done.stdout)["timed"]
 
 
 def decode_logits(block: dict[str, Any]) -> Any:
@@ -109,11 +135,48 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _timed(request: dict[str, Any]) -> dict[str, Any]:
+    import time
+
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    if request["plain_buffers"]:
+        _plain_weight_buffers()
+    prompt, n = request["prompt"], request["max_tokens"]
+    results = []
+    for path in request["models"]:
+        llm = Llama(model_path=path, n_ctx=len(prompt) + n, n_batch=len(prompt), n_ubatch=len(prompt),
+                    n_threads=request["threads"], n_threads_batch=request["threads"], type_k=0, type_v=0,
+                    verbose=False)  # float32 KV cache, as ours; logits of the last position only, as ours
+
+        def decode(count: int) -> list[int]:
+            llm.reset()
+            llm.eval(prompt)
+            new: list[int] = []
+            for _ in range(count):
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+                new.append(int(np.argmax(logits)))  # the first of equal maxima, as torch.argmax
+                llm.eval(new[-1:])
+            return new
+
+        decode(min(n, 8))  # warm-up: thread pool, first-touch of the weights
+        seconds, tokens = [], []
+        for _ in range(request["repeat"]):
+            start = time.perf_counter()
+            tokens = decode(n)
+            seconds.append(time.perf_counter() - start)
+        results.append({"tokens": tokens, "seconds": seconds})
+        del llm
+    return {"timed": results}
+
+
 def main() -> int:
     """The llama.cpp process: one JSON request on stdin, one JSON answer on stdout."""
     try:
         request = json.loads(sys.stdin.read())
-        answer = _answer(request)
+        answer = _timed(request["timed"]) if "timed" in request else _answer(request)
     except Exception as exc:  # any failure is one line for the parent process
         print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
         return 1

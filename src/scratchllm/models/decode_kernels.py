@@ -247,7 +247,7 @@ def choose_kernel(weights: Sequence[torch.Tensor]) -> str:
     threads = torch.get_num_threads()
     key = (dtype, threads, tuple(tuple(w.shape) for w in sample))
     if key not in _CHOSEN:
-        busy = threads > 1 and machine_busy()
+        busy = machine_busy()
         if busy:
             torch.set_num_threads(1)
         try:
