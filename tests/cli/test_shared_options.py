@@ -1,5 +1,5 @@
 """An option group is declared once and every verb that composes it shows and checks it the same way:
-a bad --device, --dtype or --prompt-style is the same one-line error with exit code 2 in every verb,
+a bad --device, --dtype, --quantize or --prompt-style is the same one-line error with exit code 2 in every verb,
 and a change of a group's field (here its help) shows up in every verb that offers it."""
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def _argparse_error(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("option, value, verbs", [
-    ("--dtype", "fp8", WEIGHT_DTYPE), ("--dtype", "float16", AUTOCAST_DTYPE), ("--prompt-style", "chatml", PROMPT_STYLE)])
+    ("--dtype", "fp8", WEIGHT_DTYPE), ("--dtype", "float16", AUTOCAST_DTYPE), ("--prompt-style", "chatml", PROMPT_STYLE),
+    ("--quantize", "int4", WEIGHT_DTYPE)])
 def test_a_bad_choice_is_the_same_error_in_every_verb(option, value, verbs, capsys):
     errors = {verb: _argparse_error([*VERBS[verb], option, value], capsys) for verb in verbs}
     assert len(set(errors.values())) == 1, errors
@@ -84,7 +85,8 @@ def test_a_bad_choice_is_the_same_error_in_every_verb(option, value, verbs, caps
 
 @pytest.mark.parametrize("value, message", [
     ({"dtype": "fp8"}, "load field 'dtype' must be one of 'float32', 'bfloat16', 'float16' or null, got 'fp8'"),
-    ({"device": "gpu"}, "device 'gpu': expected auto, cpu, cuda, cuda:N or mps")])
+    ({"device": "gpu"}, "device 'gpu': expected auto, cpu, cuda, cuda:N or mps"),
+    ({"quantize": "int4"}, "load field 'quantize' must be one of 'int8' or null, got 'int4'")])
 def test_the_python_api_checks_the_same_values(value, message):
     from scratchllm.inference.config import ChatConfig, GenerateConfig, RespondConfig, ServeConfig
 
@@ -104,6 +106,7 @@ def test_every_device_option_has_the_one_help():
 # A field of each group, and the verbs that offer it as a flag with the group's own help.
 GROUP_FIELDS = [
     (LoadConfig, "dtype", "--dtype", {"generate", "chat", "serve", "respond", *EVALUATE}),
+    (LoadConfig, "quantize", "--quantize", {"generate", "chat", "serve", "respond", *EVALUATE}),
     (SamplingConfig, "top_p", "--top-p", {"generate", "chat", "respond"}),
     (TrainConfig, "grad_clip", "--grad-clip", {"pretrain", "finetune classify"}),
     (TrainConfig, "weight_decay", "--weight-decay", {"pretrain", "finetune classify", "finetune instruct", "finetune dpo"}),

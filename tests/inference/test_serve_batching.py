@@ -20,6 +20,7 @@ import openai
 import pytest
 import torch
 
+from scratchllm.checkpoint.loader import for_decoding
 from scratchllm.inference.generation import generate
 from scratchllm.inference.serve import ServeSettings, create_app
 from scratchllm.tokenizer import Tokenizer
@@ -221,6 +222,29 @@ def test_a_row_that_fails_ends_its_request_with_a_500_and_the_others_go_on(loade
             t.join(60)
         assert sorted(text for _, text, _, _ in again) == sorted(
             generate(clean, tok, p, max_new_tokens=20, temperature=0) for p in (other, "Hi"))
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_the_batch_decodes_quantized_and_bfloat16_models_as_alone(precision):
+    """The model as `load(..., quantize="int8")` or `load(..., dtype="bfloat16")` returns it (decode
+    kernels chosen, weights int8 or bf16): rows of one batch, joining each other, answer as that model
+    does alone."""
+    model = sharpened_gpt(50257, context_length=128, emb_dim=32, n_heads=2)
+    model = for_decoding(model, "int8") if precision == "int8" else for_decoding(model.to(torch.bfloat16))
+    tok = Tokenizer.gpt2()
+    asks = [("Once upon a time", 30), ("Hi", 12), ("The quick brown fox jumps over the lazy dog", 20)]
+    with serving(create_app((model, tok), ServeSettings(token_delay=0.01, prefill_chunk=4))) as port:
+        results: list = []
+        threads = [threading.Thread(target=stream_completion, args=(port, {"prompt": p, "max_tokens": n,
+                                                                           "temperature": 0}, results))
+                   for p, n in asks]
+        for t in threads:
+            t.start()
+            time.sleep(0.03)
+        for t in threads:
+            t.join(60)
+    got = {prompt: text for prompt, text, _, _ in results}
+    assert got == {p: generate(model, tok, p, max_new_tokens=n, temperature=0) for p, n in asks}
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -12,11 +12,12 @@ from scratchllm.checkpoint import save_model
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evaluation.responses import respond
 from scratchllm.inference.config import SamplingConfig
-from scratchllm.inference.decode_kernels import _DecodeLinear
+from scratchllm.models.decode_kernels import DecodeLinear
 from scratchllm.inference.generation import generate, stream
 from scratchllm.inference.rows import RowState, sample_rows
 from scratchllm.inference.sampling import make_generators, sample_next
 from scratchllm.inference.session import InferenceSession, load_session
+from scratchllm.models.quantize import Int8Linear
 from tests.inference.test_generation import random_gpt
 
 
@@ -41,12 +42,27 @@ def test_load_session_is_the_one_loader(tok, model, tmp_path):
     save_model(model, tmp_path / "base", tok)
     session = load_session(tmp_path / "phi", device="cpu")
     assert (session.name, session.style.name, session.model.training) == ("phi", "phi3", False)
-    assert any(isinstance(m, _DecodeLinear) for m in session.model.modules())  # the decode layout
+    assert any(isinstance(m, DecodeLinear) for m in session.model.modules())  # the decode layout
     assert load_session(tmp_path / "base", device="cpu", fallback_style="alpaca").style.name == "alpaca"
     assert load_session(tmp_path / "phi", device="cpu", prompt_style="plain").style.name == "plain"
     with pytest.raises(ScratchLLMError, match="^tokenizer: a model object was given without its tokenizer$"):
         InferenceSession.of(model, None)
 
+
+
+def test_load_session_quantizes_and_the_verbs_pass_it_on(tok, model, tmp_path, capsys):
+    """--quantize int8 reaches the model through load_session: int8 layers, and `scratchllm generate`
+    prints what the session generates."""
+    from scratchllm.cli import main
+
+    d = save_model(model, tmp_path / "m", tok)
+    session = load_session(d, device="cpu", quantize="int8", sampling=SamplingConfig(max_new_tokens=8, temperature=0))
+    assert isinstance(session.model.out_head, Int8Linear) and not any(
+        isinstance(m, torch.nn.Linear) for m in session.model.modules())
+    want = session.generate("Once upon a time")
+    assert main(["generate", "--model", str(d), "--device", "cpu", "--quantize", "int8", "--prompt", "Once upon a time",
+                 "--max-new-tokens", "8", "--temperature", "0"]) in (0, None)
+    assert capsys.readouterr().out == "Once upon a time" + want + "\n"
 
 def test_a_row_stops_and_releases_its_text(tok):
     """A stop id ends a row uncounted and releases the text held back; max_new_tokens ends it with that

@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 import torch
 
 from scratchllm.inference.batch_cache import RowCaches
-from scratchllm.inference.decode_kernels import matrix_vector_kernels
 from scratchllm.inference.generation import decode_rows, default_keep, window_start
 from scratchllm.inference.logprobs import TokenScore, score_prompt
 from scratchllm.inference.rows import RowState, sample_rows
+from scratchllm.models.decode_kernels import matrix_vector_kernels
 from scratchllm.models.gpt import GPT, KVCache
 
 log = logging.getLogger("scratchllm.serve")

@@ -21,8 +21,8 @@ Decoding with the KV cache gives the same tokens as recomputing the whole window
 `window_start` names. A batch gives each prompt the same text as generating it alone.
 
 Two cached decode loops give those tokens (`decoder=`): "eager", a cache that grows with the text
-and every kernel launched from Python (the fast one on a CPU, with `optimize_for_decoding` from
-decode_kernels.py), and "static", fixed-size buffers whose step is replayed as one CUDA graph on a
+and every kernel launched from Python (on a CPU the decode kernels `checkpoint.load` chose by
+measurement: models/decode_kernels.py), and "static", fixed-size buffers whose step is replayed as one CUDA graph on a
 GPU (static_decode.py).
 "auto" takes static on CUDA (unless autocast is on) and eager elsewhere.
 """
@@ -36,11 +36,11 @@ import torch
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.inference.config import GREEDY_BELOW, SamplingConfig, check_decoder, check_seed, check_top_k
-from scratchllm.inference.decode_kernels import matrix_vector_kernels
-from scratchllm.inference.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
 from scratchllm.inference.rows import RowState, TextAssembler, sample_rows, stop_list
 from scratchllm.inference.sampling import make_generators, sample_next
 from scratchllm.inference.static_decode import acquire_decoder, release_decoder
+from scratchllm.models.decode_kernels import matrix_vector_kernels
+from scratchllm.models.decode_kernels import optimize_for_decoding  # noqa: F401  (importable from here too, as before)
 from scratchllm.models.gpt import GPT, KVCache
 from scratchllm.tokenizer.chat_template import ChatText
 
