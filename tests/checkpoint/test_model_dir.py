@@ -261,7 +261,10 @@ def test_save_load_round_trip_is_exact_and_reties_embeddings(tmp_path):
     assert half.out_head.weight.data_ptr() == half.tok_emb.weight.data_ptr()
     assert torch.equal(half.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight.to(torch.bfloat16))
     assert load(tmp_path / "m", dtype=torch.float16)[0].tok_emb.weight.dtype == torch.float16
-    with pytest.raises(ScratchLLMError, match=r"^dtype 'int8': expected one of float32, bfloat16, float16$"):
+    with pytest.raises(ScratchLLMError, match=r"^dtype 'float8': expected one of float32, bfloat16, float16$"):
+        load(tmp_path / "m", dtype="float8")[0]
+    with pytest.raises(ScratchLLMError, match=r"^dtype 'int8': expected one of float32, bfloat16, float16 "
+                                              r"\(int8 weights: quantize 'int8'\)$"):
         load(tmp_path / "m", dtype="int8")[0]
 
 
