@@ -50,8 +50,8 @@ def add_scored_task(tasks: argparse._SubParsersAction, name: str, task_class: ty
         out = report_flags.config(args)
         if out.out:
             check_overwrite(out.out, out.overwrite, "report file")
-        report = evaluate(task, cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, quantize=cfg.quantize,
-                          progress=sys.stderr.isatty())
+        report = evaluate(task, cfg.model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize,
+                          batch_size=cfg.batch_size, progress=sys.stderr.isatty())
         if out.out:
             write_report(report, out.out, overwrite=True)
         print(format_report(report))

@@ -24,7 +24,8 @@ def add_respond(sub):
         cfg = flags.config(args)
         records = respond(cfg.load.model, cfg.data, cfg.out, cfg.sampling, batch_size=cfg.batch_size,
                           prompt_style=cfg.prompt_style, device=cfg.load.device, dtype=cfg.load.dtype,
-                          quantize=cfg.load.quantize, limit=cfg.limit, progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
+                          quantize=cfg.load.quantize, limit=cfg.limit, progress=sys.stderr.isatty(),
+                          overwrite=cfg.overwrite)
         print(f"{len(records)} responses written to {cfg.out}")
 
     p.set_defaults(func=run)

@@ -45,14 +45,14 @@ def respond(
     """Generate a response to each record; returns (and writes to `out`) the records with `model_response`.
 
     model: a model or run directory / GPT-2 name (adapters are merged in; loaded on `device` in `dtype`,
-    `quantize`d, as `session.load_session` does), or a loaded GPT with `tokenizer`. sampling: the settings whole, or their fields as keywords (max_new_tokens=128, ...)
-    over respond's defaults (`RespondConfig`: greedy, seed 123, 256 tokens). The prompt style is
-    `prompt_style`, else the one stored with the model, else the model's chat template if its
-    tokenizer has one, else alpaca. Generation stops at a stop id (<|endoftext|>, a template's
-    end-of-turn token), at the style's stop strings (the start of a next turn) or after
-    max_new_tokens. Records go through in batches, sorted by prompt length so that little left
-    padding is decoded; batch k samples with seed + k * batch_size. An existing `out` is an error
-    (before any generation) unless `overwrite`.
+    `quantize`d, as `session.load_session` does), or a loaded GPT with `tokenizer`. sampling: the
+    settings whole, or their fields as keywords (max_new_tokens=128, ...) over respond's defaults
+    (`RespondConfig`: greedy, seed 123, 256 tokens). The prompt style is `prompt_style`, else the one
+    stored with the model, else the model's chat template if its tokenizer has one, else alpaca.
+    Generation stops at a stop id (<|endoftext|>, a template's end-of-turn token), at the style's stop
+    strings (the start of a next turn) or after max_new_tokens. Records go through in batches, sorted
+    by prompt length so that little left padding is decoded; batch k samples with seed + k *
+    batch_size. An existing `out` is an error (before any generation) unless `overwrite`.
     """
     from tqdm.auto import tqdm
 

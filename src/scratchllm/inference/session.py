@@ -78,8 +78,9 @@ def load_session(model: str | os.PathLike[str], device: str = "auto", dtype: str
                  sampling: SamplingConfig | None = None, quantize: str | None = None) -> InferenceSession:
     """Load a model or run directory (LoRA adapters merged in), a Hugging Face directory or a hub name
     for decoding: as a GPT on `device` in `dtype`, `quantize`d ("int8"; CPU only), eval mode, with the
-    decode kernels `checkpoint.load` measured fastest for it (bfloat16 only where the CPU has it). The style is `prompt_style`, else the one stored with the model (what
-    it was tuned with), else its chat template, else `fallback_style`; the name is the directory's."""
+    decode kernels `checkpoint.load` measured fastest for it (bfloat16 only where the CPU has it). The
+    style is `prompt_style`, else the one stored with the model (what it was tuned with), else its chat
+    template, else `fallback_style`; the name is the directory's."""
     net, tokenizer = load(model, device=resolve_device(device), dtype=dtype, kind="gpt", quantize=quantize)
     net.eval()
     stored = stored_style(read_model_config(model)) if locate(model)[0] == "scratchllm" else None
