@@ -195,13 +195,16 @@ def test_the_tokenizer_benchmark_counts_the_pre_tokens_a_cold_cache_serves():
 def test_generation_benchmark_runs_against_llama_cpp_and_transformers(capsys):
     """benchmarks/generation.py on a 2 x 64 GPT-2 shape: every precision of `load()` decodes beside
     llama.cpp on the GGUF export of the same weights and transformers; at float32 all three give the
-    same tokens, and the agreement table covers every precision."""
+    same tokens, transformers runs in our bfloat16 too where that is bf16, and the agreement table covers
+    every precision."""
     from benchmarks.generation import main
+    from scratchllm.core.device import cpu_bf16_is_native
 
     results = main(["--tiny", "--rounds", "1", "--new-tokens", "4", "--agreement", "8"])
     speed = results["speed"]
+    like_for_like = {"transformers bfloat16"} if cpu_bf16_is_native()[0] else set()  # where our bf16 is bf16
     assert set(speed) == {"scratchllm float32", "transformers float32", "llama.cpp f32", "scratchllm bfloat16",
-                          "llama.cpp bf16", "scratchllm int8", "llama.cpp q8_0"}
+                          "llama.cpp bf16", "scratchllm int8", "llama.cpp q8_0"} | like_for_like
     assert all(row["tokens_per_s"] > 0 for row in speed.values())
     assert speed["scratchllm float32"]["same_as_llama_cpp"] == 4 and speed["transformers float32"]["same_as_float32"] == 4
     assert {r["dtype"] for r in results["kernels"]} >= {"float32", "bfloat16"}
