@@ -6,7 +6,7 @@ Run from the repository root:
     python -m benchmarks.encoder_vs_decoder [--pretrain-seconds 60] [--out runs/encoder_vs_decoder] [--threads 1]
 
 1. The split of `scratchllm finetune classify` (its default 70/10/20 after deduplication and
-   balancing: 880 / 126 / 252 messages, not `benchmarks.classify_sms`'s 60/20/20), and the tokenizer
+   balancing: 684 / 96 / 196 messages, not `benchmarks.classify_sms`'s 60/20/20), and the tokenizer
    and pretraining stream of `benchmarks.classify_sms`: the SMS training texts (unlabelled) and
    tinyshakespeare; the encoder's tokenizer is the same plus <|mask|> (one more
    embedding row: 128 parameters).

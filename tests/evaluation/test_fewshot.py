@@ -50,7 +50,8 @@ def test_fewshot_on_sms_reports_consistent_counts(tmp_path, capsys, sms_slice, g
 
 
 def test_fewshot_prompt_is_exact_and_shots_come_from_train(tmp_path, capsys, gpt2_tok):
-    rows = [("ham", f"see you at {h} o'clock") for h in range(1, 9)] + [("spam", f"WIN {k}00 pounds now") for k in range(1, 7)]
+    hours = ["one", "two", "three", "four", "five", "six", "seven", "eight"]  # words: "1" and "2" would be copies
+    rows = [("ham", f"see you at {h} o'clock") for h in hours] + [("spam", f"WIN {k} hundred pounds") for k in hours[:6]]
     data = tmp_path / "small.tsv"
     data.write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
     model = tiny_gpt(gpt2_tok.vocab_size, context_length=128)
@@ -70,21 +71,25 @@ def test_fewshot_prompt_is_exact_and_shots_come_from_train(tmp_path, capsys, gpt
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_fewshot_removes_duplicates_before_splitting(tmp_path, gpt2_tok, keep):
-    rows = [("ham", f"see you at {h}") for h in range(1, 9)] + [("spam", f"WIN {k}00 pounds") for k in range(1, 7)]
-    rows += [("ham", "See you at 1!"), ("ham", "SEE YOU AT 2"), ("spam", "see you at 1")]  # two repeats, a conflict
+    places = ["station", "pub", "gym", "office", "library", "park", "cinema", "shop"]
+    rows = [("ham", f"see you at the {p}") for p in places]
+    rows += [("spam", f"WIN {n} hundred pounds") for n in ["one", "two", "three", "four", "five", "six"]]
+    rows += [("spam", "WIN 500 pounds"), ("spam", "win 600 POUNDS!")]  # copies once numbers are masked
+    rows += [("ham", "See you at the station!"), ("ham", "SEE YOU AT THE PUB"), ("spam", "see you at the station")]
     data = tmp_path / "d.tsv"
     data.write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
     model = tiny_gpt(gpt2_tok.vocab_size)
     r = evaluate_fewshot(model, data, 1, tokenizer=gpt2_tok, keep_duplicates=keep)
-    assert r["n"] + r["train_examples"] == (17 if keep else 13)  # "see you at 1" has ham and spam copies: all 3 go
-    assert r["duplicates"] == ({"kept": True} if keep else
-                               {"kept": False, "repeated": 1, "conflicting": 3, "conflicting_texts": 1, "held_out": 0, "removed": 4})
-    assert ("duplicates removed  none (kept)" if keep else "duplicates removed  4") in format_report(r)
+    assert r["n"] + r["train_examples"] == (19 if keep else 14)  # "see you at the station" is ham and spam: all 3 go
+    assert r["duplicates"] == ({"kept": True} if keep else {"kept": False, "repeated": 2, "conflicting": 3,
+                                                            "conflicting_texts": 1, "held_out": 0, "near": 0, "removed": 5})
+    assert ("duplicates removed  none (kept)" if keep else "duplicates removed  5") in format_report(r)
     # with a separate pool of shots, the pool loses what is in the test data
     pool = tmp_path / "pool.tsv"
-    pool.write_text("ham\tsee you at 3\nham\tsomething else\nspam\tWIN 500 POUNDS!\nspam\tcall now\n", encoding="utf-8")
+    pool.write_text("ham\tsee you at the gym\nham\tsomething else\nspam\tWIN five hundred POUNDS!\nspam\tcall now\n",
+                    encoding="utf-8")
     r = evaluate_fewshot(model, data, 1, tokenizer=gpt2_tok, train_data=pool, keep_duplicates=keep)
-    assert r["train_examples"] == (4 if keep else 2) and r["n"] == 17
+    assert r["train_examples"] == (4 if keep else 2) and r["n"] == 19
 
 
 def test_fewshot_predicts_the_label_the_logits_favour(tmp_path, gpt2_tok, sms_slice):
@@ -113,13 +118,13 @@ def test_fewshot_tests_on_the_texts_finetune_classify_tests_on(shared_data, gpt2
     r = evaluate(task, gpt2_model_dir, device="cpu", batch_size=16)
     assert [p["text"] for p in r["predictions"]] == splits.test.texts  # the same held-out texts, in the same order
     assert [p["label"] for p in r["predictions"]] == splits.test.labels
-    assert r["n"] == len(splits.test) == (298 if keep else 252) and r["train_examples"] == len(splits.train)
+    assert r["n"] == len(splits.test) == (298 if keep else 196) and r["train_examples"] == len(splits.train)
     assert {s["text"] for s in r["first_example"]["shots"]} <= set(splits.train.texts)
     if keep:
         assert r["duplicates"] == {"kept": True}
     else:
-        assert r["duplicates"]["removed"] == splits.duplicates["removed"] == 443
-        assert r["duplicates"]["repeated"] == splits.duplicates["repeated"] == 443
+        assert r["duplicates"]["removed"] == splits.duplicates["removed"] == 602
+        assert r["duplicates"]["repeated"] == splits.duplicates["repeated"] == 488
     assert r["split"] == "stratified 0.7/0.1/0.2 (seed 123), undersampled"
 
 

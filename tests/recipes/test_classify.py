@@ -15,8 +15,8 @@ import torch
 from scratchllm.checkpoint import save_model
 from scratchllm.checkpoint.kinds import HEAD_FILE
 from scratchllm.checkpoint.loader import load
-from scratchllm.data.labelled import (label_names, load_labelled, load_sms_spam, normalise_text, stratified_split,
-                                      undersample)
+from scratchllm.data.duplicates import copies_of, copy_groups
+from scratchllm.data.labelled import label_names, load_labelled, load_sms_spam, stratified_split, undersample
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
 from scratchllm.recipes import classify as classify_recipe
@@ -120,44 +120,48 @@ def test_stratified_split_proportions_and_seeding(sms):
 
 
 @pytest.mark.parametrize("keep, counts, overlaps", [
-    # one example per normalised text (5,131: 629 spam), balanced, 70/10/20: nothing on two sides
-    (False, (440, 63, 126), {"validation_in_train": 0, "test_in_train": 0, "test_in_validation": 0}),
-    # the book's split of all 5,574 (747 spam): 24 of 150 validation and 33 of 298 test texts are in train
-    (True, (523, 75, 149), {"validation_in_train": 24, "test_in_train": 33, "test_in_validation": 6}),
+    # one example per group of copies (4,972: 488 spam), balanced, 70/10/20: nothing on two sides
+    (False, (342, 48, 98), {"validation_in_train": 0, "test_in_train": 0, "test_in_validation": 0}),
+    # the book's split of all 5,574 (747 spam): 41 of 150 validation and 64 of 298 test texts copy a training text
+    (True, (523, 75, 149), {"validation_in_train": 41, "test_in_train": 64, "test_in_validation": 18}),
 ])
 def test_prepare_splits_removes_duplicates_before_splitting(shared_data, keep, counts, overlaps, capsys):
     cfg = ClassifyConfig(data=str(shared_data / "sms_spam_collection.tsv"), keep_duplicates=keep, progress=False)
     train, val, test, duplicates = prepare_splits(cfg)
     assert [part.counts() for part in (train, val, test)] == [{"ham": n, "spam": n} for n in counts]
-    seen = {normalise_text(t) for t in train.texts}
-    assert sum(normalise_text(t) in seen for t in val.texts + test.texts) == overlaps["validation_in_train"] + overlaps["test_in_train"]
+    assert sum(copies_of(val.texts + test.texts, train.texts)) == overlaps["validation_in_train"] + overlaps["test_in_train"]
     assert duplicates["overlap"] == overlaps and duplicates["kept"] is keep
     err = capsys.readouterr().err
     if keep:
-        assert "duplicates: kept (--keep-duplicates); 443 of 5574 examples repeat an earlier text" in err
-        assert duplicates["repeats"] == 443
-        assert "warning: texts on two sides of the split (normalised): 24 of 150 validation and 33 of 298 test" in err
+        assert "duplicates: kept (--keep-duplicates); 602 of 5574 examples copy or nearly copy an earlier text" in err
+        assert duplicates["repeats"] == 602
+        assert ("warning: texts on two sides of the split (copies or near-copies): 41 of 150 validation and 64 of "
+                "298 test") in err
     else:
-        assert duplicates["removed"] == duplicates["repeated"] == 443 and duplicates["conflicting"] == 0
-        assert "duplicates: removed 443 of 5574 examples (443 repeats of an earlier text" in err
+        assert duplicates["removed"] == 602 and duplicates["repeated"] == 488 and duplicates["near"] == 114
+        assert duplicates["conflicting"] == 0
+        assert ("duplicates: removed 602 of 5574 examples (488 repeats and 114 near-copies of an earlier text: "
+                "numbers, codes and web addresses masked, near-copies 90% alike word for word; 0 copies") in err
 
 
 def test_training_texts_in_a_given_test_file_are_dropped(tmp_path, capsys):
     data = tmp_path / "d.tsv"
-    rows = [("a", f"text {i}") for i in range(10)] + [("b", f"other {i}") for i in range(10)]
-    rows += [("a", "Text 3!"), ("b", "x"), ("a", "x")]  # a repeat; a text with two labels
+    words = "one two three four five six seven eight nine ten".split()  # not numbers: "text 1" and "text 2" are copies
+    rows = [("a", f"text {w}") for w in words] + [("b", f"other {w}") for w in words]
+    rows += [("a", "Text three!"), ("b", "x"), ("a", "x")]  # a repeat; a text with two labels
     data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
     test = tmp_path / "t.tsv"
-    test.write_text("a\ttext 1\nb\tOTHER 2\nb\tnew\n", encoding="utf-8")
+    test.write_text("a\ttext two\nb\tOTHER three\nb\tnew\n", encoding="utf-8")
     train, val, given, duplicates = prepare_splits(ClassifyConfig(data=str(data), test=str(test), split=(0.8, 0.2, 0.0),
                                                                   balance="none", header=False, progress=False))
-    assert given.texts == ["text 1", "OTHER 2", "new"]  # a given file stays as it is
-    assert sorted(train.texts + val.texts) == sorted({f"text {i}" for i in range(10)} - {"text 1"}
-                                                     | {f"other {i}" for i in range(10)} - {"other 2"})
+    assert given.texts == ["text two", "OTHER three", "new"]  # a given file stays as it is
+    assert sorted(train.texts + val.texts) == sorted({f"text {w}" for w in words} - {"text two"}
+                                                     | {f"other {w}" for w in words} - {"other three"})
     assert {k: duplicates[k] for k in ("repeated", "conflicting", "conflicting_texts", "held_out", "removed")} == \
         {"repeated": 1, "conflicting": 2, "conflicting_texts": 1, "held_out": 2, "removed": 5}
-    assert "duplicates: removed 5 of 23 examples (1 repeats of an earlier text, compared case-folded on letters and " \
-        "digits; 2 copies of 1 texts with conflicting labels, 2 whose text is in --val/--test); 18 left" in capsys.readouterr().err
+    assert "duplicates: removed 5 of 23 examples (1 repeats and 0 near-copies of an earlier text: numbers, codes and web " \
+        "addresses masked, near-copies 90% alike word for word; 2 copies of 1 texts with conflicting labels, 2 whose " \
+        "text is in --val/--test); 18 left" in capsys.readouterr().err
 
 
 def test_sms_download_extracts_and_checks_sha256(tmp_path, monkeypatch):
@@ -375,9 +379,10 @@ def test_default_lr_is_the_books_at_gpt2_width_and_scales_inversely(width, lr):
 
 @pytest.fixture(scope="module")
 def small_sms(sms, tmp_path_factory):
-    """300 balanced distinct messages (the first 150 of each class) as a headerless label<TAB>text file."""
-    distinct = {normalise_text(t): (y, t) for y, t in reversed(list(zip(sms.labels, sms.texts)))}
-    first = sorted(distinct.values(), key=lambda row: sms.texts.index(row[1]))
+    """300 balanced distinct messages (the first 150 of each class, no two copies or near-copies) as a
+    headerless label<TAB>text file."""
+    groups = copy_groups(sms.texts)
+    first = [(y, t) for i, (y, t) in enumerate(zip(sms.labels, sms.texts)) if groups[i] == i]
     rows = [row for row in first if row[0] == "ham"][:150] + [row for row in first if row[0] == "spam"][:150]
     path = tmp_path_factory.mktemp("sms") / "small.tsv"
     path.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
@@ -418,10 +423,12 @@ def test_pipeline_learns_on_a_small_slice(trained):
 
 
 @pytest.mark.parametrize("flags, message, counts", [
-    ([], ("duplicates: removed 7 of 86 examples (5 repeats of an earlier text, compared case-folded on letters and "
-          "digits; 2 copies of 1 texts with conflicting labels); 79 left (--keep-duplicates keeps them)"), 39),
-    (["--keep-duplicates"], ("duplicates: kept (--keep-duplicates); 6 of 86 examples repeat an earlier text "
-                             "(compared case-folded on letters and digits)"), 41),  # 45 ham, 41 spam
+    ([], ("duplicates: removed 7 of 86 examples (5 repeats and 0 near-copies of an earlier text: numbers, codes and "
+          "web addresses masked, near-copies 90% alike word for word; 2 copies of 1 texts with conflicting labels); "
+          "79 left (--keep-duplicates keeps them)"), 39),
+    (["--keep-duplicates"], ("duplicates: kept (--keep-duplicates); 6 of 86 examples copy or nearly copy an earlier "
+                             "text (numbers, codes and web addresses masked, near-copies 90% alike word for word)"),
+     41),  # 45 ham, 41 spam
 ])
 def test_cli_removes_duplicates_unless_kept(tiny_dir, small_sms, tmp_path, monkeypatch, capsys, flags, message, counts):
     monkeypatch.setattr(RunDir, "plot", lambda self, rows=None: None)  # the plots are not what this checks

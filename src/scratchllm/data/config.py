@@ -33,9 +33,10 @@ class LabelledConfig:
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """train, validation, test fractions of data (stratified, seeded)"""
     keep_duplicates: bool = False
-    """keep repeated texts (default: one example per text, compared case-folded on letters and digits,
-    before balancing and splitting, so that no text is in two splits; copies with conflicting labels
-    are all dropped, and so are training texts that are in --val/--test)"""
+    """keep repeated texts (default: one example per text, before balancing and splitting, so that no text
+    is in two splits; texts are compared case-folded with numbers, codes and web addresses masked, and
+    near-copies, 90% alike word for word, count as copies; copies with conflicting labels are all
+    dropped, and so are training texts that copy a text of --val/--test)"""
     balance: Literal["undersample", "weights", "none"] = "undersample"
     """undersample every class to the smallest (the book), or weight the loss by inverse class frequency"""
     split_seed: int | None = None

@@ -26,6 +26,7 @@ import torch
 
 from scratchllm.core.download import cache_dir, download_file
 from scratchllm.core.files import json_lines, read_text, write_atomic
+from scratchllm.data.duplicates import NEAR_COPY_SIMILARITY, copies_of, copy_groups, normalise_text
 from scratchllm.errors import ScratchLLMError
 
 # The UCI SMS Spam Collection (Almeida, Gomez Hidalgo and Yamakami 2011): 5,574 messages, 747 spam.
@@ -255,69 +256,65 @@ def _extract_member(archive: Path, member: str, target: Path, sha256: str) -> No
 # --------------------------------------------------------------------------------------------------
 # Duplicates: a text that is in two splits is a test question seen in training
 #
-# The UCI collection repeats texts ("Sorry, I'll call later" 30 times): 5,574 messages, 5,131 distinct
-# after normalisation. Split as they come, copies land on both sides of a split, and test accuracy
-# measures memory as well as classification.
-
-
-def normalise_text(text: str) -> str:
-    """The form in which two texts count as the same message: case-folded, every run of characters
-    that are not letters or digits (`str.isalnum`: punctuation, symbols, whitespace) made one space,
-    stripped. "Sorry, I'll call later" and "sorry i'll call later..." both become "sorry i ll call
-    later"; digits stay, so spam that differs in its phone number stays two texts. A text with no
-    letter or digit (":)", ":-) :-)") is instead its own whitespace-collapsed self, so that different
-    emoticons stay different texts."""
-    words = "".join(ch if ch.isalnum() else " " for ch in text.casefold()).split()
-    return " ".join(words) if words else " ".join(text.split())
+# The UCI collection repeats texts ("Sorry, I'll call later" 30 times) and templates (the same spam
+# with other numbers): 5,574 messages, 5,086 distinct normalised texts in 4,972 groups of copies and
+# near-copies (data/duplicates.py). Split as they come, copies land on both sides of a split, and test
+# accuracy measures memory as well as classification.
 
 
 @dataclass
 class Duplicates:
     """What `dedupe` removed, by reason (each example is counted under one reason)."""
 
-    repeated: int = 0  # later copies of a text whose copies agree on the label (the first is kept)
-    conflicting: int = 0  # every copy of a text whose copies carry different labels
-    conflicting_texts: int = 0  # the distinct texts among those
-    held_out: int = 0  # examples whose text is in a held-out set (a given validation or test file)
+    repeated: int = 0  # later copies (the same normalised text) of a text whose group agrees on the label
+    conflicting: int = 0  # every example of a group of copies whose examples carry different labels
+    conflicting_texts: int = 0  # the groups among those
+    held_out: int = 0  # examples that copy or nearly copy a text of a held-out set (a given validation or test file)
+    near: int = 0  # later near-copies (a different normalised text, >= NEAR_COPY_SIMILARITY alike) in an agreeing group
 
     @property
     def removed(self) -> int:
-        return self.repeated + self.conflicting + self.held_out
+        return self.repeated + self.conflicting + self.held_out + self.near
 
 
-def dedupe(data: Examples, held_out: Sequence[Examples] = ()) -> tuple[Examples, Duplicates]:
-    """`data` with one example per normalised text (`normalise_text`), in file order, and the counts
-    of what went.
+def dedupe(data: Examples, held_out: Sequence[Examples] = (),
+           threshold: float | None = NEAR_COPY_SIMILARITY) -> tuple[Examples, Duplicates]:
+    """`data` with one example per group of copies (`copy_groups`: equal normalised texts and
+    near-copies), in file order, and the counts of what went.
 
-    The first copy of a text is kept. When the copies of a text carry different labels, all of them
-    go: which label is right cannot be told from the file, and keeping the first would make file order
-    decide. Examples whose text occurs in a `held_out` set (a validation or test file given beside
-    the training data) go too, so that no held-out text is trained on.
+    The first example of a group is kept. When the examples of a group carry different labels, all of
+    them go: which label is right cannot be told from the file, and keeping the first would make file
+    order decide. Examples that copy or nearly copy a text of a `held_out` set (a validation or test
+    file given beside the training data) go first, so that no held-out text is trained on.
     """
-    keys = [normalise_text(t) for t in data.texts]
-    labels_of: dict[str, set[str]] = {}
-    for key, label in zip(keys, data.labels):
-        labels_of.setdefault(key, set()).add(label)
-    banned = {normalise_text(t) for part in held_out for t in part.texts}
-    stats = Duplicates(conflicting_texts=sum(len(v) > 1 for k, v in labels_of.items() if k not in banned))
-    keep, seen = [], set()
-    for i, key in enumerate(keys):
-        if key in banned:
-            stats.held_out += 1
-        elif len(labels_of[key]) > 1:
+    banned = copies_of(data.texts, [t for part in held_out for t in part.texts], threshold)
+    stats = Duplicates(held_out=sum(banned))
+    rest = [i for i, b in enumerate(banned) if not b]
+    texts = [data.texts[i] for i in rest]
+    groups = copy_groups(texts, threshold)
+    labels_of: dict[int, set[str]] = {}
+    for group, i in zip(groups, rest):
+        labels_of.setdefault(group, set()).add(data.labels[i])
+    stats.conflicting_texts = sum(len(v) > 1 for v in labels_of.values())
+    keep, seen_groups, seen_keys = [], set(), set()
+    for group, i, text in zip(groups, rest, texts):
+        key = normalise_text(text)
+        if len(labels_of[group]) > 1:
             stats.conflicting += 1
-        elif key in seen:
+        elif key in seen_keys:
             stats.repeated += 1
+        elif group in seen_groups:
+            stats.near += 1
         else:
-            seen.add(key)
             keep.append(i)
+        seen_groups.add(group)
+        seen_keys.add(key)
     return data.subset(keep), stats
 
 
-def overlap(train: Examples, other: Examples) -> int:
-    """How many examples of `other` have a normalised text that also occurs in `train`."""
-    known = {normalise_text(t) for t in train.texts}
-    return sum(normalise_text(t) in known for t in other.texts)
+def overlap(train: Examples, other: Examples, threshold: float | None = NEAR_COPY_SIMILARITY) -> int:
+    """How many examples of `other` copy or nearly copy a text of `train`."""
+    return sum(copies_of(other.texts, train.texts, threshold))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,7 +417,7 @@ class Split:
     read: int  # examples in the data before anything was removed
     carved: int  # examples left after de-duplication and balancing, which the parts not given were cut from
     duplicates: Duplicates | None  # what `dedupe` removed; None when duplicates were kept
-    repeats: int  # with duplicates kept: examples whose text repeats an earlier one (else 0)
+    repeats: int  # with duplicates kept: examples that copy or nearly copy an earlier one (else 0)
     balanced: tuple[dict[str, int], dict[str, int]] | None  # class counts before and after undersampling
 
 
@@ -431,8 +428,9 @@ def split_examples(data: Examples, fractions: Sequence[float] = (0.7, 0.1, 0.2),
 
     In this order, so that no text is on two sides of the cut: `check_labels` (one class, or a label of a
     given part that `data` lacks or that is not among `labels`, fails before anything is done); `dedupe`
-    unless keep_duplicates (one example per normalised text, copies with conflicting labels all dropped,
-    and no example whose text is in a given `val` or `test`); `undersample` when `balance` and the
+    unless keep_duplicates (one example per group of copies and near-copies, data/duplicates.py; groups
+    with conflicting labels all dropped, and no example that copies a text of a given `val` or `test`);
+    `undersample` when `balance` and the
     classes differ in size; `stratified_split` by `fractions` (train, validation, test), seeded. A part
     given as `val` or `test` is used as it is and its fraction goes to the others, which keep their
     relative sizes.
@@ -441,7 +439,7 @@ def split_examples(data: Examples, fractions: Sequence[float] = (0.7, 0.1, 0.2),
     names = check_labels(data, given, labels)
     read, stats, repeats, balanced = len(data), None, 0, None
     if keep_duplicates:
-        repeats = len(data) - len({normalise_text(t) for t in data.texts})
+        repeats = len(data) - len(set(copy_groups(data.texts)))
     else:
         data, stats = dedupe(data, given)
     if balance and len(set(data.counts().values())) > 1:

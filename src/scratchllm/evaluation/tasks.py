@@ -121,8 +121,9 @@ class FewshotTask:
     train_data: str | None = None
     """draw shots from this file instead, and test on all of --data"""
     keep_duplicates: bool = False
-    """keep repeated texts (default: one example per text, compared case-folded on letters and digits, before
-    splitting; with --train-data, shots whose text is in --data go)"""
+    """keep repeated texts (default: one example per text before splitting, as finetune classify compares
+    them: numbers, codes and web addresses masked, near-copies 90% alike word for word; with --train-data,
+    shots that copy a text of --data go)"""
 
     def __post_init__(self) -> None:
         for name in ("data", "train_data"):

@@ -32,6 +32,7 @@ from scratchllm.core.console import log, warn
 from scratchllm.core.device import resolve_device
 from scratchllm.core.files import write_json
 from scratchllm.core.options import flat_values, option_fields
+from scratchllm.data.duplicates import NEAR_COPY_SIMILARITY
 from scratchllm.data.labelled import (Examples, check_labels, class_weights, load_labelled, load_sms_spam, overlap,
                                       split_examples)
 from scratchllm.errors import ScratchLLMError
@@ -43,6 +44,9 @@ from scratchllm.training.loop import Task, fit
 METRICS_FILE = "metrics.json"
 # What run_config.json records under "classification": the options of `finetune classify`, by flag name.
 CLASSIFICATION_RECORD = frozenset(f.name for f in option_fields(ClassifyConfig)) - {"resume"}
+
+# How texts are compared (data/duplicates.py), for the log.
+SAME_TEXT = f"numbers, codes and web addresses masked, near-copies {NEAR_COPY_SIMILARITY:.0%} alike word for word"
 
 # The book's learning rate for GPT-2 small (Raschka 2024, ch. 6), and that model's width.
 BOOK_LR, BOOK_WIDTH = 5e-5, 768
@@ -179,9 +183,9 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
     """Read the data, drop duplicate texts (unless keep_duplicates), balance, split 70/10/20.
 
     The cut is data/labelled.py's `split_examples` (the one `evaluate fewshot` uses too): duplicates go
-    before balancing and splitting, so that no text is on two sides of the split (one example per
-    normalised text; copies that disagree on the label are all dropped; no training example whose text
-    is in a given --val/--test file). Here: what was done is logged, and the overlap of the final
+    before balancing and splitting, so that no text is on two sides of the split (one example per group
+    of copies and near-copies, data/duplicates.py; groups that disagree on the label are all dropped; no
+    training example that copies a text of a given --val/--test file). Here: what was done is logged, and the overlap of the final
     splits with train is counted either way (0 unless duplicates were kept).
     """
     labelled = cfg.labelled
@@ -201,15 +205,15 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
     duplicates: dict[str, Any] = {"kept": labelled.keep_duplicates, "examples": cut.read}
     if cut.duplicates is None:
         duplicates["repeats"] = cut.repeats
-        log(f"duplicates: kept (--keep-duplicates); {cut.repeats} of {cut.read} examples repeat an "
-            "earlier text (compared case-folded on letters and digits)")
+        log(f"duplicates: kept (--keep-duplicates); {cut.repeats} of {cut.read} examples copy or nearly copy "
+            f"an earlier text ({SAME_TEXT})")
     else:
         stats = cut.duplicates
         duplicates.update(asdict(stats), removed=stats.removed)
         held = f", {stats.held_out} whose text is in --val/--test" if any(given.values()) else ""
         left = cut.read - stats.removed
-        log(f"duplicates: removed {stats.removed} of {cut.read} examples ({stats.repeated} repeats of "
-            f"an earlier text, compared case-folded on letters and digits; {stats.conflicting} copies of "
+        log(f"duplicates: removed {stats.removed} of {cut.read} examples ({stats.repeated} repeats and "
+            f"{stats.near} near-copies of an earlier text: {SAME_TEXT}; {stats.conflicting} copies of "
             f"{stats.conflicting_texts} texts with conflicting labels{held}); {left} left (--keep-duplicates keeps them)")
     if cut.balanced is not None:
         log(f"balance: undersampled {cut.balanced[0]} -> {cut.balanced[1]}")
@@ -222,7 +226,7 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
                              "test_in_validation": overlap(val, test)}
     if any(duplicates["overlap"].values()):
         o = duplicates["overlap"]
-        warn(f"texts on two sides of the split (normalised): {o['validation_in_train']} of {len(val)} validation "
+        warn(f"texts on two sides of the split (copies or near-copies): {o['validation_in_train']} of {len(val)} validation "
              f"and {o['test_in_train']} of {len(test)} test texts are in train, {o['test_in_validation']} test texts "
              "in validation")
     return Splits(train, val, test, duplicates)
