@@ -20,7 +20,7 @@ from scratchllm.checkpoint import hf
 from scratchllm.checkpoint.convert import export_hf
 from scratchllm.checkpoint.hf_families import GPT2Adapter, config_from_hf
 from scratchllm.checkpoint.loader import load
-from scratchllm.checkpoint.model_dir import read_model_config, resolve_model_dir, save_model
+from scratchllm.checkpoint.model_dir import read_model_config, resolve_model_dir, run_dir_choice, save_model
 from scratchllm.core.download import download_file
 from scratchllm.cli import main
 from scratchllm.models.config import GPTConfig
@@ -298,23 +298,37 @@ def test_trained_tokenizer_is_saved_beside_the_weights(tmp_path, shared_data):
         save_model(tiny_gpt(vocab_size=299), tmp_path / "small", tokenizer)
 
 
-def test_resolve_model_dir_prefers_final_then_best_then_newest_step(tmp_path):
+def test_resolve_model_dir_prefers_final_then_best_then_newest_step(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"lr": 3e-4}))  # a run's training config, not a model
     with pytest.raises(ScratchLLMError, match=r"not a model config .* and no final/, best/ or checkpoints/step-N/"):
         resolve_model_dir(run)
-    model = tiny_gpt()
-    for step in (100, 2000, 300):
+    assert run_dir_choice(run) is None
+    models = {step: tiny_gpt(seed=step) for step in (100, 2000, 300)}
+    for step, model in models.items():
         save_model(model, run / "checkpoints" / f"step-{step}")
     (run / "checkpoints" / "step-9999").mkdir()  # an empty leftover is not a checkpoint
     assert resolve_model_dir(run) == run / "checkpoints" / "step-2000"
-    save_model(model, run / "best")
+    newest = f"{run}: no final/ or best/ (the run did not finish); loading its newest checkpoint, {run}/checkpoints/step-2000"
+    assert run_dir_choice(run) == newest
+    # the loader says which model it took, once, on stderr (the CLI's stderr)
+    assert same_weights(load(run)[0], models[2000]) and capsys.readouterr().err == newest + "\n"
+    best = tiny_gpt(seed=7)
+    save_model(best, run / "best", extra={"training": {"step": 300, "val_loss": 4.2}})
     assert resolve_model_dir(run) == run / "best"
-    save_model(model, run / "final")
-    assert resolve_model_dir(run) == run / "final"
+    choice = (f"{run}: no final/ (the run did not finish); loading {run}/best (step 300, the best validation result), "
+              f"not the newer {run}/checkpoints/step-2000 (name it to load that)")
+    assert run_dir_choice(run) == choice
+    assert same_weights(load(run)[0], best) and capsys.readouterr().err == choice + "\n"
+    save_model(best, run / "best", extra={"training": {"step": 2000}})  # best is the newest step
+    assert run_dir_choice(run) == f"{run}: no final/ (the run did not finish); loading {run}/best (step 2000, the best validation result)"
+    final = tiny_gpt(seed=8)
+    save_model(final, run / "final")
+    assert resolve_model_dir(run) == run / "final" and run_dir_choice(run) is None
     assert resolve_model_dir(run / "final" / "model.safetensors") == run / "final"
-    assert same_weights(load(run)[0], model)
+    assert same_weights(load(run)[0], final) and capsys.readouterr().err == ""  # a finished run: nothing to say
+    assert run_dir_choice(run / "final") is None and run_dir_choice(run / "final" / "model.safetensors") is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bpe, gpt2_files, token_pieces, train_tokenizer
 from scratchllm.tokenizer import gpt2 as gpt2_module
 from scratchllm.tokenizer import batch
+from scratchllm.tokenizer import bpe_tokenizer
 from scratchllm.tokenizer.gpt2 import GPT2_FILES
 
 
@@ -343,6 +344,33 @@ def test_trained_tiktoken_backend_gives_same_ids(trained: Tokenizer) -> None:
     assert fast.backend == "tiktoken" and trained.backend == "python"
     for text in (SHAKESPEARE, *CORPORA["sms"][:500]):
         assert fast.encode(text) == trained.encode(text)
+
+
+# regex's set difference (a VERSION1 feature): the `regex` module runs it, tiktoken's engine rejects the flag
+VERSION1_PATTERN = r"(?V1)[\w--\d]+|\d|\s+|."
+FALLBACK = ("; encoding with the pure-Python backend instead (the same ids, about half of tiktoken's speed on new "
+            "words; backend 'python' chooses it without this warning)")
+
+
+@pytest.mark.parametrize("tiktoken_installed", [True, False])
+def test_auto_backend_says_once_when_it_falls_back_to_python(monkeypatch, capsys, tiktoken_installed) -> None:
+    monkeypatch.setattr(bpe_tokenizer, "_FALLBACKS_SEEN", set())
+    if not tiktoken_installed:
+        monkeypatch.setitem(__import__("sys").modules, "tiktoken", None)  # `import tiktoken` raises ImportError
+    pattern = VERSION1_PATTERN if tiktoken_installed else GPT2_PATTERN
+    tok = bpe_tokenizer.BPETokenizer([(b"a", b"b")], {ENDOFTEXT: 257}, pattern=pattern)
+    why = (f"tiktoken rejects the pre-tokenizer pattern {VERSION1_PATTERN!r} (Parsing error at position 2: Unknown "
+           "group flag: (?V)" if tiktoken_installed else "the tiktoken package is not installed")
+    assert tok.backend == "python"
+    assert capsys.readouterr().err == f"warning: tokenizer backend 'auto': {why}{FALLBACK}\n"
+    assert tok.encode("ab1 x") == [256, 49, 32, 120]  # "ab" merged, digits apart (the pattern's \\d)
+    again = bpe_tokenizer.BPETokenizer([(b"a", b"b")], {ENDOFTEXT: 257}, pattern=pattern)
+    assert again.backend == "python" and capsys.readouterr().err == ""  # once per process
+    monkeypatch.setattr(bpe_tokenizer, "_FALLBACKS_SEEN", set())
+    chosen = bpe_tokenizer.BPETokenizer([(b"a", b"b")], {ENDOFTEXT: 257}, pattern=pattern, backend="python")
+    assert chosen.backend == "python" and capsys.readouterr().err == ""  # asked for: nothing to say
+    with pytest.raises(ScratchLLMError, match=r"^backend 'tiktoken': t"):
+        bpe_tokenizer.BPETokenizer([(b"a", b"b")], {ENDOFTEXT: 257}, pattern=pattern, backend="tiktoken")
 
 
 def test_training_bad_arguments() -> None:

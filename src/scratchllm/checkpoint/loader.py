@@ -21,7 +21,8 @@ from scratchllm.checkpoint.hf import hf_tokenizer, hub_dir, load_hf
 from scratchllm.checkpoint.hf_families import config_from_hf
 from scratchllm.checkpoint.kinds import kind_of_config, loadable_kinds, registered
 from scratchllm.checkpoint.model_dir import (CONFIG_FILE, build_model, dir_format, read_model_config, read_tokenizer,
-                                             resolve_model_dir)
+                                             resolve_model_dir, run_dir_choice)
+from scratchllm.core.console import log
 from scratchllm.core.device import parse_dtype, resolve_device, weight_dtype
 from scratchllm.core.files import read_json
 from scratchllm.errors import ScratchLLMError
@@ -74,7 +75,8 @@ def load(
 ) -> tuple[nn.Module, Tokenizer]:
     """(model in eval mode, tokenizer) from a scratchllm model directory of any kind, a training run
     directory, a Hugging Face directory or a hub name (downloaded once), on `device` ("auto": CUDA,
-    else MPS, else the CPU). `dtype` casts the weights.
+    else MPS, else the CPU). `dtype` casts the weights. A run directory gives its final/; one that has
+    none gives best/, else its newest step checkpoint, and says which on stderr (`run_dir_choice`).
 
     kind: what the caller needs. None gives the directory's own kind: a GPT (`gpt`, `encoder`, and
     `lora` with its adapters merged unless merge=False), a Classifier or an EncoderDecoder. "gpt"
@@ -103,6 +105,9 @@ def load(
             raise ScratchLLMError(f"{d}: a Hugging Face causal language model, not {wanted.what}; {wanted.how_to_make}")
         model = load_hf(d, place, dtype)
         return for_decoding(model, quantize, str(d)), load_tokenizer(d)
+    choice = run_dir_choice(path_or_name)  # a run directory without final/: say which model it gives, and why
+    if choice is not None:
+        log(choice)
     data = read_model_config(d)
     found = registered(kind_of_config(data))
     if kind is not None and kind not in found.load_as:

@@ -159,14 +159,9 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     for sub in ("final", "best"):
         if dir_format(p / sub):
             return p / sub
-    steps = []
-    if (p / "checkpoints").is_dir():
-        for d in (p / "checkpoints").iterdir():
-            m = re.fullmatch(r"step-(\d+)", d.name)
-            if m and dir_format(d):
-                steps.append((int(m.group(1)), d))
-    if steps:
-        return max(steps)[1]
+    newest = _newest_step(p)
+    if newest is not None:
+        return newest[1]
     if (p / CONFIG_FILE).is_file():
         raise ScratchLLMError(
             f"{p / CONFIG_FILE}: not a model config (no \"format\": \"scratchllm\" and no \"model_type\"), "
@@ -176,6 +171,36 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
         f"{p}: not a model directory (no {CONFIG_FILE}) nor a run directory "
         "(no final/, best/ or checkpoints/step-N/ holding one)"
     )
+
+
+def _newest_step(run: Path) -> tuple[int, Path] | None:
+    """(N, directory) of a run directory's highest checkpoints/step-N/ that holds a model, or None."""
+    steps = []
+    if (run / "checkpoints").is_dir():
+        for d in (run / "checkpoints").iterdir():
+            m = re.fullmatch(r"step-(\d+)", d.name)
+            if m and dir_format(d):
+                steps.append((int(m.group(1)), d))
+    return max(steps) if steps else None
+
+
+def run_dir_choice(path: str | os.PathLike[str]) -> str | None:
+    """One line saying which model `resolve_model_dir` takes from a run directory that has no final/
+    (a run that did not finish), and why: best/ before a newer step checkpoint, or the newest step
+    checkpoint. None for anything else (a model directory, a run's final/, a file)."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or dir_format(p) or dir_format(p / "final"):
+        return None
+    newest = _newest_step(p)
+    if dir_format(p / "best"):
+        step = read_json(p / "best" / CONFIG_FILE).get("training", {}).get("step")
+        at = f"step {step}, " if isinstance(step, int) else ""
+        later = (f", not the newer {newest[1]} (name it to load that)"
+                 if newest is not None and not (isinstance(step, int) and step >= newest[0]) else "")
+        return f"{p}: no final/ (the run did not finish); loading {p / 'best'} ({at}the best validation result){later}"
+    if newest is not None:
+        return f"{p}: no final/ or best/ (the run did not finish); loading its newest checkpoint, {newest[1]}"
+    return None
 
 
 def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

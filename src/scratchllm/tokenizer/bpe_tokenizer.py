@@ -33,6 +33,7 @@ from typing import Any
 
 import regex
 
+from scratchllm.core.console import warn
 from scratchllm.core.files import check_overwrite, read_text, write_atomic
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizer.base import Backend, Tokenizer, check_text, read_tokenizer_file, special_regex
@@ -46,6 +47,19 @@ FILE_TYPE = INLINE  # the "type" field of the file `save` writes
 
 FILE_VERSION = 1
 
+
+
+_FALLBACKS_SEEN: set[str] = set()  # why backend "auto" fell back to python, each said once per process
+
+
+def _python_fallback(why: str) -> tuple[str, None]:
+    """Backend "auto" without tiktoken: the from-scratch encoder, said once per reason on stderr, since it
+    gives the same ids more slowly (README: about half of tiktoken's speed on text of mostly new words)."""
+    if why not in _FALLBACKS_SEEN:
+        _FALLBACKS_SEEN.add(why)
+        warn(f"tokenizer backend 'auto': {why}; encoding with the pure-Python backend instead (the same ids, "
+             "about half of tiktoken's speed on new words; backend 'python' chooses it without this warning)")
+    return "python", None
 
 class BPETokenizer(Tokenizer, reads=(GPT2, "bpe", INLINE)):
     """A byte-level BPE vocabulary plus special tokens, with an encoder and a decoder.
@@ -117,7 +131,7 @@ class BPETokenizer(Tokenizer, reads=(GPT2, "bpe", INLINE)):
         except ImportError:
             if backend == "tiktoken":
                 raise ScratchLLMError("backend 'tiktoken': the tiktoken package is not installed") from None
-            return "python", None
+            return _python_fallback("the tiktoken package is not installed")
         # Built from our own ranks (tiktoken.get_encoding would download OpenAI's files). Same
         # ranks, same pattern, same lowest-rank merge rule: same ids as the python backend. GPT-2's
         # pattern is given in its letters-first form (bpe.GPT2_PATTERN_FAST, the same language),
@@ -133,7 +147,7 @@ class BPETokenizer(Tokenizer, reads=(GPT2, "bpe", INLINE)):
         except ValueError as exc:  # e.g. a custom pattern tiktoken's Rust regex engine rejects
             if backend == "tiktoken":
                 raise ScratchLLMError(f"backend 'tiktoken': tiktoken rejects this tokenizer: {exc}") from None
-            return "python", None
+            return _python_fallback(f"tiktoken rejects the pre-tokenizer pattern {self._pattern!r} ({exc})")
         return "tiktoken", encoding
 
     # ---- building -----------------------------------------------------------------------------
