@@ -241,6 +241,7 @@ def main() -> None:
     def finetune(model_dir: Path, name: str, seed: int) -> dict:
         c = ClassifyConfig(model=str(model_dir), data=str(sms_file), out=str(out / name), epochs=args.ft_epochs,
                            patience=args.ft_patience, batch_size=args.ft_batch_size, lr=args.ft_lr,
+                           min_lr=args.ft_lr,  # constant, as the --ft-* defaults were chosen (not the small-width decay)
                            trainable=args.ft_trainable, seed=seed, split_seed=args.seed, split=tuple(args.split),
                            max_length=args.context_length, progress=False, dtype=args.dtype,
                            pooling=args.ft_pooling, dropout=args.ft_dropout)

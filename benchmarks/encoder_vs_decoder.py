@@ -131,7 +131,7 @@ def main() -> None:
         for pooling in (("last",) if name == "decoder" else ("mean", "first")):
             c = ClassifyConfig(model=str(out / f"{name}-pretrain" / "final"), data=str(sms_file),
                                out=str(out / f"{name}-{pooling}"), epochs=args.ft_epochs, batch_size=args.ft_batch_size,
-                               lr=args.ft_lr, trainable="all", pooling=pooling, seed=args.seed,
+                               lr=args.ft_lr, min_lr=args.ft_lr, trainable="all", pooling=pooling, seed=args.seed,
                                max_length=args.context_length, progress=False)
             cpu, t = time.process_time(), time.perf_counter()
             report, text = quietly(finetune_classifier, c)

@@ -19,6 +19,13 @@ NOW = flag_table()
 # string may now take only these.
 NOW_CHECKED = {"--dtype": ["float32", "bfloat16", "float16"]}
 
+# Defaults an issue asked to change on purpose, with what they are now. Issue 27 (defaults good for small
+# bases too, chosen on validation: docs/LOG.md, 2026-12-08): `finetune classify --trainable` is resolved
+# from the model's width, last-block (the old default) from GPT-2 small's 768 up, all below; `--min-lr`
+# stays None, which meant a constant rate and now means that from 768 up only, lr / 10 (cosine) below.
+# tests/recipes/test_classify.py checks both widths.
+NOW_CHANGED = {("finetune classify", "--trainable"): None, ("finetune classify", "--min-lr"): None}
+
 
 def _by_name(flags: dict) -> dict:
     # A generated boolean flag is "--x/--no-x" where a hand-written one was "--x": --x still means the
@@ -56,7 +63,10 @@ def test_every_flag_of_the_verb_keeps_its_name_default_and_meaning(verb):
     assert not missing, f"{verb}: flags disappeared: {missing}"
     for flag, was in before.items():
         now = current[flag]
-        assert _same_default(was["default"], now["default"]), f"{verb} {flag}: default {was['default']!r} -> {now['default']!r}"
+        if (verb, flag) in NOW_CHANGED:
+            assert now["default"] == NOW_CHANGED[verb, flag], f"{verb} {flag}: default {now['default']!r}"
+        else:
+            assert _same_default(was["default"], now["default"]), f"{verb} {flag}: default {was['default']!r} -> {now['default']!r}"
         for key in ("nargs", "choices", "required", "type", "const"):
             assert _same_meaning(flag, key, was[key], now[key]), f"{verb} {flag}: {key} {was[key]!r} -> {now[key]!r}"
 

@@ -20,7 +20,8 @@ from scratchllm.data.labelled import label_names, load_labelled, load_sms_spam, 
 from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
 from scratchllm.recipes import classify as classify_recipe
-from scratchllm.recipes.classify import ClassificationTask, default_lr, prepare_splits
+from scratchllm.recipes.classify import (ClassificationTask, default_lr, default_min_lr, default_trainable,
+                                         prepare_splits)
 from scratchllm.recipes.config import ClassifyConfig
 from scratchllm.training.config import TrainConfig
 from scratchllm.training.loop import fit
@@ -42,9 +43,10 @@ def tokenizer(sms):
     return Tokenizer.train(sms.texts[:1500], 512)
 
 
-def tiny_gpt(tokenizer, seed=0, context_length=64) -> GPT:
+def tiny_gpt(tokenizer, seed=0, context_length=64, emb_dim=32, n_layers=2) -> GPT:
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=context_length, emb_dim=32, n_layers=2, n_heads=2)
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=context_length, emb_dim=emb_dim, n_layers=n_layers,
+                    n_heads=2)
     return GPT(cfg).eval()
 
 
@@ -368,9 +370,15 @@ def test_early_stopping_on_validation_loss(tokenizer, tmp_path, monkeypatch, pat
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["training"]["epoch"] == kept_epoch
 
 
-@pytest.mark.parametrize("width, lr", [(768, 5e-5), (128, 3e-4), (1600, 2.4e-5)])
-def test_default_lr_is_the_books_at_gpt2_width_and_scales_inversely(width, lr):
-    assert default_lr(width) == pytest.approx(lr)
+@pytest.mark.parametrize("width, lr, trainable, min_lr", [(768, 5e-5, "last-block", 5e-5), (1600, 2.4e-5, "last-block", 2.4e-5),
+                                                         (767, 5e-5 * 768 / 767, "all", 5e-6 * 768 / 767),
+                                                         (128, 3e-4, "all", 3e-5)])
+def test_defaults_are_the_books_at_gpt2_width(width, lr, trainable, min_lr):
+    # the book's recipe from GPT-2 small's width up (last block, constant 5e-5 at 768, inversely with the
+    # width); narrower models train every weight, the rate decaying to a tenth
+    assert default_lr(width) == pytest.approx(lr) and default_trainable(width) == trainable
+    assert default_min_lr(width, default_lr(width)) == pytest.approx(min_lr)
+    assert default_min_lr(width, 1e-3) == pytest.approx(1e-3 if width >= 768 else 1e-4)  # of the lr given
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,7 +397,10 @@ def small_sms(sms, tmp_path_factory):
     return path
 
 
-TRAIN_ARGS = ["--trainable", "all", "--lr", "1e-3", "--batch-size", "16", "--device", "cpu", "--seed", "1"]
+# --min-lr = --lr: a constant rate, so that --resume to more epochs continues exactly (the schedule does not
+# depend on the number of epochs)
+TRAIN_ARGS = ["--trainable", "all", "--lr", "1e-3", "--min-lr", "1e-3", "--batch-size", "16", "--device", "cpu",
+              "--seed", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -448,6 +459,46 @@ def test_cli_removes_duplicates_unless_kept(tiny_dir, small_sms, tmp_path, monke
     assert report["duplicates"]["kept"] == bool(flags) and report["duplicates"]["examples"] == 86
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())["classification"]
     assert saved["keep_duplicates"] == bool(flags) and saved["duplicates"] == report["duplicates"]
+
+
+@pytest.mark.parametrize("width, lr, min_lr, trainable, header", [
+    (32, 1.2e-3, 1.2e-4, "all",
+     ["lr: 0.0012 = 5e-05 x 768 / width 32 (--lr sets it)",
+      "min_lr: 0.00012, cosine decay from lr (the default at width 32: constant from 768 up, else lr / 10; --min-lr sets it)",
+      "trainable: all (the default at width 32: last-block from 768 up, else all; --trainable sets it)"]),
+    (768, 5e-5, 5e-5, "last-block",
+     ["lr: 5e-05 = 5e-05 x 768 / width 768 (--lr sets it)",
+      "min_lr: 5e-05, constant (the default at width 768: constant from 768 up, else lr / 10; --min-lr sets it)",
+      "trainable: last-block (the default at width 768: last-block from 768 up, else all; --trainable sets it)"]),
+])
+def test_defaults_resolve_from_the_width(tokenizer, small_sms, tmp_path, monkeypatch, capsys, width, lr, min_lr,
+                                          trainable, header):
+    """With no --lr, --min-lr or --trainable: the book's recipe at GPT-2 small's width (last block, a constant
+    5e-5), all weights and a decaying rate below it; said in the run header and recorded."""
+    monkeypatch.setattr(RunDir, "plot", lambda self, rows=None: None)
+    monkeypatch.setattr(classify_recipe, "plot_epochs", lambda history, out: [])
+    model = tmp_path / "model"
+    save_model(tiny_gpt(tokenizer, emb_dim=width, n_layers=2 if width < 768 else 1), model, tokenizer)
+    rows = small_sms.read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "few.tsv"
+    data.write_text("".join(line + "\n" for line in rows[:24] + rows[150:174]), encoding="utf-8")
+    code, _out, err = run_cli(["finetune", "classify", "--model", model, "--data", data, "--out", tmp_path / "run",
+                               "--epochs", "2", "--split", "0.5", "0.25", "0.25", "--batch-size", "8",
+                               "--max-length", "16", "--device", "cpu"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert all(line in lines for line in header), [line for line in lines if line.startswith(("lr", "min_lr", "trainable"))]
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    for record in (report, saved["classification"]):
+        assert record["trainable"] == trainable
+        assert (record["lr"], record["min_lr"]) == (pytest.approx(lr), pytest.approx(min_lr))
+    assert (saved["train"]["lr"], saved["train"]["min_lr"]) == (pytest.approx(lr), pytest.approx(min_lr))
+    assert (report["trainable_parameters"] == report["parameters"]) == (trainable == "all")
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"lr"' in line]
+    assert len(rates) >= 4 and rates[0] == pytest.approx(lr, rel=0.05)
+    assert (rates[-1] < 0.5 * lr) == (min_lr < lr) and all(r == pytest.approx(lr) for r in rates) == (min_lr == lr)
 
 
 def test_help_shows_the_new_options(capsys):

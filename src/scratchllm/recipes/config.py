@@ -102,8 +102,9 @@ class ClassifyConfig:
     """run directory to write (final/ holds the classifier)"""
     epochs: float = 5.0
     """passes over the training split (at most: see patience)"""
-    trainable: Literal["head", "last-block", "all", "lora"] = "last-block"
-    """what trains: the head; the last block + final norm + head; everything; LoRA adapters + head"""
+    trainable: Literal["head", "last-block", "all", "lora"] | None = None
+    """what trains: the head; the last block + final norm + head; everything; LoRA adapters + head (default:
+    last-block for a model as wide as GPT-2 small's 768 or wider, as in the book; all for a narrower one)"""
     lora: LoRAConfig = group(LoRAConfig, prefix="lora_", flags=("rank", "alpha"),
                              help={"rank": "LoRA rank r (with trainable lora)", "alpha": "LoRA alpha (with trainable lora)"})
     pooling: Literal["last", "mean", "first"] = "last"
@@ -124,7 +125,8 @@ class ClassifyConfig:
         help={"batch_size": "texts per step",
               "lr": "AdamW learning rate (default: 5e-5 x 768 / the model's width: the book's 5e-5 for GPT-2's 768, "
                     "3e-4 for a 128-wide model)",
-              "min_lr": "cosine-decay the learning rate to this (default: constant, as in the book)",
+              "min_lr": "cosine-decay the learning rate to this (default: constant, as in the book, for a model as wide "
+                        "as GPT-2 small's 768 or wider; lr / 10 for a narrower one)",
               "patience": "stop after this many epochs without a lower validation loss; final/ then gets the weights "
                           "of the epoch with the lowest (0: train every epoch, final/ is the last)",
               "seed": "seed of balancing, split, head init and batch order",
