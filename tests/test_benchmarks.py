@@ -2,7 +2,8 @@
 trains and decodes, scratchllm's loss paths agree before any step, and its static decode gives the
 eager loop's (and transformers') greedy tokens. The speedrun (benchmarks/speedrun.py) runs end to end
 on the-verdict with a 12-step baseline, and reads the demo's corpus as the demo splits it; its summary
-maths (time to the target, curves, each budget against its own baseline) against hand-computed rows."""
+maths (time to the target, curves, each budget against its own baseline) against hand-computed rows. The
+classification seeds (benchmarks/classify_seeds.py) print what each seed's run recorded."""
 
 from __future__ import annotations
 
@@ -212,3 +213,42 @@ def test_generation_benchmark_runs_against_llama_cpp_and_transformers(capsys):
     assert agreement["scratchllm float32"] == {"same_from_start": 8, "next_token": 1.0}
     assert agreement["llama.cpp f32"]["same_from_start"] == 8 and 0 <= agreement["scratchllm int8"]["next_token"] <= 1
     assert "load() chose decode kernel" in capsys.readouterr().out
+
+
+def test_classify_seeds_prints_each_seed_and_the_range(tmp_path, shared_data, capsys):
+    """Two fine-tunings of a tiny base on 80 messages: each printed figure is the run's metrics.json,
+    and the range line spans them."""
+    import torch
+
+    from benchmarks.classify_seeds import main
+    from scratchllm.checkpoint import save_model
+    from scratchllm.data.labelled import load_sms_spam
+    from scratchllm.models.config import GPTConfig
+    from scratchllm.models.gpt import GPT
+    from scratchllm.tokenizer import Tokenizer
+
+    sms = load_sms_spam(shared_data / "sms_spam_collection.tsv")
+    tok = Tokenizer.train(sms.texts[:300], 300)
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=32, emb_dim=16, n_layers=1, n_heads=2)),
+               tmp_path / "base", tok)
+    rows = [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "ham"][:40] + \
+        [(y, t) for y, t in zip(sms.labels, sms.texts) if y == "spam"][:40]
+    data = tmp_path / "few.tsv"
+    data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+    results = main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / "runs"), "--data", str(data),
+                    "--seeds", "1", "2", "--threads", str(torch.get_num_threads()), "--epochs", "1",
+                    "--batch-size", "16", "--trainable", "head"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"base {tmp_path / 'base'}; finetune classify --epochs 1 --batch-size 16 --trainable head;")
+    tests = []
+    for line, result in zip(out[1:3], results):
+        report = json.loads((tmp_path / "runs" / f"seed-{result['seed']}" / "metrics.json").read_text())
+        assert report["trainable"] == "head" and report["test"]["accuracy"] == result["test_accuracy"]
+        n_test = sum(report["counts"]["test"].values())
+        assert line.startswith(f"seed {result['seed']}: validation {100 * result['val_accuracy']:.2f}% (")
+        assert f"test {100 * result['test_accuracy']:.2f}% ({n_test}); trainable head" in line
+        tests.append(result["test_accuracy"])
+    assert [r["seed"] for r in results] == [1, 2]
+    assert out[3].split("; ")[1] == (f"test {100 * min(tests):.2f}-{100 * max(tests):.2f}% "
+                                     f"(mean {100 * sum(tests) / 2:.2f}%)")
