@@ -542,6 +542,36 @@ def test_resume_continues_exactly(tiny_dir, small_sms, trained, tmp_path, capsys
     assert ra["epochs"] == rb["epochs"] and ra["test"] == rb["test"]
 
 
+def test_resume_keeps_the_choices_of_a_run_from_before_the_width_defaults(tiny_dir, small_sms, tmp_path, monkeypatch,
+                                                                         capsys):
+    """A run started when --trainable defaulted to last-block and the rate to constant (run_config.json
+    recording trainable 'last-block' and min_lr None), resumed with neither flag: it keeps last-block and
+    the constant rate (its optimizer state holds the last block's weights only) and ends where an
+    uninterrupted run with those settings ends."""
+    monkeypatch.setattr(RunDir, "plot", lambda self, rows=None: None)
+    monkeypatch.setattr(classify_recipe, "plot_epochs", lambda history, out: [])
+    common = ["finetune", "classify", "--model", tiny_dir, "--data", small_sms, "--lr", "1e-3", "--batch-size", "16",
+              "--device", "cpu", "--seed", "1"]
+    old = ["--trainable", "last-block", "--min-lr", "1e-3"]
+    assert run_cli([*common, *old, "--epochs", "2", "--out", tmp_path / "straight"], capsys)[0] == 0
+    assert run_cli([*common, *old, "--epochs", "1", "--out", tmp_path / "old"], capsys)[0] == 0
+    path = tmp_path / "old" / "run_config.json"
+    saved = json.loads(path.read_text())
+    saved["classification"]["min_lr"] = None  # as written before min_lr was resolved from the width
+    path.write_text(json.dumps(saved))
+    code, _out, err = run_cli([*common, "--epochs", "2", "--resume", "--out", tmp_path / "old"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert "trainable: last-block (as the resumed run chose; --trainable sets it)" in lines
+    assert "min_lr: 0.001, constant (as the resumed run chose; --min-lr sets it)" in lines
+    from safetensors.torch import load_file
+
+    for file in ("model.safetensors", HEAD_FILE):
+        a, b = load_file(tmp_path / "straight" / "final" / file), load_file(tmp_path / "old" / "final" / file)
+        assert all(torch.equal(a[k], b[k]) for k in a), file
+    assert json.loads((tmp_path / "old" / "metrics.json").read_text())["trainable"] == "last-block"
+
+
 # --------------------------------------------------------------------------------------------------
 # bad input: one line on stderr, exit code 2
 

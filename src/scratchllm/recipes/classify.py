@@ -40,6 +40,7 @@ from scratchllm.evaluation.metrics import classification_report
 from scratchllm.models.classifier import Classifier, encode_texts, pad_batch
 from scratchllm.recipes.config import ClassifyConfig
 from scratchllm.training.loop import Task, fit
+from scratchllm.training.run_dir import read_run_config
 
 METRICS_FILE = "metrics.json"
 # What run_config.json records under "classification": the options of `finetune classify`, by flag name.
@@ -249,6 +250,22 @@ def prepare_splits(cfg: ClassifyConfig) -> Splits:
     return Splits(train, val, test, duplicates)
 
 
+def resumed_choices(cfg: ClassifyConfig, out: Path) -> dict[str, Any]:
+    """What the run that --resume continues recorded for the options whose default depends on the width
+    and that were not given now (`trainable`, `min_lr`): its checkpoint's optimizer state fits only the
+    weights it trained. A run from before those defaults recorded trainable as chosen then and min_lr
+    None (a constant rate); {} without --resume or a recorded run."""
+    if not cfg.resume:
+        return {}
+    record = (read_run_config(out) or {}).get("classification") or {}
+    found: dict[str, Any] = {}
+    if cfg.trainable is None and record.get("trainable"):
+        found["trainable"] = record["trainable"]
+    if cfg.train.min_lr is None and "min_lr" in record:
+        found["min_lr"] = record["min_lr"]
+    return found
+
+
 def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     """Fine-tune a pretrained GPT as a classifier; returns (and writes to OUT/metrics.json) the report.
 
@@ -280,19 +297,26 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
     given_lr = cfg.train.lr
     lr = given_lr if given_lr is not None else default_lr(width)
     log(f"lr: {lr:.3g}" + (" (--lr)" if given_lr is not None else f" = {BOOK_LR:g} x {BOOK_WIDTH} / width {width} (--lr sets it)"))
-    given_min_lr = cfg.train.min_lr
-    min_lr = given_min_lr if given_min_lr is not None else default_min_lr(width, lr)
-    if given_min_lr is None:
+    resumed = resumed_choices(cfg, out)
+    default_why = f"the default at width {width}: constant from {BOOK_WIDTH} up, else lr / 10"
+    if cfg.train.min_lr is not None:
+        min_lr = cfg.train.min_lr
+    elif "min_lr" in resumed:  # None: a run from before this default, at the then constant rate
+        min_lr, default_why = resumed["min_lr"] if resumed["min_lr"] is not None else lr, "as the resumed run chose"
+    else:
+        min_lr = default_min_lr(width, lr)
+    if cfg.train.min_lr is None:
         log(f"min_lr: {min_lr:.3g}, " + ("constant" if min_lr == lr else "cosine decay from lr") +
-            f" (the default at width {width}: constant from {BOOK_WIDTH} up, else lr / 10; --min-lr sets it)")
+            f" ({default_why}; --min-lr sets it)")
     torch.manual_seed(cfg.train.seed)  # the head's initial weights (and LoRA's A matrices)
     context = body.config.context_length
     max_length = min(cfg.max_length or context, context)
     model = Classifier(body, labels, cfg.pooling, tokenizer, max_length)
-    trainable = cfg.trainable or default_trainable(width)
+    trainable = cfg.trainable or resumed.get("trainable") or default_trainable(width)
     if cfg.trainable is None:
-        log(f"trainable: {trainable} (the default at width {width}: last-block from {BOOK_WIDTH} up, else all; "
-            "--trainable sets it)")
+        why = ("as the resumed run chose" if "trainable" in resumed
+               else f"the default at width {width}: last-block from {BOOK_WIDTH} up, else all")
+        log(f"trainable: {trainable} ({why}; --trainable sets it)")
     n_train, n_total = model.set_trainable(trainable, cfg.lora.rank, cfg.lora.alpha)
     log(f"model: {cfg.model}, {len(labels)} classes, pooling {cfg.pooling}; trainable {trainable}: "
          f"{n_train:,} of {n_total:,} parameters ({100 * n_train / n_total:.2f}%)")
