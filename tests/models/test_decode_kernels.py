@@ -67,7 +67,7 @@ def test_matvec_product_matches_linear_and_leaves_onednn_as_it_was(dtype, rows, 
                                rtol=tol)
 
 
-@pytest.mark.parametrize("kernel", ["linear", "split", "matvec"])
+@pytest.mark.parametrize("kernel", ["linear", "split", "matvec", "column"])
 def test_optimize_for_decoding_keeps_parameters_ties_results_and_pickling(kernel):
     gpt, ref = sharpened_gpt(VOCAB, seed=2), sharpened_gpt(VOCAB, seed=2)
     params = dict(gpt.named_parameters())
@@ -76,8 +76,8 @@ def test_optimize_for_decoding_keeps_parameters_ties_results_and_pickling(kernel
     assert gpt.out_head.weight is gpt.tok_emb.weight
     linears = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is DecodeLinear and m.kernel == kernel for m in linears)
-    for m in linears:  # "split" reads column-major (out, in) weights, the others row-major ones
-        assert (m.weight.stride() == (1, m.weight.shape[0])) == (kernel == "split")
+    for m in linears:  # "split" and "column" read column-major (out, in) weights, the others row-major ones
+        assert (m.weight.stride() == (1, m.weight.shape[0])) == (kernel in ("split", "column"))
     for (name, a), b in zip(gpt.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
     ids = torch.tensor([PROMPT])
@@ -95,7 +95,7 @@ def test_optimize_for_decoding_keeps_parameters_ties_results_and_pickling(kernel
             torch.testing.assert_close(other(ids), ref(ids), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", ["split", "matvec"])
+@pytest.mark.parametrize("kernel", ["split", "matvec", "column"])
 def test_optimized_model_still_trains_and_notices_changed_weights(kernel):
     """Gradients flow through the plain product; a weight changed in place is never served stale."""
     gpt, ref = sharpened_gpt(VOCAB, seed=2), sharpened_gpt(VOCAB, seed=2)
@@ -145,7 +145,7 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
 
     def fake(weights, names, rounds=3, rows=1, clock=None):
         calls.append((weights[0].dtype, tuple(names), len(weights)))
-        return {name: {"linear": 1.0, "split": 0.5, "matvec": 0.98}[name] for name in names}
+        return {name: {"linear": 1.0, "split": 0.5, "matvec": 0.98, "column": 0.6}[name] for name in names}
 
     monkeypatch.setattr(dk, "measure_kernels", fake)
     monkeypatch.setattr(dk, "_CHOSEN", {})
@@ -153,7 +153,7 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
     gpt = sharpened_gpt(VOCAB, seed=4)
     optimize_for_decoding(gpt)
     n_weights = len({id(m.weight) for m in gpt.modules() if isinstance(m, torch.nn.Linear)})
-    assert calls == [(torch.float32, ("linear", "split", "matvec"), n_weights)]
+    assert calls == [(torch.float32, ("linear", "split", "matvec", "column"), n_weights)]
     assert {m.kernel for m in gpt.modules() if isinstance(m, DecodeLinear)} == {"split"}
     optimize_for_decoding(sharpened_gpt(VOCAB, seed=5))  # same shapes, same threads: no new measurement
     assert len(calls) == 1
@@ -186,9 +186,9 @@ def test_a_busy_machine_is_measured_on_one_thread_in_its_cpu_time(monkeypatch):
 
 def test_a_real_measurement_picks_a_candidate():
     weights = [torch.randn(64, 32), torch.randn(32, 64)]
-    times = dk.measure_kernels(weights, ["linear", "split", "matvec"], rounds=2)
-    assert set(times) == {"linear", "split", "matvec"} and all(0 < t < 1 for t in times.values())
-    assert dk.choose_kernel(weights) in ("linear", "split", "matvec")
+    times = dk.measure_kernels(weights, ["linear", "split", "matvec", "column"], rounds=2)
+    assert set(times) == {"linear", "split", "matvec", "column"} and all(0 < t < 1 for t in times.values())
+    assert dk.choose_kernel(weights) in ("linear", "split", "matvec", "column")
     assert weights[0].is_contiguous()  # measuring copies, it never reorders the model's weights
 
 
@@ -205,7 +205,7 @@ def test_plain_linears_undoes_it_and_lora_layers_are_left_alone():
 
 
 def test_an_unknown_kernel_is_one_line():
-    with pytest.raises(ScratchLLMError, match=r"^decode kernel 'fast': expected one of linear, split, matvec$"):
+    with pytest.raises(ScratchLLMError, match=r"^decode kernel 'fast': expected one of linear, split, matvec, column$"):
         optimize_for_decoding(torch.nn.Linear(4, 4), kernel="fast")
 
 

@@ -12,6 +12,10 @@ the BLAS (docs/LOG.md has the measurements):
 - "split": a float32 W stored column-major (W^T row-major) and the inner dimension cut into one
   slice per thread, as one batched product (`split_product`): MKL runs the slices in parallel where
   it runs a single matrix-vector product on one thread (1.5x on an AVX2 AMD EPYC);
+- "column": F.linear on a float32 W stored column-major (W^T row-major), which MKL multiplies without
+  transposing: about as fast as "linear" for one row, and 1.3-1.5x faster for the 4-16 rows of a
+  server's batch on a Xeon with AMX, where MKL's small-M product on a row-major W runs far below the
+  memory's speed (docs/LOG.md, 2026-12-08);
 - "matvec": W as the large operand of torch.mv, or of torch.mm(W, X^T) for a few rows, with oneDNN
   on: oneDNN then reads W where it lies (no re-packing) with the CPU's own bf16 instructions
   (AVX-512 BF16 / AMX): 1.35x PyTorch's own bfloat16 kernel on a Xeon with AMX.
@@ -40,9 +44,9 @@ from scratchllm.errors import ScratchLLMError
 
 MAX_ROWS = 64  # calls with more rows (prompts, long batches) take the plain product
 
-# The kernels worth measuring for each weight dtype ("split" reorders float32 weights only).
+# The kernels worth measuring for each weight dtype ("split" and "column" reorder float32 weights only).
 CANDIDATES: dict[torch.dtype, tuple[str, ...]] = {
-    torch.float32: ("linear", "split", "matvec"),
+    torch.float32: ("linear", "split", "matvec", "column"),
     torch.bfloat16: ("linear", "matvec"),
     torch.float16: ("linear", "matvec"),
 }
@@ -110,8 +114,9 @@ def _split_or_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 KERNELS: dict[str, Callable[..., torch.Tensor]] = {
-    "linear": linear_product, "split": _split_or_linear, "matvec": matvec_product,
+    "linear": linear_product, "split": _split_or_linear, "matvec": matvec_product, "column": linear_product,
 }
+COLUMN_MAJOR = ("split", "column")  # the kernels that read a column-major float32 weight
 
 
 @functools.cache
@@ -176,11 +181,11 @@ def optimize_for_decoding(model: nn.Module, kernel: str | None = None) -> nn.Mod
     weight dtype, in place; returns `model`.
 
     kernel: None measures the candidates on the model's weights (`choose_kernel`, cached per process);
-    "linear", "split" or "matvec" forces one (a dtype it does not serve keeps "linear"). Parameters
-    stay the same objects with the same values (ties kept); "split" stores float32 weights
-    column-major (the same (out, in) tensors with strides (1, out)), the others row-major. Results
-    agree with the plain model to rounding (sums in another order). Layers on a GPU, of another
-    class (LoRALinear) or of another dtype are left alone.
+    "linear", "split", "matvec" or "column" forces one (a dtype it does not serve keeps "linear").
+    Parameters stay the same objects with the same values (ties kept); "split" and "column" store
+    float32 weights column-major (the same (out, in) tensors with strides (1, out)), the others
+    row-major. Results agree with the plain model to rounding (sums in another order). Layers on a
+    GPU, of another class (LoRALinear) or of another dtype are left alone.
     """
     if kernel is not None and kernel not in KERNELS:
         raise ScratchLLMError(f"decode kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
@@ -194,7 +199,7 @@ def optimize_for_decoding(model: nn.Module, kernel: str | None = None) -> nn.Mod
         if choice not in CANDIDATES[dtype]:
             choice = "linear"
         for module in modules:
-            _set_layout(module.weight, column_major=choice == "split")
+            _set_layout(module.weight, column_major=choice in COLUMN_MAJOR)
             module.__class__ = DecodeLinear
             module.kernel = choice
     return model
@@ -296,11 +301,12 @@ def _sample(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def measure_kernels(weights: Sequence[torch.Tensor], names: Sequence[str], rounds: int = MEASURE_ROUNDS,
                     rows: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Seconds of the fastest of `rounds` passes of each kernel in `names` over `weights` (x of `rows`
-    rows times each weight), kernels alternating within each round. "split" gets column-major copies
-    of the weights and the others row-major ones (copies only where a weight is stored otherwise)."""
+    rows times each weight), kernels alternating within each round. "split" and "column" get
+    column-major copies of the weights and the others row-major ones (copies only where a weight is
+    stored otherwise)."""
     g = torch.Generator().manual_seed(0)  # not the global RNG: measuring must not change a run's random numbers
     xs = [torch.randn(rows, w.shape[1], generator=g).to(w.dtype) for w in weights]
-    laid_out = {name: [_laid_out(w, name == "split") for w in weights] for name in names}
+    laid_out = {name: [_laid_out(w, name in COLUMN_MAJOR) for w in weights] for name in names}
     return time_passes({name: functools.partial(_one_pass, KERNELS[name], xs, laid_out[name]) for name in names},
                        rounds, clock)
 
