@@ -559,6 +559,12 @@ def test_resume_keeps_the_choices_of_a_run_from_before_the_width_defaults(tiny_d
     saved = json.loads(path.read_text())
     saved["classification"]["min_lr"] = None  # as written before min_lr was resolved from the width
     path.write_text(json.dumps(saved))
+    code, _out, err = run_cli([*common, "--trainable", "all", "--epochs", "2", "--resume", "--out", tmp_path / "old"],
+                              capsys)
+    assert code == 2 and err.splitlines()[-1] == (
+        f"scratchllm finetune: error: --trainable all: the run in {tmp_path / 'old'} trained last-block, and its "
+        "optimizer state fits only those weights; resume with --trainable last-block (or leave it out), or start a "
+        "new --out")
     code, _out, err = run_cli([*common, "--epochs", "2", "--resume", "--out", tmp_path / "old"], capsys)
     assert code == 0, err
     lines = err.splitlines()

@@ -259,6 +259,10 @@ def resumed_choices(cfg: ClassifyConfig, out: Path) -> dict[str, Any]:
         return {}
     record = (read_run_config(out) or {}).get("classification") or {}
     found: dict[str, Any] = {}
+    if cfg.trainable is not None and record.get("trainable") not in (None, cfg.trainable):
+        raise ScratchLLMError(f"--trainable {cfg.trainable}: the run in {out} trained {record['trainable']}, and its "
+                              f"optimizer state fits only those weights; resume with --trainable "
+                              f"{record['trainable']} (or leave it out), or start a new --out")
     if cfg.trainable is None and record.get("trainable"):
         found["trainable"] = record["trainable"]
     if cfg.train.min_lr is None and "min_lr" in record:
