@@ -166,6 +166,31 @@ def test_the_choice_is_measured_once_and_reported(monkeypatch):
     assert report[0]["threads"] == 1 and report[0]["seconds"]["split"] == 0.5
 
 
+def test_a_server_batch_ranks_kernels_by_one_row_and_by_its_rows(monkeypatch):
+    """rows > 1: each candidate's time per token at one row plus at `rows` rows decides. Here "column"
+    loses at one row by 2% (so one-row decoding keeps "linear") and wins 8-row batches by 1.5x."""
+    per_pass = {1: {"linear": 1.0, "split": 1.2, "matvec": 1.1, "column": 1.02},
+                8: {"linear": 3.0, "split": 3.2, "matvec": 3.4, "column": 2.0}}
+    seen = []
+
+    def fake(weights, names, rounds=3, rows=1, clock=None):
+        seen.append(rows)
+        return {name: per_pass[rows][name] for name in names}
+
+    monkeypatch.setattr(dk, "measure_kernels", fake)
+    monkeypatch.setattr(dk, "_CHOSEN", {})
+    monkeypatch.setattr(dk, "machine_busy", lambda: False)
+    weights = [torch.randn(8, 8)]
+    assert dk.choose_kernel(weights) == "linear" and seen == [1]
+    assert dk.choose_kernel(weights, rows=8) == "column" and seen == [1, 1, 8]
+    batch = [r for r in kernel_choices() if r["rows"] == 8][0]
+    assert batch["seconds"] == pytest.approx({"linear": 1.375, "split": 1.6, "matvec": 1.525, "column": 1.27})
+    gpt = sharpened_gpt(VOCAB, seed=4)
+    optimize_for_decoding(gpt, rows=8)
+    assert {m.kernel for m in gpt.modules() if isinstance(m, DecodeLinear)} == {"column"}
+    assert gpt.blocks[0].mlp.fc.weight.stride() == (1, gpt.blocks[0].mlp.fc.weight.shape[0])
+
+
 def test_a_busy_machine_is_measured_on_one_thread_in_its_cpu_time(monkeypatch):
     """Under load, threads wait for each other for whole time slices: one thread's CPU time is what
     still ranks the kernels. The caller's thread count comes back afterwards."""

@@ -48,6 +48,7 @@ from scratchllm.inference.rows import RowState
 from scratchllm.inference.sampling import make_generators
 from scratchllm.inference.serve_input import client_error, prompt_ids
 from scratchllm.inference.session import InferenceSession, load_session
+from scratchllm.models.decode_kernels import optimize_for_decoding
 
 log = logging.getLogger("scratchllm.serve")
 
@@ -56,6 +57,9 @@ def make_engine(session: InferenceSession, settings: ServeSettings) -> Engine:
     """The engine `settings.batching` names, over the session's model."""
     if settings.batching == "off":
         return SequentialEngine(session.model, settings.queue_size, settings.token_delay)
+    # The batch decodes up to max_batch rows a step: choose the CPU kernels for that too (8 rows at most
+    # are measured; GPU layers and int8 ones are left alone).
+    optimize_for_decoding(session.model, rows=min(settings.max_batch, 8))
     return BatchEngine(session.model, settings.max_batch, settings.queue_size, settings.prefill_chunk,
                        settings.token_delay)
 

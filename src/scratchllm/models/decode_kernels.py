@@ -176,11 +176,12 @@ class DecodeLinear(nn.Linear):
         return f"{super().extra_repr()}, kernel={self.kernel}"
 
 
-def optimize_for_decoding(model: nn.Module, kernel: str | None = None) -> nn.Module:
+def optimize_for_decoding(model: nn.Module, kernel: str | None = None, rows: int = 1) -> nn.Module:
     """Serve the decoding calls of `model`'s CPU nn.Linear layers with the fastest kernel for their
     weight dtype, in place; returns `model`.
 
-    kernel: None measures the candidates on the model's weights (`choose_kernel`, cached per process);
+    kernel: None measures the candidates on the model's weights (`choose_kernel`, cached per process),
+    for decoding one row at a time, or batches of up to `rows` rows as well (a server);
     "linear", "split", "matvec" or "column" forces one (a dtype it does not serve keeps "linear").
     Parameters stay the same objects with the same values (ties kept); "split" and "column" store
     float32 weights column-major (the same (out, in) tensors with strides (1, out)), the others
@@ -195,7 +196,7 @@ def optimize_for_decoding(model: nn.Module, kernel: str | None = None) -> nn.Mod
             if module.weight.dtype in CANDIDATES:
                 groups.setdefault(module.weight.dtype, []).append(module)
     for dtype, modules in groups.items():
-        choice = kernel if kernel is not None else choose_kernel(_unique([m.weight for m in modules]))
+        choice = kernel if kernel is not None else choose_kernel(_unique([m.weight for m in modules]), rows)
         if choice not in CANDIDATES[dtype]:
             choice = "linear"
         for module in modules:
@@ -242,9 +243,9 @@ def _set_layout(weight: torch.Tensor, column_major: bool) -> None:
 _CHOSEN: dict[tuple, tuple[str, dict[str, float], bool]] = {}
 
 
-def choose_kernel(weights: Sequence[torch.Tensor]) -> str:
+def choose_kernel(weights: Sequence[torch.Tensor], rows: int = 1) -> str:
     """The fastest decode kernel for `weights` (one dtype, in the order a decode step reads them),
-    measured once per process for each thread count and set of shapes.
+    measured once per process for each thread count, set of shapes and `rows`.
 
     Each candidate of CANDIDATES[dtype] multiplies one random vector by each weight, over the first
     MEASURE_BYTES of them (a decode step streams them from memory, so the measurement does too);
@@ -252,17 +253,26 @@ def choose_kernel(weights: Sequence[torch.Tensor]) -> str:
     disturbed least). "linear", the plain product, stays unless another is at least 3% faster. On a
     busy machine (load average at least its CPU count) threads wait for each other for whole time
     slices, which no number of rounds averages out: the passes then run on one thread and are timed
-    in that thread's CPU time."""
+    in that thread's CPU time.
+
+    rows > 1 (a server's batch of up to that many rows): each candidate is also timed on `rows` rows,
+    and ranked by its time per token at one row plus its time per token at `rows` rows, since a
+    server decodes both: MKL's float32 product of a few rows by a row-major weight runs well below
+    the memory's speed on some CPUs, where a column-major one does not (the "column" kernel)."""
     dtype = weights[0].dtype
     sample = _sample(weights)
     threads = torch.get_num_threads()
-    key = (dtype, threads, tuple(tuple(w.shape) for w in sample))
+    key = (dtype, threads, rows, tuple(tuple(w.shape) for w in sample))
     if key not in _CHOSEN:
         busy = machine_busy()
+        clock = time.thread_time if busy else time.perf_counter
         if busy:
             torch.set_num_threads(1)
         try:
-            times = measure_kernels(sample, CANDIDATES[dtype], clock=time.thread_time if busy else time.perf_counter)
+            times = measure_kernels(sample, CANDIDATES[dtype], clock=clock)
+            if rows > 1:
+                batch = measure_kernels(sample, CANDIDATES[dtype], rows=rows, clock=clock)
+                times = {name: times[name] + batch[name] / rows for name in times}
         finally:
             torch.set_num_threads(threads)
         best = min(times, key=times.__getitem__)
@@ -279,11 +289,12 @@ def machine_busy() -> bool:
 
 
 def kernel_choices() -> list[dict]:
-    """What `choose_kernel` measured in this process: per dtype and thread count, the bytes of one
-    pass, each candidate's time, whether the machine was busy (then timed on one thread) and the
-    choice (benchmarks/generation.py prints them)."""
-    return [{"dtype": str(key[0]).removeprefix("torch."), "threads": key[1],
-             "bytes": sum(torch.Size(s).numel() * key[0].itemsize for s in key[2]),
+    """What `choose_kernel` measured in this process: per dtype, thread count and rows, the bytes of
+    one pass, each candidate's time (with rows > 1: its time per token at one row plus at `rows`),
+    whether the machine was busy (then timed on one thread) and the choice (benchmarks/generation.py
+    prints them)."""
+    return [{"dtype": str(key[0]).removeprefix("torch."), "threads": key[1], "rows": key[2],
+             "bytes": sum(torch.Size(s).numel() * key[0].itemsize for s in key[3]),
              "seconds": dict(times), "busy": busy, "chosen": chosen} for key, (chosen, times, busy) in _CHOSEN.items()]
 
 
@@ -306,7 +317,8 @@ def measure_kernels(weights: Sequence[torch.Tensor], names: Sequence[str], round
     stored otherwise)."""
     g = torch.Generator().manual_seed(0)  # not the global RNG: measuring must not change a run's random numbers
     xs = [torch.randn(rows, w.shape[1], generator=g).to(w.dtype) for w in weights]
-    laid_out = {name: [_laid_out(w, name in COLUMN_MAJOR) for w in weights] for name in names}
+    layouts = {column: [_laid_out(w, column) for w in weights] for column in {name in COLUMN_MAJOR for name in names}}
+    laid_out = {name: layouts[name in COLUMN_MAJOR] for name in names}
     return time_passes({name: functools.partial(_one_pass, KERNELS[name], xs, laid_out[name]) for name in names},
                        rounds, clock)
 
