@@ -71,14 +71,15 @@ def make_model(directory: Path, tiny: bool) -> Path:
     return save_model(model, directory / ("tiny" if tiny else "gpt2-small-random"), Tokenizer.gpt2())
 
 
-def start_server(model: str, batching: str, max_batch: int, threads: int, max_tokens: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: str, batching: str, max_batch: int, threads: int, max_tokens: int,
+                 dtype: str = "float32") -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("SCRATCHLLM_API_KEY", "SCRATCHLLM_TOKEN_DELAY")}
     env["OMP_NUM_THREADS"] = str(threads)
     server = subprocess.Popen(
         [sys.executable, "-m", "scratchllm", "serve", "--model", model, "--port", str(port), "--device", "cpu",
          "--batching", batching, "--max-batch", str(max_batch), "--queue-size", str(max_batch),
-         "--max-tokens-cap", str(max_tokens), "--log-level", "warning"], env=env)
+         "--max-tokens-cap", str(max_tokens), "--dtype", dtype, "--log-level", "warning"], env=env)
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -177,16 +178,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, nargs=2, default=[5, 60], help="a prompt's words: from, to")
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each server")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="both servers' --dtype (bfloat16 stays float32 on a CPU without native bf16, and says so)")
     args = ap.parse_args(argv)
 
     results: dict[str, dict[int, list[dict]]] = {"off": {}, "on": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(make_model(Path(tmp), args.tiny))
-        servers = {b: start_server(model, b, max(args.clients), args.threads, args.max_tokens) for b in ("off", "on")}
+        servers = {b: start_server(model, b, max(args.clients), args.threads, args.max_tokens, args.dtype)
+                   for b in ("off", "on")}
         try:
             for batching, (_, port) in servers.items():  # warm-up: first calls, buffers, the cache rows
                 run_level(port, min(2, max(args.clients)), 1, 4, tuple(args.prompt_words), seed=99)
-            print(f"model {model}; servers with {args.threads} threads; clients {args.clients}; {args.requests} "
+            print(f"model {model} ({args.dtype}); servers with {args.threads} threads; clients {args.clients}; {args.requests} "
                   f"request(s) of {args.max_tokens} tokens per client per round; {args.rounds} round(s)", flush=True)
             for r in range(args.rounds):
                 for clients in args.clients:
