@@ -3,7 +3,7 @@ llama.cpp on the same weights and transformers' `generate`.
 
 Run from the repository root:
     python -m benchmarks.generation --rounds 5                 # GPT-2 small, 64 new tokens, 2 threads
-    python -m benchmarks.generation --kernels                  # the matrix-vector kernels alone
+    python -m benchmarks.generation --kernels [--rows 8]      # the matrix-vector kernels alone (8 rows: a batch)
     python -m benchmarks.generation --tiny --rounds 1          # a small GPT-2 shape (the test suite runs it)
 
 GPT-2 small with random weights: transformers' GPT2LMHeadModel(GPT2Config()) (seed 0) converted into
@@ -100,25 +100,26 @@ def first_difference(a: list[int], b: list[int]) -> int:
 SHAPES = {"qkv": (2304, 768), "attn out": (768, 768), "mlp up": (3072, 768), "mlp down": (768, 3072), "head": (50257, 768)}
 
 
-def matrix_vector_table() -> None:
-    """GB/s of one-row products (1, in) x W (out, in)^T for GPT-2 small's shapes, per decode kernel
+def matrix_vector_table(rows: int = 1) -> None:
+    """GB/s of products (rows, in) x W (out, in)^T for GPT-2 small's shapes, per decode kernel
     (models/decode_kernels.py) and for the int8 layer, weights streamed from memory (>= 300 MB of
-    distinct matrices per pass, fastest of 3 passes)."""
-    rows = [(torch.float32, name) for name in KERNELS] + [(torch.bfloat16, "linear"), (torch.bfloat16, "matvec"),
-                                                          ("int8", "int8")]
+    distinct matrices per pass, fastest of 3 passes): the weights' bytes over the time, so a kernel
+    that multiplies 8 rows as fast as one shows the same figure for both (a server's batch)."""
+    kinds = [(torch.float32, name) for name in KERNELS] + [(torch.bfloat16, "linear"), (torch.bfloat16, "matvec"),
+                                                           ("int8", "int8")]
     print(f"  {'weights':9s} {'kernel':8s} " + " ".join(f"{name:>9s}" for name in SHAPES))
-    for dtype, kernel in rows:
+    for dtype, kernel in kinds:
         gbs = []
         for out_dim, in_dim in SHAPES.values():
             itemsize = 1 if dtype == "int8" else dtype.itemsize
             count = max(2, round(300e6 / (out_dim * in_dim * itemsize)))
             if dtype == "int8":
                 layers = [Int8Linear(torch.nn.Linear(in_dim, out_dim, bias=False)) for _ in range(count)]
-                x = torch.randn(1, in_dim)
+                x = torch.randn(rows, in_dim)
                 times = measure_kernels_int8(layers, x)
             else:
                 weights = [torch.randn(out_dim, in_dim).to(dtype) for _ in range(count)]
-                times = measure_kernels(weights, [kernel])[kernel]
+                times = measure_kernels(weights, [kernel], rows=rows)[kernel]
             gbs.append(out_dim * in_dim * itemsize * count / times / 1e9)
         label = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
         print(f"  {label:9s} {kernel:8s} " + " ".join(f"{x:9.1f}" for x in gbs))
@@ -177,11 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
                              "files on some CPUs)")
     parser.add_argument("--tiny", action="store_true", help="a 2 x 64 model with GPT-2's vocabulary (a quick check)")
     parser.add_argument("--kernels", action="store_true", help="only time the matrix-vector kernels")
+    parser.add_argument("--rows", type=int, default=1, help="with --kernels: rows multiplied at once (a batch)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.kernels:
-        print(f"matrix-vector products, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}:")
-        matrix_vector_table()
+        print(f"products of {args.rows} row(s) by each weight, {torch.get_num_threads()} threads, load average "
+              f"{os.getloadavg()[0]:.1f}:")
+        matrix_vector_table(args.rows)
         return {}
 
     import transformers
