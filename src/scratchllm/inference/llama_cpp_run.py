@@ -41,16 +41,7 @@ def run_llama_cpp(model: str | os.PathLike[str], tokenize: list[str] = (), greed
     """llama.cpp's answer for GGUF file `model` (see the module docstring), from a process of its own."""
     request = {"model": str(Path(model).absolute()), "tokenize": list(tokenize), "greedy": list(greedy),
                "logits": [list(ids) for ids in logits], "add_bos": add_bos, "threads": threads}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    try:
-        done = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request), capture_output=True,
-                              text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise ScratchLLMError(f"llama.cpp on {model}: no answer within {timeout:g} s") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise ScratchLLMError(f"llama.cpp on {model}: {last}")
-    return json.loads(done.stdout)
+    return _ask_child(request, str(model), threads, timeout)
 
 
 def time_llama_cpp(models: list[str | os.PathLike[str]], prompt: list[int], max_tokens: int, threads: int = 2,
@@ -60,17 +51,22 @@ def time_llama_cpp(models: list[str | os.PathLike[str]], prompt: list[int], max_
     for its own kernels (AMX, interleaved q8_0), which crashes q8_0 files on some CPUs."""
     request = {"timed": {"models": [str(Path(m).absolute()) for m in models], "prompt": list(prompt),
                          "max_tokens": max_tokens, "repeat": repeat, "threads": threads, "plain_buffers": plain_buffers}}
+    return _ask_child(request, ", ".join(Path(m).name for m in models), threads, timeout)["timed"]
+
+
+def _ask_child(request: dict[str, Any], what: str, threads: int, timeout: float) -> dict[str, Any]:
+    """Run this module as a child process on `request` (JSON in, JSON out); its failure or silence
+    past `timeout` is one line naming `what`."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    names = ", ".join(Path(m).name for m in models)
     try:
         done = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(request), capture_output=True,
                               text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise ScratchLLMError(f"llama.cpp on {names}: no answer within {timeout:g} s") from None
+        raise ScratchLLMError(f"llama.cpp on {what}: no answer within {timeout:g} s") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise ScratchLLMError(f"llama.cpp on {names}: {last}")
-    return json.loads(done.stdout)["timed"]
+        raise ScratchLLMError(f"llama.cpp on {what}: {last}")
+    return json.loads(done.stdout)
 
 
 def decode_logits(block: dict[str, Any]) -> Any:
