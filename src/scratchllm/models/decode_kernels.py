@@ -255,26 +255,31 @@ def choose_kernel(weights: Sequence[torch.Tensor], rows: int = 1) -> str:
     slices, which no number of rounds averages out: the passes then run on one thread and are timed
     in that thread's CPU time.
 
-    rows > 1 (a server's batch of up to that many rows): each candidate is also timed on `rows` rows,
-    and ranked by its time per token at one row plus its time per token at `rows` rows, since a
-    server decodes both: MKL's float32 product of a few rows by a row-major weight runs well below
-    the memory's speed on some CPUs, where a column-major one does not (the "column" kernel)."""
+    rows > 1 (a server's batch of up to that many rows): each candidate is also timed on `rows` rows
+    (the one-row times are the one-row choice's, measured once), and ranked by its time per token at
+    one row plus its time per token at `rows` rows, since a server decodes both: MKL's float32
+    product of a few rows by a row-major weight runs well below the memory's speed on some CPUs,
+    where a column-major one does not (the "column" kernel)."""
     dtype = weights[0].dtype
     sample = _sample(weights)
     threads = torch.get_num_threads()
-    key = (dtype, threads, rows, tuple(tuple(w.shape) for w in sample))
+    shapes = tuple(tuple(w.shape) for w in sample)
+    key = (dtype, threads, rows, shapes)
     if key not in _CHOSEN:
-        busy = machine_busy()
-        clock = time.thread_time if busy else time.perf_counter
+        if rows > 1:  # the one-row times, and whether they were taken on a busy machine (the same clock here)
+            choose_kernel(weights)
+            _, one_row, busy = _CHOSEN[dtype, threads, 1, shapes]
+        else:
+            busy = machine_busy()
         if busy:
             torch.set_num_threads(1)
         try:
-            times = measure_kernels(sample, CANDIDATES[dtype], clock=clock)
-            if rows > 1:
-                batch = measure_kernels(sample, CANDIDATES[dtype], rows=rows, clock=clock)
-                times = {name: times[name] + batch[name] / rows for name in times}
+            times = measure_kernels(sample, CANDIDATES[dtype], rows=rows,
+                                    clock=time.thread_time if busy else time.perf_counter)
         finally:
             torch.set_num_threads(threads)
+        if rows > 1:
+            times = {name: one_row[name] + times[name] / rows for name in times}
         best = min(times, key=times.__getitem__)
         _CHOSEN[key] = ("linear" if times["linear"] <= 1.03 * times[best] else best, times, busy)
     return _CHOSEN[key][0]
