@@ -24,8 +24,6 @@ depend on the machine's load; it can differ slightly with `--threads` (the order
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import time
@@ -33,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.classify_sms import SHARED, quietly
 from scratchllm.cli import main as scratchllm
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BASE_MODEL = {"emb_dim": 128, "n_layers": 4, "n_heads": 4, "context_length": 128}
 BASE_FLAGS = ["--max-steps", "300", "--batch-size", "16", "--lr", "1e-3", "--seed", "123", "--device", "cpu",
               "--dtype", "float32", "--no-progress"]
@@ -43,10 +41,8 @@ BASE_FLAGS = ["--max-steps", "300", "--batch-size", "16", "--lr", "1e-3", "--see
 
 def run(argv: list[str], log_path: Path) -> None:
     """`scratchllm ARGV` in this process, its output to log_path; exits with its code on failure."""
-    buf = io.StringIO()
-    with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-        code = scratchllm(argv)
-    log_path.write_text(buf.getvalue(), encoding="utf-8")
+    code, text = quietly(scratchllm, argv)
+    log_path.write_text(text, encoding="utf-8")
     if code:
         sys.exit(f"scratchllm {' '.join(argv)} exited {code}; see {log_path}")
 

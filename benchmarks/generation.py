@@ -141,7 +141,7 @@ def measure_kernels_int8(layers: list[Int8Linear], x: torch.Tensor) -> float:
 # The decoders
 
 
-def build(tiny: bool, directory: Path, threads: int, gguf: bool) -> tuple[object, dict[str, Path]]:
+def build(tiny: bool, directory: Path, gguf: bool) -> tuple[object, dict[str, Path]]:
     """transformers' random GPT-2 (seed 0), our model directory of the same weights, and the GGUF files."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{cpu_name()}; native bf16: {'yes' if native else 'no'} ({why}); {args.threads} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        hf, files = build(args.tiny, Path(tmp), args.threads, gguf=not args.no_llama_cpp)
+        hf, files = build(args.tiny, Path(tmp), gguf=not args.no_llama_cpp)
         ours = {p: load(Path(tmp) / "model", **PRECISIONS[p][0])[0] for p in args.precisions}
         return run(args, hf, ours, files)
 

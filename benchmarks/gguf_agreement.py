@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.generation import first_difference
 from scratchllm.checkpoint.gguf_file import GGUF_TYPES, export_gguf
 from scratchllm.checkpoint.loader import load
 from scratchllm.inference.generation import generate_ids
@@ -67,8 +68,7 @@ def measure(model, tokenizer, path: Path, windows: list[list[int]], prompts: lis
             total += len(ids)
             diffs.append(np.abs(ours - theirs))
     ours_greedy = generate_ids(model, prompts, max_new_tokens=new_tokens, temperature=0)
-    same_prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new_tokens)
-                   for x, y in zip(ours_greedy, answer["greedy"])]
+    same_prefix = [first_difference(x, y) for x, y in zip(ours_greedy, answer["greedy"])]
     every = np.concatenate([d.ravel() for d in diffs])
     return {"next_token_agreement": agree / total, "greedy_all_same": float(np.mean([n == new_tokens for n in same_prefix])),
             "greedy_tokens_before_first_difference": float(np.mean(same_prefix)),

@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.serve_load import free_port, pct
 
 WORDS = ["alpha", "beta", "gamma", "delta", "model", "token", "serve", "batch", "row", "cache", "stream", "weights"]
 
@@ -50,12 +51,6 @@ class Timing:
     tokens: int
     ttft: float  # seconds, sending to the first text chunk
     decode: float  # seconds, first text chunk to the last
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_model(directory: Path, tiny: bool) -> Path:
@@ -161,11 +156,6 @@ def run_level(port: int, clients: int, requests: int, max_tokens: int, prompt_wo
             "ttft_p50": pct([t.ttft for t in timings], 0.5), "ttft_p99": pct([t.ttft for t in timings], 0.99),
             "tpot_p50": pct(tpots, 0.5), "tpot_p99": pct(tpots, 0.99),
             "client_min": min(per_client), "client_median": statistics.median(per_client)}
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def main(argv: list[str] | None = None) -> dict:

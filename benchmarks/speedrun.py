@@ -117,9 +117,9 @@ def read_corpus(data: str) -> Splits:
     return Splits([train], [validation], [test])
 
 
-def split_bpb(model, tok, docs: list[str], batch_size: int = 32) -> float:
-    """Bits per byte of `model` over the whole of `docs` (non-overlapping windows of its context)."""
-    corpus = corpus_from_texts(docs, docs, tok)  # only the val side is read
+def split_bpb(model, tok, corpus, batch_size: int = 32) -> float:
+    """Bits per byte of `model` over the whole validation side of `corpus` (`corpus_from_texts`,
+    non-overlapping windows of its context)."""
     task = PretrainTask(corpus, batch_size, model.config.context_length, eval_batches=0, tokenizer=tok)
     with torch.no_grad():
         return task.evaluate(model)["val_bpb"]
@@ -127,14 +127,16 @@ def split_bpb(model, tok, docs: list[str], batch_size: int = 32) -> float:
 
 def held_out_bpb(run_dir: Path, held_out: dict[str, list[str]]) -> dict[str, Any]:
     """The run's final model on every held-out part, and each kept checkpoint on the test part
-    (with its seconds since the run began training: the curve)."""
+    (with its seconds since the run began training: the curve). One tokenizer per run: each part is
+    encoded once."""
     model, tok = load(run_dir / "final", device="cpu")
-    final = {name: split_bpb(model, tok, docs) for name, docs in held_out.items()}
+    corpora = {name: corpus_from_texts(docs, docs, tok) for name, docs in held_out.items()}  # only the val side is read
+    final = {name: split_bpb(model, tok, corpus) for name, corpus in corpora.items()}
     points = []
     for step, d in checkpoint_dirs(run_dir):
-        model, tok = load(d, device="cpu")
+        model, _ = load(d, device="cpu")
         elapsed = torch.load(d / "trainer.pt", map_location="cpu", weights_only=True)["elapsed_s"]
-        points.append({"step": step, "elapsed_s": elapsed, "bpb": split_bpb(model, tok, held_out["test"])})
+        points.append({"step": step, "elapsed_s": elapsed, "bpb": split_bpb(model, tok, corpora["test"])})
     return {"final": final, "checkpoints": points}
 
 
