@@ -64,6 +64,22 @@ def test_weights_stored_in_bfloat16_are_widened_where_the_cpu_lacks_it(tmp_path,
     assert capsys.readouterr().err == NOTE
 
 
+def test_decode_false_returns_the_model_as_stored_for_converters_and_training(tmp_path, monkeypatch, capsys):
+    """decode=False (export, import, merge-lora, fine-tuning): plain row-major Linears, no kernel
+    measurement, and the dtype as asked or stored even on a CPU without native bf16; quantize needs decode."""
+    d = save_model(sharpened_gpt(VOCAB, seed=8).to(torch.bfloat16), tmp_path / "bf16")
+    monkeypatch.setattr(device_mod, "cpu_bf16_is_native", lambda: (False, "no flags here"))
+    monkeypatch.setattr("scratchllm.models.decode_kernels.choose_kernel",
+                        lambda *a, **k: pytest.fail("decode=False measured decode kernels"))
+    for dtype in (None, "bfloat16"):
+        model, _ = load(d, dtype=dtype, decode=False)
+        assert model.tok_emb.weight.dtype == torch.bfloat16
+        assert all(type(m) is torch.nn.Linear and m.weight.is_contiguous() for m in linears(model))
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ScratchLLMError, match=r"^load: quantize 'int8' is for decoding; it needs decode=True$"):
+        load(d, quantize="int8", decode=False)
+
+
 def test_quantize_int8_gives_int8_layers_that_cannot_be_written_or_trained(saved, tmp_path):
     d, model = saved
     q, _ = load(d, quantize="int8")

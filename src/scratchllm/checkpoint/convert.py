@@ -44,7 +44,7 @@ def import_hf(
                                   f"holding {CONFIG_FILE} and the weights)")
         if dir_format(resolve_model_dir(path)) == "scratchllm":
             raise ScratchLLMError(f"{resolve_model_dir(path)}: already a scratchllm model directory; nothing to import")
-    model, tokenizer = load(text, dtype=dtype, kind="gpt")
+    model, tokenizer = load(text, dtype=dtype, kind="gpt", decode=False)
     return save_model(model, out, tokenizer=None if tokenizer.spec.get("type") == "gpt2" else tokenizer,
                       extra={"imported_from": text})
 
@@ -73,7 +73,7 @@ def export_hf(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     where, d = locate(model_dir)
     if where == "scratchllm":  # an encoder or an encoder-decoder has no family to go to
         registered(kind_of_config(read_model_config(d))).check_export("hf", d)
-    model, tokenizer = load(d, kind="gpt")
+    model, tokenizer = load(d, kind="gpt", decode=False)
     config = model.config
     adapter = adapter_for_model(config)
     is_gpt2 = tokenizer.spec.get("type") == "gpt2"
@@ -127,7 +127,7 @@ def merge_lora_dir(
     if model is not None:
         if base is not None:
             raise ScratchLLMError("merge-lora: --base goes with --adapter, not with --model")
-        net, tokenizer = load(model, kind="gpt", merge=False)
+        net, tokenizer = load(model, kind="gpt", merge=False, decode=False)
         config = getattr(net, "lora_config", None)
         if config is None:
             raise ScratchLLMError(
@@ -140,7 +140,7 @@ def merge_lora_dir(
         base = base if base is not None else config.base_model
         if base is None:
             raise ScratchLLMError(f"{adapter}: its adapter config names no base_model; pass --base DIR")
-        net, tokenizer = load(base, kind="gpt")
+        net, tokenizer = load(base, kind="gpt", decode=False)
         load_adapters(net, adapter)
         data = {}
     info = {k: v for k, v in data.items() if k not in (*RESERVED_KEYS, "lora")}

@@ -249,6 +249,6 @@ def export_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     where, d = locate(model_dir)
     if where == "scratchllm":  # before loading: an encoder, classifier, seq2seq or LoRA directory
         registered(kind_of_config(read_model_config(d))).check_export("gguf", d)
-    model, tokenizer = load(d, kind="gpt", device="cpu")
+    model, tokenizer = load(d, kind="gpt", device="cpu", decode=False)
     # general.name: the directory the user named (runs/demo, not its final/)
     return save_gguf(model, out, tokenizer, type=type, overwrite=overwrite, name=Path(model_dir).name or d.name)

@@ -72,6 +72,7 @@ def load(
     kind: str | None = None,
     merge: bool = True,
     quantize: str | None = None,
+    decode: bool = True,
 ) -> tuple[nn.Module, Tokenizer]:
     """(model in eval mode, tokenizer) from a scratchllm model directory of any kind, a training run
     directory, a Hugging Face directory or a hub name (downloaded once), on `device` ("auto": CUDA,
@@ -88,23 +89,29 @@ def load(
     measured fastest for their dtype (models/decode_kernels.py), bfloat16 weights become float32
     with a one-line note where the CPU has no native bf16, and quantize="int8" stores a GPT's
     Linear weights as int8 with a scale per output channel (models/quantize.py; CPU only).
+    decode=False returns the model as stored (the dtype as asked, plain Linear layers), for callers
+    that convert, merge, export or train it rather than decode with it.
     """
     asked = loadable_kinds()
     if kind is not None and kind not in asked:
         raise ScratchLLMError(f"load: kind {kind!r}; expected one of {', '.join(asked)} or None")
     check_quantize(quantize)
+    if quantize is not None and not decode:
+        raise ScratchLLMError(f"load: quantize {quantize!r} is for decoding; it needs decode=True")
     place = resolve_device(device)
     if quantize is not None and place.type != "cpu":
         raise ScratchLLMError(f"load: quantize {quantize!r} on device {str(place)!r}; int8 decoding runs on the CPU "
                               "(on a GPU use dtype bfloat16)")
-    dtype = weight_dtype(parse_dtype(dtype), place)  # before the weights are cast: bf16 only where the CPU has it
+    dtype = parse_dtype(dtype)
+    if decode:  # before the weights are cast: bf16 only where the CPU has it
+        dtype = weight_dtype(dtype, place)
     fmt, d = locate(path_or_name)
     if fmt == "hf":  # a causal decoder: whatever a gpt directory loads as
         if kind is not None and kind not in registered("gpt").load_as:
             wanted = registered(kind)
             raise ScratchLLMError(f"{d}: a Hugging Face causal language model, not {wanted.what}; {wanted.how_to_make}")
         model = load_hf(d, place, dtype)
-        return for_decoding(model, quantize, str(d)), load_tokenizer(d)
+        return (for_decoding(model, quantize, str(d)) if decode else model), load_tokenizer(d)
     choice = run_dir_choice(path_or_name)  # a run directory without final/: say which model it gives, and why
     if choice is not None:
         log(choice)
@@ -121,7 +128,7 @@ def load(
             load_adapters(model, d)
             if merge:
                 merge_lora(model)
-    return for_decoding(model, quantize, str(d)), load_tokenizer(d)
+    return (for_decoding(model, quantize, str(d)) if decode else model), load_tokenizer(d)
 
 
 def for_decoding(model: nn.Module, quantize: str | None = None, what: str = "the model") -> nn.Module:

@@ -292,7 +292,7 @@ def finetune_classifier(cfg: ClassifyConfig) -> dict[str, Any]:
          f"{len(test)} test {test.counts()}; labels {labels}")
 
     device = resolve_device(cfg.train.device)
-    body, tokenizer = load(cfg.model, device=device, kind="gpt")
+    body, tokenizer = load(cfg.model, device=device, kind="gpt", decode=False)
     if cfg.dropout is not None:
         _set_dropout(body, cfg.dropout)
     if cfg.lm_weight and not getattr(body.config, "causal", True):

@@ -217,7 +217,7 @@ def finish_lora_run(out: Path, base_model: str) -> None:
         d = out / name
         if not (d / "config.json").is_file():
             continue
-        model, tokenizer = load(d, kind="gpt", merge=False)
+        model, tokenizer = load(d, kind="gpt", merge=False, decode=False)
         data = read_model_config(d)
         config = getattr(model, "lora_config", None)
         if config is None:
@@ -233,7 +233,7 @@ def finish_lora_run(out: Path, base_model: str) -> None:
 def prepare_model(cfg: FinetuneConfig, lora: bool = True):
     """(model, tokenizer, its config.json) of cfg.model, with LoRA applied when cfg.lora is set
     (and `lora`: DPO applies it after copying the reference)."""
-    net, tokenizer = load(cfg.model, device="cpu", kind="gpt")
+    net, tokenizer = load(cfg.model, device="cpu", kind="gpt", decode=False)
     data = read_model_config(cfg.model) if locate(cfg.model)[0] == "scratchllm" else {}
     net.train().requires_grad_(True)
     if lora and cfg.lora is not None:
