@@ -32,14 +32,8 @@ def token_text(tokenizer, token: int) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
-def ids_text(tokenizer, ids: Sequence[int]) -> str:
-    """The text of ids, their bytes joined and decoded (a cut character becomes U+FFFD): what an echoed
-    prompt shows, and what `text_offsets` counts in."""
-    return b"".join(tokenizer.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
-
-
 def text_offsets(tokenizer, ids: Sequence[int]) -> list[int]:
-    """Where each token starts in `ids_text(ids)`, in characters: the characters completed before it
+    """Where each token starts in `tokenizer.decode(ids)` (what an echoed prompt shows), in characters: the characters completed before it
     (a token that ends a character begun by the one before starts where that character does)."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offsets, length = [], 0

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
     FastAPI = Request = StreamingResponse = None
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.inference.api_logprobs import chat_logprobs, completion_logprobs, ids_text, token_text
+from scratchllm.inference.api_logprobs import chat_logprobs, completion_logprobs, token_text
 from scratchllm.inference.api_schemas import (APIError, ChatRequest, CompletionRequest, DetokenizeRequest,
                                               SamplingFields, TokenizeRequest, parse_body)
 from scratchllm.inference.config import ServeSettings
@@ -230,7 +230,7 @@ class Routes:
         texts, finishes, tokens = await collect(job, request)
         tok, choices = self.session.tokenizer, []
         for i, (row, text, finish) in enumerate(zip(job.rows, texts, finishes)):
-            answer = choice(i, ids_text(tok, row.tokens[: row.prompt_length]) + text if body.echo else text, finish)
+            answer = choice(i, tok.decode(row.tokens[: row.prompt_length]) + text if body.echo else text, finish)
             if row.logprobs is not None:
                 answer["logprobs"] = completion_logprobs(tok, (row.logprobs.prompt or []) + row.logprobs.generated)
             choices.append(answer)
