@@ -490,7 +490,8 @@ class BatchEngine(Engine):
         if not seats:
             return []
         limit = min(s.row.vocab_limit or logits.shape[-1] for s in seats)  # rows past it are a padded head's
-        finite = torch.isfinite(logits[:, :limit]).all(dim=-1).tolist()
+        # per row, one min/max pass (NaN propagates), as sample_next checks all rows at once
+        finite = torch.isfinite(torch.stack(torch.aminmax(logits[:, :limit].float(), dim=-1))).all(0).tolist()
         good = []
         for b, (seat, ok) in enumerate(zip(seats, finite)):
             if ok and not seat.job.failed:
