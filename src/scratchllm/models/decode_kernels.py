@@ -85,10 +85,7 @@ def matvec_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     for one row, torch.mm(W, X^T) for several (see the module docstring)."""
     out_features, in_features = weight.shape
     rows = x.numel() // in_features
-    off = not torch._C._get_mkldnn_enabled()  # (the decode loop turns oneDNN off for bfloat16 steps)
-    if off:
-        torch._C._set_mkldnn_enabled(True)
-    try:
+    with _onednn(True):  # (the decode loop turns oneDNN off for bfloat16 steps)
         if rows == 1:
             v = x.reshape(in_features)
             y = torch.mv(weight, v) if bias is None else torch.addmv(bias, weight, v)  # (out,)
@@ -96,9 +93,6 @@ def matvec_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
             y = torch.mm(weight, x.reshape(rows, in_features).t()).t()  # (rows, out)
             if bias is not None:
                 y = y + bias
-    finally:
-        if off:
-            torch._C._set_mkldnn_enabled(False)
     return y.reshape(*x.shape[:-1], out_features)
 
 
