@@ -25,18 +25,12 @@ class _LayerNormRopeAdapter(LlamaAdapter):
     """What the two share: LayerNorm (with biases, zero where our model has none), rotary positions."""
 
     top_names = {**LLAMA_TOP, **_NORM_BIAS}
+    norm = "layernorm"
     eps_key = ""  # the config.json key of the norms' epsilon
     shared_types = {**dict.fromkeys(("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"),
                                     int),
                     "tie_word_embeddings": bool, "rope_theta": float, "partial_rotary_factor": float, "hidden_act": str}
-
-    def mismatches(self, config: GPTConfig) -> list[str]:
-        mlps = tuple(dict.fromkeys(self.activations.values()))
-        wanted = {"norm": ("layernorm",), "position": ("rope",), "mlp": mlps, "causal": (True,), "qk_norm": (False,)}
-        found = [f"{k} {' or '.join(map(repr, v))} (got {getattr(config, k)!r})" for k, v in wanted.items()
-                 if getattr(config, k) not in v]
-        return found + self.bias_mismatches(config)
 
     def finish_hf_config(self, hf: dict[str, Any], config: GPTConfig) -> dict[str, Any]:
         hf[self.eps_key] = hf.pop("rms_norm_eps")

@@ -42,6 +42,7 @@ class LlamaAdapter(HFAdapter):
     family = "Llama"
     architecture = "LlamaForCausalLM"
     qk_norm = False  # Qwen3 normalises queries and keys
+    norm = "rmsnorm"  # our norm switch the family holds (the LayerNorm families: hf_layernorm_rope.py)
     field_types = {**dict.fromkeys(("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"),
                                    int),
@@ -119,7 +120,7 @@ class LlamaAdapter(HFAdapter):
     def mismatches(self, config: GPTConfig) -> list[str]:
         """What `config` would need to change to be a model of this family (empty: it is one)."""
         mlps = tuple(dict.fromkeys(self.activations.values()))
-        wanted = {"norm": ("rmsnorm",), "position": ("rope",), "mlp": mlps, "causal": (True,), "qk_norm": (self.qk_norm,)}
+        wanted = {"norm": (self.norm,), "position": ("rope",), "mlp": mlps, "causal": (True,), "qk_norm": (self.qk_norm,)}
         found = [f"{k} {' or '.join(map(repr, v))} (got {getattr(config, k)!r})" for k, v in wanted.items()
                  if getattr(config, k) not in v]
         return found + self.bias_mismatches(config)
