@@ -59,8 +59,8 @@ class RowCaches:
         for buffer in (*self.keys, *self.values):
             buffer[row, :, :length] = 0
 
-    def step(self, first: int, positions: torch.Tensor) -> "RowsStep":
-        return RowsStep(self, first, positions)
+    def step(self, first: int, positions: torch.Tensor, span: int) -> "RowsStep":
+        return RowsStep(self, first, positions, span)
 
 
 class RowsStep:
@@ -68,11 +68,11 @@ class RowsStep:
     key and value at its own position positions[b] and reads its positions 0..positions[b] (the step's
     mask hides the rest), through the `update` that `Attention` calls."""
 
-    def __init__(self, caches: RowCaches, first: int, positions: torch.Tensor):
+    def __init__(self, caches: RowCaches, first: int, positions: torch.Tensor, span: int):
         self.caches, self.first, self.positions = caches, first, positions  # positions: (B,) int64
         B = positions.shape[0]
         self.rows = torch.arange(first, first + B, device=positions.device)
-        self.span = int(positions.max()) + 1  # S: the longest row's positions, the new one included
+        self.span = span  # S: the longest row's positions, the new one included (positions.max() + 1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, K, 1, D) -> every row's keys and values (B, K, S, D)."""

@@ -462,10 +462,12 @@ class BatchEngine(Engine):
         each row is tried alone, and the jobs of the rows that fail alone are ended: (seats that
         succeeded, their logits)."""
         model, weight = self.model, self.model.tok_emb.weight
-        positions = torch.tensor([s.length for s in seats], device=weight.device)  # (B,)
+        lengths = [s.length for s in seats]
+        positions = torch.tensor(lengths, device=weight.device)  # (B,)
         try:
-            self.caches.reserve(int(positions.max()) + 1)
-            cache = self.caches.step(first, positions)
+            span = max(lengths) + 1  # the longest row's positions, the new one included (no device sync)
+            self.caches.reserve(span)
+            cache = self.caches.step(first, positions, span)
             idx = torch.tensor([[s.row.tokens[-1]] for s in seats], device=weight.device)  # (B, 1)
             mask = torch.arange(cache.span, device=weight.device)[None, :] <= positions[:, None]  # (B, S)
             with matrix_vector_kernels(weight, len(seats)):
